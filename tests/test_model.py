@@ -1,0 +1,190 @@
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from conftest import sentences
+from recon.decoding import beam_search, greedy
+from recon.encoder import Encoder, EncoderError, load_encoder, pool
+from recon.model import CheckpointError, ReconModel
+from recon.tokenizer import EncoderVocabTokenizer, SentencePieceTokenizer
+
+
+def test_encode_shapes_and_cls_is_the_first_hidden_state(tiny_model, tiny_encoder_dir):
+    texts = sentences(5)
+    v = tiny_model.encode(texts)
+    assert v.shape == (5, 32)
+    bert = AutoModel.from_pretrained(tiny_encoder_dir).eval()
+    batch = tiny_model.encoder.tokenize(texts)
+    with torch.no_grad():
+        ref = bert(**batch).last_hidden_state[:, 0]
+    torch.testing.assert_close(v, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_representations_differ_and_layer_selects_hidden_state(tiny_encoder_dir):
+    model, tok = load_encoder(tiny_encoder_dir)
+    texts = sentences(4)
+    cls = Encoder(model, tok, "cls").eval().encode(texts)
+    mean = Encoder(model, tok, "mean").eval().encode(texts)
+    assert cls.shape == mean.shape and not torch.allclose(cls, mean)
+    layer1 = Encoder(model, tok, "cls", layer=1).eval().encode(texts)
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hs = model.eval()(**batch, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(layer1, hs[1][:, 0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(EncoderError, match="out of range"):
+        Encoder(model, tok, "cls", layer=7)
+    with pytest.raises(EncoderError, match="unknown representation"):
+        Encoder(model, tok, "median")
+
+
+def test_mean_and_max_ignore_padding():
+    hidden = torch.tensor([[[1.0], [3.0], [100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert pool(hidden, mask, "mean").item() == 2.0
+    assert pool(hidden, mask, "max").item() == 3.0
+
+
+def test_cached_greedy_equals_full_recompute(tiny_model):
+    """The KV cache changes nothing: step-by-step decoding with a full forward each step."""
+    torch.manual_seed(1)
+    vecs = torch.randn(3, 32)
+    dec, c = tiny_model.decoder, tiny_model.config
+    fast = greedy(dec, vecs, c.bos_id, c.eos_id, max_new_tokens=10)
+    slow = []
+    for v in vecs:
+        ids = [c.bos_id]
+        for _ in range(10):
+            with torch.no_grad():
+                nxt = dec(v[None], torch.tensor([ids]))[0, -1].argmax().item()
+            if nxt == c.eos_id:
+                break
+            ids.append(nxt)
+        slow.append(ids[1:])
+    assert fast == slow
+
+
+def test_output_depends_only_on_the_vector(tiny_model):
+    """Same vector, different batch around it, same output (greedy and beam)."""
+    torch.manual_seed(2)
+    target = torch.randn(1, 32)
+    alone = tiny_model.generate_from_vectors(target)
+    crowd = tiny_model.generate_from_vectors(torch.cat([torch.randn(4, 32), target, torch.randn(2, 32)]))
+    assert crowd[4] == alone[0]
+    b_alone = tiny_model.generate_from_vectors(target, num_beams=3)
+    b_crowd = tiny_model.generate_from_vectors(torch.cat([torch.randn(2, 32), target]), num_beams=3)
+    assert b_crowd[2] == b_alone[0]
+
+
+def test_beam_search_one_beam_is_greedy_and_beams_are_ranked(tiny_model):
+    torch.manual_seed(3)
+    vecs = torch.randn(4, 32)
+    dec, c = tiny_model.decoder, tiny_model.config
+    assert beam_search(dec, vecs, c.bos_id, c.eos_id, num_beams=1, max_new_tokens=8) == \
+        greedy(dec, vecs, c.bos_id, c.eos_id, max_new_tokens=8)
+    best, beams = beam_search(dec, vecs, c.bos_id, c.eos_id, num_beams=4, max_new_tokens=8, return_all=True)
+    for b, row in zip(best, beams):
+        scores = [s for _, s in row]
+        assert scores == sorted(scores, reverse=True) and row[0][0] == b
+
+
+def test_beam_scores_are_the_sequence_log_probabilities(tiny_model):
+    """Each returned beam's score is its true log-probability / length (checked by re-scoring)."""
+    torch.manual_seed(4)
+    v = torch.randn(1, 32)
+    dec, c = tiny_model.decoder, tiny_model.config
+    _, beams = beam_search(dec, v, c.bos_id, c.eos_id, num_beams=3, max_new_tokens=6, return_all=True)
+    for ids, score in beams[0]:
+        full = ids + [c.eos_id] if len(ids) < 6 else ids
+        with torch.no_grad():
+            logp = dec(v, torch.tensor([[c.bos_id] + full[:-1]]))[0].log_softmax(-1)
+        total = sum(logp[i, t].item() for i, t in enumerate(full))
+        assert score == pytest.approx(total / len(full), abs=1e-4)
+
+
+def test_wrong_vector_width_is_refused(tiny_model):
+    with pytest.raises(ValueError, match=r"\(N, 32\) vectors"):
+        tiny_model.generate_from_vectors(torch.randn(2, 31))
+
+
+def test_save_load_identical_logits_and_generations(tiny_model, tmp_path):
+    torch.manual_seed(5)
+    tiny_model.decoder.apply(lambda m: None)
+    texts = sentences(4)
+    vecs = tiny_model.encode(texts)
+    y = torch.tensor([[5, 6, 7, tiny_model.config.eos_id]] * 4)
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert {"config.json", "model.safetensors", "decoder_tokenizer"} <= set(os.listdir(tmp_path / "ckpt"))
+    loaded = ReconModel.from_pretrained(str(tmp_path / "ckpt"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decoder(vecs, y), tiny_model.decoder(vecs, y), rtol=0, atol=0)
+    assert loaded.reconstruct(texts) == tiny_model.reconstruct(texts)
+    assert loaded.generate_from_vectors(vecs, num_beams=3) == tiny_model.generate_from_vectors(vecs, num_beams=3)
+
+
+def test_load_refuses_a_different_encoder_and_broken_files(tiny_model, tmp_path):
+    folder = tmp_path / "ckpt"
+    tiny_model.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["encoder_fingerprint"]["hidden_size"] = 768
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="not the one this checkpoint was trained on"):
+        ReconModel.from_pretrained(str(folder))
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        ReconModel.from_pretrained(str(folder))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ReconModel.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_finetuned_encoder_is_saved_and_frozen_one_is_not(tiny_encoder_dir, tmp_path):
+    from safetensors.torch import load_file
+    model, tok = load_encoder(tiny_encoder_dir)
+    enc = Encoder(model, tok)
+    m = ReconModel.from_encoder(enc, EncoderVocabTokenizer(tok), tiny_encoder_dir, d_model=32, n_layer=1, n_head=2,
+                                finetune_encoder=True)
+    assert all(p.requires_grad for p in m.encoder.parameters())
+    with torch.no_grad():
+        for p in m.encoder.parameters():
+            p.add_(0.01)
+    m.save_pretrained(tmp_path / "ft")
+    assert any(k.startswith("encoder.") for k in load_file(tmp_path / "ft" / "model.safetensors"))
+    loaded = ReconModel.from_pretrained(str(tmp_path / "ft"))
+    texts = sentences(3)
+    torch.testing.assert_close(loaded.encode(texts), m.eval().encode(texts))
+    frozen = ReconModel.from_encoder(Encoder(*load_encoder(tiny_encoder_dir)), EncoderVocabTokenizer(tok),
+                                     tiny_encoder_dir, d_model=32, n_layer=1, n_head=2)
+    assert not any(p.requires_grad for p in frozen.encoder.parameters())
+    frozen.save_pretrained(tmp_path / "fr")
+    assert not any(k.startswith("encoder.") for k in load_file(tmp_path / "fr" / "model.safetensors"))
+
+
+def test_sentencepiece_round_trips_raw_text():
+    texts = sentences(200) + ["Café au lait in Zürich costs 4.50 CHF — naïve façade."]
+    tok = SentencePieceTokenizer.train(texts, vocab_size=400)
+    for t in texts[-3:]:
+        ids = tok.encode([t])[0]
+        assert tok.decode(ids) == t and tok.bos_id not in ids and tok.eos_id not in ids
+    assert tok.decode(tok.encode(["漢字 unseen characters ✓"])[0]) == "漢字 unseen characters ✓"  # byte fallback
+
+
+def test_decoder_overfits_a_handful_of_sentences(tiny_model):
+    """The decoder can learn to write each of 8 sentences back from its vector alone."""
+    texts = sentences(8)
+    vecs = tiny_model.encode(texts)
+    tiny_model.decoder.set_vector_stats(vecs)
+    tok = tiny_model.tokenizer
+    targets = [ids + [tok.eos_id] for ids in tok.encode(texts)]
+    T = max(map(len, targets))
+    y = torch.tensor([t + [tok.pad_id] * (T - len(t)) for t in targets])
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(tiny_model.decoder.parameters(), lr=3e-3)
+    tiny_model.train()
+    for _ in range(300):
+        loss = tiny_model.loss(vecs, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert tiny_model.reconstruct(texts) == [t.lower() for t in texts]  # uncased encoder vocabulary

@@ -1,0 +1,91 @@
+"""main(argv) smoke tests of train.py and evaluate.py on the tiny encoder."""
+
+import json
+import os
+
+import pytest
+
+import evaluate as evaluate_script
+import train as train_script
+from conftest import sentences
+from recon import ReconModel
+from recon.config import ConfigError, TrainConfig, parse
+
+TINY = ["--d-model", "32", "--n-layer", "1", "--n-head", "2", "--batch-size", "16", "--eval-steps", "5",
+        "--eval-batch-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_encoder_dir):
+    tmp = tmp_path_factory.mktemp("run")
+    data = tmp / "data.txt"
+    data.write_text("\n".join(sentences(300)) + "\n")
+    out = tmp / "run"
+    argv = ["--encoder", tiny_encoder_dir, "--data", str(data), "--output-dir", str(out), "--max-steps", "12",
+            "--vocab-size", "400", "--validation-fraction", "0.1", "--test-fraction", "0.1", "--save-steps", "5"] + TINY
+    assert train_script.main(argv) == 0
+    return tmp, data, out
+
+
+def test_train_writes_a_loadable_run(trained_run):
+    tmp, data, out = trained_run
+    names = set(os.listdir(out))
+    assert {"checkpoint-10", "checkpoint-12", "metrics.jsonl", "data.json", "eval-test"} <= names
+    assert "checkpoint-5" not in names  # save_total_limit 2
+    ckpt = out / "checkpoint-12"
+    assert {"config.json", "model.safetensors", "decoder_spm.model", "meta.json", "trainer_state.pt"} <= set(os.listdir(ckpt))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["step"] == 12 and meta["args"]["max_steps"] == 12 and meta["data"]["corpus_hash"]
+    assert meta["val_loss"] is not None
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 12] and "val_loss" in log[-1]
+    m = json.loads((out / "eval-test" / "metrics.json").read_text())
+    for key in ("bleu", "sentence_bleu_mean", "exact_match", "exact_match_normalized", "token_f1", "num_examples",
+                "sacrebleu_signature", "decoding", "control_random_bleu", "control_random_exact_match", "by_length"):
+        assert key in m
+    assert m["num_examples"] == json.loads((out / "data.json").read_text())["test_texts"]
+    rows = [json.loads(line) for line in (out / "eval-test" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == m["num_examples"] and {"reference", "prediction", "length", "sentence_bleu"} <= set(rows[0])
+    report = (out / "eval-test" / "report.md").read_text()
+    assert "control: random vector" in report and "## By length" in report and "worst" in report
+    model = ReconModel.from_pretrained(str(out))  # a run folder loads its latest checkpoint
+    assert len(model.reconstruct(["The red cat sees the dog near the river."])) == 1
+
+
+def test_evaluate_defaults_to_the_held_out_split(trained_run):
+    tmp, data, out = trained_run
+    assert evaluate_script.main(["--checkpoint", str(out), "--output-dir", str(tmp / "ev")]) == 0
+    m = json.loads((tmp / "ev" / "metrics.json").read_text())
+    test = json.loads((out / "eval-test" / "metrics.json").read_text())
+    assert m["split"] == "test" and m["num_examples"] == test["num_examples"]
+    assert m["bleu"] == pytest.approx(test["bleu"])  # same checkpoint, same split, same numbers
+
+
+def test_evaluate_new_file_defaults_to_all_of_it(trained_run, tmp_path):
+    tmp, data, out = trained_run
+    new = tmp_path / "new.jsonl"
+    new.write_text("\n".join(json.dumps({"sentence": s}) for s in sentences(7, seed=9)) + "\n")
+    argv = ["--checkpoint", str(out), "--data", str(new), "--text-field", "sentence", "--output-dir",
+            str(tmp_path / "ev"), "--num-beams", "2"]
+    assert evaluate_script.main(argv) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["split"] == "all" and m["num_examples"] == 7 and m["decoding"]["num_beams"] == 2
+    assert not os.path.exists(out / "checkpoint-12" / "metrics.json")  # nothing written into the checkpoint
+
+
+def test_bad_arguments_exit_with_a_message(trained_run, capsys, tmp_path):
+    tmp, data, out = trained_run
+    assert train_script.main(["--data", str(data), "--output-dir", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert evaluate_script.main(["--checkpoint", str(tmp_path), "--output-dir", str(tmp_path / "x")]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="divisible"):
+        parse(TrainConfig, ["--d-model", "30", "--n-head", "4"])
+
+
+def test_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("max_steps: 7\nrepresentation: mean\nrun_name: x\n")
+    cfg = parse(TrainConfig, [str(path)])
+    assert cfg.max_steps == 7 and cfg.representation == "mean" and cfg.output_dir == os.path.join("checkpoints", "x")
+    assert parse(TrainConfig, ["--max-steps", "9", "--finetune-encoder"]).finetune_encoder

@@ -1,0 +1,30 @@
+"""Train a decoder that reconstructs sentences from their BERT vectors, then evaluate it.
+
+CPU, the embedded default (all-MiniLM-L6-v2 [CLS], Wikipedia summaries):
+    python train.py
+One GPU, a bigger decoder:
+    python train.py --device cuda --d-model 512 --n-layer 8 --n-head 8 --batch-size 256 --max-steps 20000
+Flags can also come from a file:
+    python train.py my_run.yaml
+`python train.py --help` lists every flag.
+"""
+
+import sys
+
+from recon.config import TrainConfig, parse
+from recon.errors import ReconError
+from recon.training import train
+
+
+def main(argv=None):
+    try:
+        cfg = parse(TrainConfig, argv)
+        _, _, metrics = train(cfg)
+    except ReconError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
