@@ -78,7 +78,7 @@ class TrainConfig(DataConfig):
     num_prefix: int = field(default=1, metadata={"help": "prefix embeddings the vector is projected to"})
     max_target_len: int = field(default=64, metadata={"help": "longest decoder output, in decoder tokens"})
     # optimisation
-    max_steps: int = field(default=800, metadata={"help": "optimizer steps (0: use --epochs)"})
+    max_steps: int = field(default=700, metadata={"help": "optimizer steps (0: use --epochs)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training split, when --max-steps is 0"})
     batch_size: int = field(default=64, metadata={"help": "sentences per optimizer step"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the decoder"})
