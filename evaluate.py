@@ -40,7 +40,8 @@ def main(argv=None):
     try:
         cfg = parse(EvalConfig, argv)
         folder = resolve_checkpoint(cfg.checkpoint)
-        model = ReconModel.from_pretrained(folder, encoder=cfg.encoder, device=resolve_device(cfg.device))
+        model = ReconModel.from_pretrained(folder, encoder=cfg.encoder, representation=cfg.representation,
+                                           device=resolve_device(cfg.device))
         meta = load_meta(folder)
         dcfg, same = data_config(cfg, meta.get("args", {}))
         split = cfg.split or ("test" if same else "all")

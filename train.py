@@ -6,6 +6,8 @@ One GPU, a bigger decoder:
     python train.py --device cuda --d-model 512 --n-layer 8 --n-head 8 --batch-size 256 --max-steps 20000
 Flags can also come from a file:
     python train.py my_run.yaml
+Continue an interrupted run (same flags; Ctrl-C or SIGTERM saves a checkpoint before exiting):
+    python train.py --run-name big --resume
 `python train.py --help` lists every flag.
 """
 
@@ -13,16 +15,18 @@ import sys
 
 from recon.config import TrainConfig, parse
 from recon.errors import ReconError
-from recon.training import train
+from recon.training import TrainingInterrupted, train
 
 
 def main(argv=None):
     try:
-        cfg = parse(TrainConfig, argv)
-        _, _, metrics = train(cfg)
+        train(parse(TrainConfig, argv))
     except ReconError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(e, file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for "ended by a signal"
     return 0
 
 

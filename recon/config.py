@@ -98,6 +98,10 @@ class TrainConfig(DataConfig):
     num_beams: int = field(default=1, metadata={"help": "beams in the final evaluation (1: greedy)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
     overwrite: bool = field(default=False, metadata={"help": "replace a different run already in --output-dir"})
+    resume: Optional[str] = field(default=None, metadata={
+        "nargs": "?", "const": "auto",
+        "help": "continue a run: --resume (or --resume auto) from the newest checkpoint in --output-dir, "
+                "or --resume DIR from that checkpoint"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -112,6 +116,7 @@ class TrainConfig(DataConfig):
         _check(self.lr > 0 and self.encoder_lr > 0, "learning rates must be positive")
         _check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
         _check(0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], not {self.min_lr_ratio}")
+        _check(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; choose one")
         if self.output_dir is None:
             self.output_dir = os.path.join("checkpoints", self.run_name)
 
@@ -130,6 +135,8 @@ class EvalConfig:
     length_penalty: float = field(default=1.0, metadata={"help": "beam score / length ** this"})
     batch_size: int = field(default=256, metadata={"help": "sentences per batch"})
     encoder: Optional[str] = field(default=None, metadata={"help": "load the encoder from here instead of the recorded name"})
+    representation: Optional[str] = field(default=None, metadata={
+        "help": "the representation you expect; a checkpoint trained on another is refused"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda ..."})
     seed: int = field(default=0, metadata={"help": "seed of the random-vector control"})
 

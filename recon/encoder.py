@@ -1,5 +1,6 @@
 """The sentence vector: a Hugging Face BERT-family encoder and the representation read from it."""
 
+import hashlib
 import importlib.util
 import os
 
@@ -53,13 +54,16 @@ def load_encoder(name_or_path):
 
 
 def fingerprint(model):
-    """What a checkpoint records to check on load that it gets the encoder it was trained on."""
+    """What a checkpoint records to check on load that it gets the encoder it was trained on:
+    the architecture, and a hash of the input embeddings (another model of the same shape differs)."""
     c = model.config
+    emb = model.get_input_embeddings().weight.detach().float().cpu().contiguous()
     return {
         "model_type": c.model_type,
         "hidden_size": c.hidden_size,
         "num_hidden_layers": c.num_hidden_layers,
         "vocab_size": c.vocab_size,
+        "embeddings_sha256": hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16],
     }
 
 

@@ -167,13 +167,19 @@ class ReconModel(nn.Module):
         self.tokenizer.save(folder)
 
     @classmethod
-    def from_pretrained(cls, path, encoder=None, device=None):
+    def from_pretrained(cls, path, encoder=None, representation=None, device=None):
         """Load a checkpoint folder, or the latest checkpoint of a run folder.
 
         encoder: a name or path to use instead of the recorded one (the same model elsewhere).
+        representation: refuse a checkpoint trained on another representation than this.
         """
         folder = resolve_checkpoint(path)
         config = ReconConfig.load(folder)
+        if representation is not None and representation != config.representation:
+            raise CheckpointError(
+                f"{folder} decodes {config.representation!r} vectors, not {representation!r}; "
+                "use a checkpoint trained with that --representation"
+            )
         model, tok = load_encoder(encoder or config.encoder)
         got = fingerprint(model)
         if config.encoder_fingerprint and got != config.encoder_fingerprint:
@@ -187,19 +193,26 @@ class ReconModel(nn.Module):
         except (OSError, RuntimeError) as e:
             raise CheckpointError(f"{folder}: the decoder vocabulary is missing or corrupt ({e})") from None
         self = cls(config, enc, dec_tok)
-        try:
-            state = load_file(os.path.join(folder, WEIGHTS_FILE))
-        except FileNotFoundError:
-            raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}: the checkpoint is incomplete") from None
-        except Exception as e:  # safetensors raises its own error types for a damaged file
-            raise CheckpointError(f"{folder}/{WEIGHTS_FILE} is corrupt ({e}); use another checkpoint") from None
-        dec = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
-        self.decoder.load_state_dict(dec)
-        if config.finetune_encoder:
-            self.encoder.model.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
+        self.load_weights(folder)
         if device is not None:
             self.to(device)
         return self.eval()
+
+    def load_weights(self, folder):
+        """Load model.safetensors (safetensors only: nothing in a checkpoint is executed)."""
+        path = os.path.join(folder, WEIGHTS_FILE)
+        try:
+            state = load_file(path)
+        except FileNotFoundError:
+            raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}: the checkpoint is incomplete; use another") from None
+        except Exception as e:  # safetensors raises its own error types for a damaged file
+            raise CheckpointError(f"{path} is corrupt ({e}); use another checkpoint") from None
+        parts = [("decoder.", self.decoder)] + ([("encoder.", self.encoder.model)] if self.config.finetune_encoder else [])
+        for prefix, module in parts:
+            try:
+                module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            except RuntimeError as e:
+                raise CheckpointError(f"{path} does not fit its config.json ({str(e).splitlines()[0]})") from None
 
 
 def checkpoint_step(name):

@@ -9,20 +9,23 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict
 
 import torch
 from tqdm import tqdm
 
-from recon.checkpoint import git_commit, list_checkpoints, save_checkpoint
+from recon.checkpoint import TRAINER_STATE_FILE, git_commit, list_checkpoints, load_meta, save_checkpoint
 from recon.config import ConfigError
 from recon.data import build_corpus, describe
 from recon.encoder import Encoder, load_encoder
 from recon.evaluation import evaluate, write_outputs
-from recon.model import ReconModel
+from recon.errors import ReconError
+from recon.model import ReconModel, resolve_checkpoint
 from recon.report import headline_table
-from recon.tokenizer import EncoderVocabTokenizer, SentencePieceTokenizer
+from recon.tokenizer import EncoderVocabTokenizer, SentencePieceTokenizer, load_decoder_tokenizer
 
 
 def resolve_device(name):
@@ -70,8 +73,8 @@ def prepare_run_dir(cfg):
     taken = list_checkpoints(cfg.output_dir) or os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl"))
     if taken and not cfg.overwrite:
         raise ConfigError(
-            f"{cfg.output_dir} already holds a run; choose another --output-dir or --run-name, "
-            "or pass --overwrite to replace it"
+            f"{cfg.output_dir} already holds a run; continue it with --resume, choose another "
+            "--output-dir or --run-name, or pass --overwrite to replace it"
         )
     if taken:
         shutil.rmtree(cfg.output_dir)
@@ -109,17 +112,107 @@ def validation_loss(model, vectors, targets, texts, cfg, device):
     return total / max(tokens, 1)
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved first."""
+
+    def __init__(self, signum, checkpoint):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {checkpoint}; "
+                         "continue with the same command and --resume")
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+class TrainingDiverged(ReconError):
+    pass
+
+
+# arguments that may differ when resuming: they change bookkeeping, not the numbers
+RESUME_MAY_CHANGE = {"resume", "overwrite", "output_dir", "run_name", "device", "eval_steps", "save_steps",
+                     "save_total_limit", "no_eval", "num_beams", "eval_batch_size"}
+
+
+def resume_checkpoint(cfg):
+    """The checkpoint folder --resume names (auto: the newest in --output-dir) and its meta."""
+    if cfg.resume == "auto":
+        steps = list_checkpoints(cfg.output_dir)
+        if not steps:
+            raise ConfigError(f"--resume: {cfg.output_dir} holds no checkpoint to resume; start without --resume")
+        folder = os.path.join(cfg.output_dir, f"checkpoint-{steps[-1]}")
+    else:
+        folder = resolve_checkpoint(cfg.resume)
+    meta = load_meta(folder)
+    if not os.path.isfile(os.path.join(folder, TRAINER_STATE_FILE)) or "args" not in meta:
+        raise ConfigError(f"--resume: {folder} has no trainer state; it can be evaluated or used, not resumed")
+    old, new = meta["args"], asdict(cfg)
+    changed = sorted(k for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k])
+    if changed:
+        raise ConfigError(
+            f"--resume: {folder} was trained with other settings: "
+            + ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed)
+            + "; resume with the original flags, or start a new run"
+        )
+    return folder, meta
+
+
+def rng_state():
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def truncate_log(path, step):
+    """Drop log lines written after `step` (by a run that died after its last checkpoint)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
+class StopSignals:
+    """Turns SIGINT and SIGTERM into a flag that the loop checks after each step."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def train(cfg, log=print):
     """Train a model as `cfg` says; returns (model, run folder, test metrics or None)."""
     t_start = time.time()
     device = resolve_device(cfg.device)
     set_seed(cfg.seed)
-    prepare_run_dir(cfg)
+    resume_from, resume_meta = resume_checkpoint(cfg) if cfg.resume else (None, None)
+    if resume_from is None:
+        prepare_run_dir(cfg)
 
     enc_model, enc_tok = load_encoder(cfg.encoder)
     encoder = Encoder(enc_model, enc_tok, cfg.representation, cfg.layer, cfg.max_length)
     corpus = build_corpus(cfg.data, encoder.count_tokens, **cfg.corpus_kwargs())
     log(describe(corpus.stats))
+    if resume_from and resume_meta["data"]["corpus_hash"] != corpus.stats["corpus_hash"]:
+        raise ConfigError(f"--resume: the data is not what {resume_from} was trained on (corpus hash differs)")
     train_texts, val_texts = corpus.texts("train"), corpus.texts("validation")
     sizes = {s: len(corpus.texts(s)) for s in ("train", "validation", "test")}
     wanted = {"train": True, "validation": cfg.validation_fraction > 0, "test": cfg.test_fraction > 0 or not cfg.no_eval}
@@ -130,7 +223,9 @@ def train(cfg, log=print):
                 + (" (or --no-eval to skip the final evaluation)" if split == "test" else "")
             )
 
-    if cfg.decoder_tokenizer == "sentencepiece":
+    if resume_from:
+        dec_tok = load_decoder_tokenizer(cfg.decoder_tokenizer, resume_from)
+    elif cfg.decoder_tokenizer == "sentencepiece":
         dec_tok = SentencePieceTokenizer.train(train_texts, cfg.vocab_size)
     else:
         dec_tok = EncoderVocabTokenizer(enc_tok)
@@ -168,64 +263,90 @@ def train(cfg, log=print):
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, max_steps, cfg.min_lr_ratio))
     meta = {"args": asdict(cfg), "git_commit": git_commit(), "data": corpus.stats, "decoder_parameters": n_params}
+    log_path = os.path.join(cfg.output_dir, "metrics.jsonl")
+    start, tokens_seen, last_val = 0, 0, None
+    if resume_from:
+        model.load_weights(resume_from)
+        state = torch.load(os.path.join(resume_from, TRAINER_STATE_FILE), map_location=device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, tokens_seen, last_val = state["step"], state["tokens_seen"], resume_meta.get("val_loss")
+        truncate_log(log_path, start)
+        log(f"resumed from {resume_from} at step {start}")
     with open(os.path.join(cfg.output_dir, "data.json"), "w") as f:
         json.dump(corpus.stats, f, indent=2)
-    log_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     samples = (val_texts or train_texts)[:3]
 
-    model.train()
-    bar = tqdm(range(max_steps), desc="training", dynamic_ncols=True)
-    loss_sum = torch.zeros((), device=device)
-    tokens_seen, window_tokens, window_start, last_val = 0, 0, time.time(), None
-    for step in bar:
-        idx = batches(step)
-        y = pad_batch([train_y[i] for i in idx], dec_tok.pad_id, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if train_v is not None:
-                v = train_v[idx]
-            else:
-                batch = encoder.tokenize([train_texts[i] for i in idx]).to(device)
-                v = encoder(batch["input_ids"], batch["attention_mask"])
-            loss = model.loss(v, y)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        n_tok = sum(len(train_y[i]) for i in idx)
-        tokens_seen += n_tok
-        window_tokens += n_tok
+    def save(step):
+        meta.update(step=step, val_loss=last_val, tokens_seen=tokens_seen, train_seconds=time.time() - t_start)
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                 "tokens_seen": tokens_seen, "rng": rng_state()}
+        return save_checkpoint(cfg.output_dir, step, model, meta, state, cfg.save_total_limit)
 
-        done = step + 1
-        if done % 10 == 0 or done == max_steps:  # read the loss back every 10 steps, not every step
-            k = 10 if done % 10 == 0 else done % 10
-            train_loss = float(loss_sum) / k
-            loss_sum.zero_()
-            tps = window_tokens / max(time.time() - window_start, 1e-9)
-            window_tokens, window_start = 0, time.time()
-            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            record = {"step": done, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
-                      "tokens_per_second": tps, "tokens_seen": tokens_seen, "elapsed": time.time() - t_start}
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"the training loss is {train_loss} at step {done}; lower --lr")
-            if done % cfg.eval_steps == 0 or done == max_steps:
-                msg = f"step {done}: train loss {train_loss:.3f}"
-                if val_texts:
-                    last_val = validation_loss(model, val_v, val_y, val_texts, cfg, device)
-                    record["val_loss"] = last_val
-                    msg += f", validation loss {last_val:.3f}"
-                recon = model.reconstruct(samples)
-                bar.write(msg)
-                for ref, out in zip(samples, recon):
-                    bar.write(f"  original: {ref}\n  decoded:  {out}")
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if (cfg.save_steps and done % cfg.save_steps == 0) or done == max_steps:
-            meta.update(step=done, val_loss=last_val, tokens_seen=tokens_seen, train_seconds=time.time() - t_start)
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": done}
-            save_checkpoint(cfg.output_dir, done, model, meta, state, cfg.save_total_limit)
+    model.train()
+    bar = tqdm(range(start, max_steps), desc="training", dynamic_ncols=True, initial=start, total=max_steps)
+    loss_sum = torch.zeros((), device=device)
+    window_steps, window_tokens, window_start = 0, 0, time.time()
+    with StopSignals() as stop:
+        for step in bar:
+            idx = batches(step)
+            y = pad_batch([train_y[i] for i in idx], dec_tok.pad_id, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                if train_v is not None:
+                    v = train_v[idx]
+                else:
+                    batch = encoder.tokenize([train_texts[i] for i in idx]).to(device)
+                    v = encoder(batch["input_ids"], batch["attention_mask"])
+                loss = model.loss(v, y)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            n_tok = sum(len(train_y[i]) for i in idx)
+            tokens_seen += n_tok
+            window_tokens += n_tok
+            window_steps += 1
+
+            done = step + 1
+            saving = (cfg.save_steps and done % cfg.save_steps == 0) or done == max_steps or stop.signum
+            # read the loss back every 10 steps and before every save, not every step
+            if done % 10 == 0 or saving:
+                train_loss = float(loss_sum) / window_steps
+                if not math.isfinite(train_loss):
+                    kept = list_checkpoints(cfg.output_dir)
+                    raise TrainingDiverged(
+                        f"the training loss became {train_loss} between steps {done - window_steps + 1} and {done}; "
+                        + (f"the last good checkpoint, {cfg.output_dir}/checkpoint-{kept[-1]}, is intact; "
+                           if kept else "no checkpoint was written; ")
+                        + "lower --lr or raise --warmup-steps and start again"
+                    )
+                tps = window_tokens / max(time.time() - window_start, 1e-9)
+                loss_sum.zero_()
+                window_steps, window_tokens, window_start = 0, 0, time.time()
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                record = {"step": done, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                          "tokens_per_second": tps, "tokens_seen": tokens_seen, "elapsed": time.time() - t_start}
+                if done % cfg.eval_steps == 0 or done == max_steps:
+                    msg = f"step {done}: train loss {train_loss:.3f}"
+                    if val_texts:
+                        last_val = validation_loss(model, val_v, val_y, val_texts, cfg, device)
+                        record["val_loss"] = last_val
+                        msg += f", validation loss {last_val:.3f}"
+                    recon = model.reconstruct(samples)
+                    bar.write(msg)
+                    for ref, out in zip(samples, recon):
+                        bar.write(f"  original: {ref}\n  decoded:  {out}")
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if saving:
+                folder = save(done)
+            if stop.signum:
+                bar.close()
+                raise TrainingInterrupted(stop.signum, folder)
     bar.close()
     log(f"trained {max_steps} steps in {time.time() - t_start:.0f}s; checkpoint in {cfg.output_dir}")
 

@@ -38,7 +38,7 @@ def test_train_writes_a_loadable_run(trained_run):
     assert meta["step"] == 12 and meta["args"]["max_steps"] == 12 and meta["data"]["corpus_hash"]
     assert meta["val_loss"] is not None
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [10, 12] and "val_loss" in log[-1]
+    assert [r["step"] for r in log] == [5, 10, 12] and "val_loss" in log[-1]  # every 10 steps and every save
     m = json.loads((out / "eval-test" / "metrics.json").read_text())
     for key in ("bleu", "sentence_bleu_mean", "exact_match", "exact_match_normalized", "token_f1", "num_examples",
                 "sacrebleu_signature", "decoding", "control_random_bleu", "control_random_exact_match", "by_length"):
