@@ -36,6 +36,23 @@ def data_config(cfg, trained):
     return DataConfig(**keep), same
 
 
+def training_texts(cfg, dcfg, meta, corpus, model):
+    """The checkpoint's training split, for the retrieval control ([] when it cannot be rebuilt)."""
+    if cfg.retrieval_pool == 0:
+        return []
+    if corpus is None:  # new data: rebuild the training corpus the checkpoint recorded
+        trained = meta.get("args", {})
+        if "data" not in trained:
+            return []
+        tcfg = DataConfig(**{k: v for k, v in trained.items() if k in DataConfig.__dataclass_fields__})
+        try:
+            corpus = build_corpus(tcfg.data, model.encoder.count_tokens, **tcfg.corpus_kwargs())
+        except DataError as e:
+            print(f"warning: no retrieval control: the training data cannot be read here ({e})")
+            return []
+    return corpus.texts("train")
+
+
 def main(argv=None):
     try:
         cfg = parse(EvalConfig, argv)
@@ -53,8 +70,10 @@ def main(argv=None):
         texts = corpus.texts(split)[:cfg.max_examples]
         if not texts:
             raise DataError(f"the {split} split of {dcfg.data} is empty; choose another --split")
+        pool = training_texts(cfg, dcfg, meta, corpus if same else None, model)[:cfg.retrieval_pool]
         metrics, rows = evaluate(model, texts, [corpus.lengths[t] for t in texts], num_beams=cfg.num_beams,
-                                 length_penalty=cfg.length_penalty, batch_size=cfg.batch_size, seed=cfg.seed)
+                                 length_penalty=cfg.length_penalty, batch_size=cfg.batch_size, seed=cfg.seed,
+                                 rerank=cfg.rerank, pool_texts=pool)
         metrics.update(checkpoint=folder, step=meta.get("step"), data=dcfg.data, split=split)
         write_outputs(cfg.output_dir, metrics, rows, title=f"recon: {folder} on {dcfg.data} ({split})")
     except ReconError as e:

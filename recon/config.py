@@ -26,6 +26,11 @@ def _check(ok, message):
         raise ConfigError(message)
 
 
+def _check_rerank(rerank, num_beams):
+    _check(rerank in ("none", "embedding"), f"--rerank must be none or embedding, not {rerank!r}")
+    _check(rerank == "none" or num_beams > 1, "--rerank embedding chooses among beams: give --num-beams 2 or more")
+
+
 @dataclass
 class DataConfig:
     data: str = field(default=DEFAULT_CORPUS, metadata={"help": f"'{DEFAULT_CORPUS}' (Wikipedia summaries, "
@@ -107,6 +112,8 @@ class TrainConfig(DataConfig):
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept in the run folder"})
     no_eval: bool = field(default=False, metadata={"help": "skip the final evaluation on the test split"})
     num_beams: int = field(default=1, metadata={"help": "beams in the final evaluation (1: greedy)"})
+    rerank: str = field(default="none", metadata={
+        "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (needs beams)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
     overwrite: bool = field(default=False, metadata={"help": "replace a different run already in --output-dir"})
     resume: Optional[str] = field(default=None, metadata={
@@ -129,6 +136,7 @@ class TrainConfig(DataConfig):
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "num_prefix", "max_target_len", "batch_size",
                      "eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):
             _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        _check_rerank(self.rerank, self.num_beams)
         _check(self.d_model % self.n_head == 0, f"--d-model {self.d_model} must be divisible by --n-head {self.n_head}")
         _check(self.max_steps >= 0 and self.save_steps >= 0 and self.warmup_steps >= 0, "step counts cannot be negative")
         _check(self.max_steps > 0 or self.epochs > 0, "give --max-steps or --epochs a positive value")
@@ -151,6 +159,10 @@ class EvalConfig:
     sentence_split: Optional[str] = field(default=None, metadata={"help": "auto, yes or no (default: as trained)"})
     max_examples: Optional[int] = field(default=None, metadata={"help": "evaluate at most this many texts"})
     num_beams: int = field(default=1, metadata={"help": "beams (1: greedy)"})
+    rerank: str = field(default="none", metadata={
+        "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (needs beams)"})
+    retrieval_pool: Optional[int] = field(default=None, metadata={
+        "help": "training texts searched by the retrieval control (default: all of the training split; 0: skip it)"})
     length_penalty: float = field(default=1.0, metadata={"help": "beam score / length ** this"})
     batch_size: int = field(default=256, metadata={"help": "sentences per batch"})
     encoder: Optional[str] = field(default=None, metadata={"help": "load the encoder from here instead of the recorded name"})
@@ -162,6 +174,8 @@ class EvalConfig:
     def __post_init__(self):
         _check(self.split in (None, "train", "validation", "test", "all"), f"--split must be train, validation, test or all, not {self.split!r}")
         _check(self.num_beams >= 1 and self.batch_size >= 1, "--num-beams and --batch-size must be at least 1")
+        _check_rerank(self.rerank, self.num_beams)
+        _check(self.retrieval_pool is None or self.retrieval_pool >= 0, "--retrieval-pool cannot be negative")
         _check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
 
 

@@ -1,9 +1,16 @@
 """Evaluate a model on texts: reconstruct from their vectors, score, and score the controls.
 
+Controls, always computed beside the reconstruction:
+  random     decode Gaussian vectors with the mean and covariance of the real ones
+             (what the decoder writes from its language prior alone);
+  shuffled   decode each sentence from another evaluated sentence's vector (never its own);
+  retrieval  the training sentence whose vector is closest by cosine (what memorising the
+             training set would score); and the overlap of the evaluated text with training.
+
 Writes to an output folder:
-  metrics.json       headline metrics, by-length metrics, controls, decoding settings
-  predictions.jsonl  one line per example: reference, prediction, length, scores, control
-  report.md          the human report (recon/report.py)
+  metrics.json       headline metrics, controls, by-length metrics, decoding settings
+  predictions.jsonl  one line per example: reference, prediction, length, scores, controls
+  report.md          the human report (recon/report.py), and PNG plots beside it
 """
 
 import json
@@ -11,11 +18,14 @@ import os
 import time
 
 import torch
+import torch.nn.functional as F
 
-from recon.metrics import corpus_scores, example_scores
+from recon.metrics import corpus_scores, example_scores, ngram_overlap
 from recon.report import write_report
 
 LENGTH_BUCKETS = ((1, 8), (9, 16), (17, 24), (25, 32), (33, 48), (49, 64), (65, 10**9))
+CONTROLS = ("random", "shuffled", "retrieval")
+SCORES = ("sentence_bleu", "exact_match", "exact_match_normalized", "token_f1")
 
 
 def bucket_name(length):
@@ -29,7 +39,7 @@ def matched_random_vectors(vectors, seed=0):
     """Gaussian vectors with the same mean and covariance as `vectors` (N, D)."""
     x = vectors.double().cpu()
     mean = x.mean(0)
-    cov = torch.cov(x.T)  # (D, D)
+    cov = torch.cov(x.T) if len(x) > 1 else torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype)  # (D, D)
     evals, evecs = torch.linalg.eigh(cov)
     scale = evecs * evals.clamp(min=0).sqrt()  # cov = scale @ scale.T
     g = torch.Generator().manual_seed(seed)
@@ -37,63 +47,134 @@ def matched_random_vectors(vectors, seed=0):
     return (mean + z @ scale.T).to(vectors.dtype)
 
 
-def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, log=print):
+def derangement(n, seed=0):
+    """A permutation with no fixed point: index i gets another row's vector (n >= 2)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.empty(n, dtype=torch.long)
+    perm[order] = order.roll(-1)  # each row takes the next row's vector in a random cycle
+    return perm
+
+
+def nearest(queries, pool, chunk=4096):
+    """Index into `pool` (M, D) of the closest row by cosine for each query (N, D)."""
+    p = F.normalize(pool.float(), dim=-1)
+    out = []
+    for s in range(0, len(queries), chunk):
+        q = F.normalize(queries[s:s + chunk].float().to(p.device), dim=-1)
+        out.append((q @ p.T).argmax(-1).cpu())  # (n,)
+    return torch.cat(out)
+
+
+def cosine(a, b):
+    return F.cosine_similarity(a.float(), b.float().to(a.device), dim=-1).cpu()
+
+
+def decode(model, vectors, num_beams, length_penalty, batch_size, rerank):
+    """Predictions for `vectors`; with rerank="embedding" each example keeps the beam whose
+    re-encoded vector is closest to its own. Returns (predictions, plain-beam predictions or None)."""
+    if rerank != "embedding":
+        return model.generate_from_vectors(vectors, num_beams=num_beams, length_penalty=length_penalty,
+                                           batch_size=batch_size), None
+    best, beams = model.generate_from_vectors(vectors, num_beams=num_beams, length_penalty=length_penalty,
+                                              batch_size=batch_size, return_all=True)
+    flat = [text for row in beams for text, _ in row]
+    cand = model.encode(flat)  # (N*K, D)
+    cand_cos = cosine(cand, vectors.repeat_interleave(num_beams, dim=0)).view(len(beams), num_beams)
+    reranked = [row[i][0] for row, i in zip(beams, cand_cos.argmax(-1).tolist())]
+    return reranked, best
+
+
+def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
+             pool_texts=None, pool_vectors=None, log=print):
     """Score `model` on `texts`; lengths: encoder-token length of each text.
 
+    pool_texts: the training texts for the retrieval control and the overlap check (none: skipped);
+    pool_vectors: their vectors, if already computed.
     Returns (metrics, rows): the metrics dict and one dict per example.
     """
     texts = list(texts)
     if not texts:
         raise ValueError("nothing to evaluate: the chosen split holds no text")
-    decode = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size)
+    if rerank not in ("none", "embedding"):
+        raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
+    gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size)
     t0 = time.time()
     vectors = model.encode(texts)  # (N, D)
     t_encode = time.time() - t0
-    predictions = model.generate_from_vectors(vectors, **decode)
+    predictions, plain_beam = decode(model, vectors, rerank=rerank, **gen)
     t_decode = time.time() - t0 - t_encode
-    control = model.generate_from_vectors(matched_random_vectors(vectors, seed), **decode)
+    fidelity = cosine(model.encode(predictions), vectors)  # (N,) re-encoded reconstruction vs target
+    controls = {"random": model.generate_from_vectors(matched_random_vectors(vectors, seed), **gen)}
+    if len(texts) > 1:
+        controls["shuffled"] = model.generate_from_vectors(vectors[derangement(len(texts), seed)], **gen)
+    overlap = {}
+    if pool_texts:
+        if pool_vectors is None:
+            pool_vectors = model.encode(pool_texts)
+        idx = nearest(vectors, pool_vectors).tolist()
+        controls["retrieval"] = [pool_texts[i] for i in idx]
+        pool_set = set(pool_texts)
+        overlap = {"overlap_texts_in_train": sum(t in pool_set for t in texts),
+                   "overlap_ngram_nearest_train": 100 * sum(ngram_overlap(t, p) for t, p in
+                                                            zip(texts, controls["retrieval"])) / len(texts),
+                   "retrieval_pool_size": len(pool_texts)}
     log(f"evaluated {len(texts)} texts: encode {t_encode:.1f}s, decode {t_decode:.1f}s")
 
     rows = []
-    for text, pred, ctrl, n in zip(texts, predictions, control, lengths):
-        rows.append({
-            "reference": text, "prediction": pred, "length": n, "length_bucket": bucket_name(n),
-            **example_scores(pred, text), "control_random_prediction": ctrl,
-            **{f"control_random_{k}": v for k, v in example_scores(ctrl, text).items()},
-        })
-    metrics = {
-        **corpus_scores(predictions, texts, [_scores(r) for r in rows]),
-        **{f"control_random_{k}": v for k, v in
-           corpus_scores(control, texts, [_scores(r, "control_random_") for r in rows]).items()
-           if k not in ("num_examples", "sacrebleu_signature")},
+    for i, (text, pred, n) in enumerate(zip(texts, predictions, lengths)):
+        row = {"reference": text, "prediction": pred, "length": n, "length_bucket": bucket_name(n),
+               **example_scores(pred, text), "cosine": float(fidelity[i])}
+        for name, outs in controls.items():
+            row[f"control_{name}_prediction"] = outs[i]
+            row.update({f"control_{name}_{k}": v for k, v in example_scores(outs[i], text).items()})
+        rows.append(row)
+    metrics = {**corpus_scores(predictions, texts, [_scores(r) for r in rows]), "cosine": _mean(fidelity.tolist())}
+    for name, outs in controls.items():
+        c = corpus_scores(outs, texts, [_scores(r, f"control_{name}_") for r in rows])
+        metrics.update({f"control_{name}_{k}": v for k, v in c.items() if k not in ("num_examples", "sacrebleu_signature")})
+    if plain_beam is not None:
+        b = corpus_scores(plain_beam, texts)
+        metrics.update({f"beam_without_rerank_{k}": b[k] for k in ("bleu", "exact_match", "token_f1")})
+        metrics["beam_without_rerank_cosine"] = _mean(cosine(model.encode(plain_beam), vectors).tolist())
+    metrics.update({
+        **overlap,
         "decoding": {"strategy": "beam" if num_beams > 1 else "greedy", "num_beams": num_beams,
-                     "length_penalty": length_penalty, "max_new_tokens": model.config.max_target_len + 1},
-        "control_random": "Gaussian vectors with the mean and covariance of the evaluated vectors",
+                     "length_penalty": length_penalty, "rerank": rerank,
+                     "max_new_tokens": model.config.max_target_len + 1},
+        "controls": {"random": "Gaussian vectors with the mean and covariance of the evaluated vectors",
+                     "shuffled": "each text decoded from another evaluated text's vector",
+                     "retrieval": "the training text with the closest vector by cosine"},
         "encode_seconds": t_encode,
         "decode_seconds": t_decode,
         "sentences_per_second": len(texts) / max(t_decode, 1e-9),
-        "by_length": by_length(rows),
-    }
+        "by_length": by_length(rows, list(controls)),
+    })
     return metrics, rows
 
 
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
 def _scores(row, prefix=""):
-    keys = ("sentence_bleu", "exact_match", "exact_match_normalized", "token_f1")
-    return {k: row[prefix + k] for k in keys}
+    return {k: row[prefix + k] for k in SCORES}
 
 
-def by_length(rows):
+def by_length(rows, controls):
     out = {}
     for lo, hi in LENGTH_BUCKETS:
         name = bucket_name(lo)
         sel = [r for r in rows if r["length_bucket"] == name]
         if not sel:
             continue
-        m = corpus_scores([r["prediction"] for r in sel], [r["reference"] for r in sel], [_scores(r) for r in sel])
-        c = corpus_scores([r["control_random_prediction"] for r in sel], [r["reference"] for r in sel],
-                          [_scores(r, "control_random_") for r in sel])
+        refs = [r["reference"] for r in sel]
+        m = corpus_scores([r["prediction"] for r in sel], refs, [_scores(r) for r in sel])
         m.pop("sacrebleu_signature")
-        out[name] = {**m, "control_random_bleu": c["bleu"], "control_random_exact_match": c["exact_match"]}
+        m["cosine"] = _mean([r["cosine"] for r in sel])
+        for c in controls:
+            s = corpus_scores([r[f"control_{c}_prediction"] for r in sel], refs, [_scores(r, f"control_{c}_") for r in sel])
+            m.update({f"control_{c}_bleu": s["bleu"], f"control_{c}_exact_match": s["exact_match"]})
+        out[name] = m
     return out
 
 
@@ -104,4 +185,4 @@ def write_outputs(output_dir, metrics, rows, title="recon evaluation"):
     with open(os.path.join(output_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return write_report(os.path.join(output_dir, "report.md"), metrics, rows, title)
+    return write_report(output_dir, metrics, rows, title)

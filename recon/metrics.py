@@ -41,6 +41,17 @@ def token_f1(prediction, reference):
     return 2 * precision * recall / (precision + recall)
 
 
+def ngram_overlap(text, other, n=2):
+    """Share of `text`'s word n-grams (normalised as above) that also occur in `other`, 0-1."""
+    a, b = normalize_loose(text).split(), normalize_loose(other).split()
+    n = min(n, len(a)) or 1
+    grams = [tuple(a[i:i + n]) for i in range(len(a) - n + 1)]
+    if not grams:
+        return 0.0
+    have = {tuple(b[i:i + n]) for i in range(len(b) - n + 1)}
+    return sum(g in have for g in grams) / len(grams)
+
+
 def example_scores(prediction, reference, _bleu=BLEU(effective_order=True)):
     """Per-example scores, each 0-100."""
     return {

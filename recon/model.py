@@ -130,8 +130,12 @@ class ReconModel(nn.Module):
         return self.encoder.encode(list(texts), batch_size=batch_size)
 
     @torch.no_grad()
-    def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256):
-        """(N, vector_dim) vectors from anywhere -> list of N strings."""
+    def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
+                              return_all=False):
+        """(N, vector_dim) vectors from anywhere -> list of N strings.
+
+        return_all (beam search): also return every beam, best first, as N lists of (text, score).
+        """
         vectors = torch.as_tensor(vectors)
         if vectors.dim() == 1:
             vectors = vectors[None]
@@ -142,15 +146,21 @@ class ReconModel(nn.Module):
             )
         was_training = self.training
         self.eval()
-        c, out = self.config, []
+        c, out, beams = self.config, [], []
         for start in range(0, len(vectors), batch_size):
             v = vectors[start:start + batch_size].to(self.device, torch.float32)
             if num_beams > 1:
-                ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty, max_new_tokens)
+                ids, all_ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty,
+                                           max_new_tokens, return_all=True)
+                beams.extend([(self.tokenizer.decode(x), s) for x, s in row] for row in all_ids)
             else:
                 ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens)
             out.extend(self.tokenizer.decode(x) for x in ids)
         self.train(was_training)
+        if return_all:
+            if num_beams == 1:
+                raise ValueError("return_all needs num_beams > 1")
+            return out, beams
         return out
 
     def reconstruct(self, texts, **generate_kwargs):

@@ -1,4 +1,7 @@
-"""The human report: headline table beside its control, a table by length, best and worst rows."""
+"""The human report: headline table beside its controls, a table by length, plots, best and
+worst rows."""
+
+import os
 
 HEADLINE = (
     ("bleu", "BLEU (corpus)"),
@@ -7,22 +10,36 @@ HEADLINE = (
     ("exact_match_normalized", "exact match, normalised %"),
     ("token_f1", "token F1"),
 )
+CONTROL_LABELS = {"random": "random vector", "shuffled": "another sentence's vector",
+                  "retrieval": "nearest training sentence"}
+
+
+def controls_in(metrics):
+    return [c for c in CONTROL_LABELS if f"control_{c}_bleu" in metrics]
 
 
 def headline_table(metrics):
-    lines = ["| metric | reconstruction | control: random vector |", "|---|---:|---:|"]
+    controls = controls_in(metrics)
+    lines = ["| metric | reconstruction | " + " | ".join(f"control: {CONTROL_LABELS[c]}" for c in controls) + " |",
+             "|---|---:|" + "---:|" * len(controls)]
     for key, label in HEADLINE:
-        lines.append(f"| {label} | {metrics[key]:.2f} | {metrics['control_random_' + key]:.2f} |")
-    lines.append(f"| examples | {metrics['num_examples']} | {metrics['num_examples']} |")
+        cells = [f"{metrics[f'control_{c}_{key}']:.2f}" for c in controls]
+        lines.append(f"| {label} | {metrics[key]:.2f} | " + " | ".join(cells) + " |")
+    if "cosine" in metrics:
+        lines.append("| cosine(target, re-encoded output) | "
+                     f"{metrics['cosine']:.3f} | " + " | ".join("" for _ in controls) + " |")
+    lines.append(f"| examples | {metrics['num_examples']} | " + " | ".join(str(metrics["num_examples"]) for _ in controls) + " |")
     return "\n".join(lines)
 
 
-def length_table(by_length):
-    lines = ["| length (encoder tokens) | n | BLEU | exact match % | token F1 | control BLEU | control exact % |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+def length_table(by_length, controls):
+    head = "| length (encoder tokens) | n | BLEU | exact match % | token F1 | cosine | " + \
+        " | ".join(f"BLEU: {CONTROL_LABELS[c]}" for c in controls) + " |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|" + "---:|" * len(controls)]
     for name, m in by_length.items():
+        cells = [f"{m[f'control_{c}_bleu']:.2f}" for c in controls]
         lines.append(f"| {name} | {m['num_examples']} | {m['bleu']:.2f} | {m['exact_match']:.2f} | "
-                     f"{m['token_f1']:.2f} | {m['control_random_bleu']:.2f} | {m['control_random_exact_match']:.2f} |")
+                     f"{m['token_f1']:.2f} | {m.get('cosine', float('nan')):.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -34,24 +51,73 @@ def _examples(rows):
     return "\n".join(lines)
 
 
-def write_report(path, metrics, rows, title, n_examples=10):
+def plot_length_curves(path, metrics):
+    """BLEU and exact match by length bucket, reconstruction and controls; cosine by length."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buckets = list(metrics["by_length"])
+    rows = [metrics["by_length"][b] for b in buckets]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, label in ((axes[0], "bleu", "corpus BLEU"), (axes[1], "exact_match", "exact match %")):
+        ax.plot(buckets, [r[key] for r in rows], "o-", label="reconstruction")
+        for c in controls_in(metrics):
+            ax.plot(buckets, [r[f"control_{c}_{key}"] for r in rows], "o--", label=CONTROL_LABELS[c])
+        ax.set_xlabel("length (encoder tokens)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[2].plot(buckets, [r["cosine"] for r in rows], "o-")
+    axes[2].set_xlabel("length (encoder tokens)")
+    axes[2].set_ylabel("cosine(target, re-encoded output)")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(output_dir, metrics, rows, title, n_examples=10):
+    """Write report.md and length_curves.png into output_dir; return the Markdown."""
     ranked = sorted(rows, key=lambda r: (r["sentence_bleu"], r["length"]))
     d = metrics["decoding"]
+    decoding = f"Decoding: {d['strategy']}"
+    if d["num_beams"] > 1:
+        decoding += f", {d['num_beams']} beams, length penalty {d['length_penalty']}"
+        if d.get("rerank") == "embedding":
+            decoding += ", the beam whose re-encoded vector is closest to the target kept"
+    decoding += f"; at most {d['max_new_tokens']} tokens. BLEU signature: `{metrics['sacrebleu_signature']}`."
+    notes = []
+    if "beam_without_rerank_bleu" in metrics:
+        notes.append(f"Plain beam search (no rerank) scores BLEU {metrics['beam_without_rerank_bleu']:.2f}, exact match "
+                     f"{metrics['beam_without_rerank_exact_match']:.2f}%, cosine {metrics['beam_without_rerank_cosine']:.3f}; "
+                     f"the embedding rerank changes these by {metrics['bleu'] - metrics['beam_without_rerank_bleu']:+.2f} BLEU and "
+                     f"{metrics['exact_match'] - metrics['beam_without_rerank_exact_match']:+.2f} exact match points.")
+    if "overlap_texts_in_train" in metrics:
+        notes.append(f"Overlap with training: {metrics['overlap_texts_in_train']} evaluated texts also occur among the "
+                     f"{metrics['retrieval_pool_size']} training texts (0 for a held-out split); on average "
+                     f"{metrics['overlap_ngram_nearest_train']:.1f}% of a text's word bigrams occur in its nearest "
+                     "training text.")
+    plot = os.path.join(output_dir, "length_curves.png")
+    plot_length_curves(plot, metrics)
     text = "\n\n".join([
         f"# {title}",
-        f"Decoding: {d['strategy']}" + (f", {d['num_beams']} beams, length penalty {d['length_penalty']}"
-                                         if d["num_beams"] > 1 else "")
-        + f"; at most {d['max_new_tokens']} tokens. BLEU signature: `{metrics['sacrebleu_signature']}`.",
+        decoding,
         headline_table(metrics),
-        "The control decodes vectors drawn at random with the mean and covariance of the real ones: "
-        "what the decoder writes from its language prior alone.",
+        "Controls: *random vector* decodes Gaussian vectors with the mean and covariance of the real ones "
+        "(the decoder's language prior alone); *another sentence's vector* decodes each text from a different "
+        "evaluated text's vector; *nearest training sentence* is the training text whose vector is closest by "
+        "cosine (what memorising the training set would score). Cosine compares the target vector with the "
+        "vector of the re-encoded reconstruction.",
+        *notes,
         "## By length",
-        length_table(metrics["by_length"]),
+        length_table(metrics["by_length"], controls_in(metrics)),
+        "![metrics by length](length_curves.png)",
         f"## The {n_examples} best reconstructions",
         _examples(list(reversed(ranked))[:n_examples]),
         f"## The {n_examples} worst reconstructions",
         _examples(ranked[:n_examples]),
     ]) + "\n"
-    with open(path, "w", encoding="utf-8") as f:
+    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text

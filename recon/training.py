@@ -359,7 +359,8 @@ def train(cfg, log=print):
     if not cfg.no_eval:
         test = corpus.texts("test")
         metrics, rows = evaluate(model, test, [corpus.lengths[t] for t in test], num_beams=cfg.num_beams,
-                                 batch_size=cfg.eval_batch_size, seed=cfg.seed, log=log)
+                                 batch_size=cfg.eval_batch_size, seed=cfg.seed, rerank=cfg.rerank,
+                                 pool_texts=train_texts, pool_vectors=train_v, log=log)
         metrics.update(split="test", checkpoint=cfg.output_dir, step=max_steps)
         out = os.path.join(cfg.output_dir, "eval-test")
         write_outputs(out, metrics, rows, title=f"recon: {cfg.output_dir}, test split")

@@ -1,0 +1,83 @@
+"""The controls are computed on the right vectors, retrieval and rerank do what they say."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import sentences
+from recon.evaluation import cosine, decode, derangement, evaluate, matched_random_vectors, nearest, write_outputs
+from recon.metrics import ngram_overlap
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 101])
+def test_derangement_never_keeps_a_vector_in_place(n):
+    for seed in range(20):
+        perm = derangement(n, seed)
+        assert sorted(perm.tolist()) == list(range(n))
+        assert all(perm[i] != i for i in range(n))
+
+
+def test_matched_random_vectors_match_mean_and_covariance():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(20000, 4, generator=g) @ torch.tensor([[2.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, .5, 0], [0, 0, 0, 3]]) + 5
+    fake = matched_random_vectors(real, seed=1)
+    torch.testing.assert_close(fake.mean(0), real.mean(0), atol=0.1, rtol=0)
+    torch.testing.assert_close(torch.cov(fake.T), torch.cov(real.T), atol=0.25, rtol=0.05)
+    assert not torch.allclose(fake[:10], real[:10])
+
+
+def test_retrieval_finds_the_exact_sentence_when_it_is_in_the_pool(tiny_model):
+    texts = sentences(30)
+    pool = sentences(200, seed=5) + texts
+    vecs, pool_vecs = tiny_model.encode(texts), tiny_model.encode(pool)
+    assert [pool[i] for i in nearest(vecs, pool_vecs, chunk=7)] == texts
+
+
+def test_controls_use_the_right_vectors(tiny_model):
+    texts = sentences(12)
+    pool = sentences(50, seed=3) + texts[:5]  # five evaluated texts "leak" into training
+    metrics, rows = evaluate(tiny_model, texts, [len(t.split()) for t in texts], seed=4, pool_texts=pool, log=lambda *a: None)
+    vecs = tiny_model.encode(texts)
+    shuffled = tiny_model.generate_from_vectors(vecs[derangement(len(texts), 4)])
+    assert [r["control_shuffled_prediction"] for r in rows] == shuffled
+    assert [r["prediction"] for r in rows] == tiny_model.generate_from_vectors(vecs)
+    random = tiny_model.generate_from_vectors(matched_random_vectors(vecs, 4))
+    assert [r["control_random_prediction"] for r in rows] == random
+    assert metrics["overlap_texts_in_train"] == 5
+    assert all(r["control_retrieval_prediction"] == r["reference"] for r in rows[:5])
+    assert metrics["control_retrieval_exact_match"] >= 100 * 5 / 12
+    assert metrics["retrieval_pool_size"] == len(pool)
+    re_cos = cosine(tiny_model.encode([r["prediction"] for r in rows]), vecs)
+    assert [r["cosine"] for r in rows] == pytest.approx(re_cos.tolist())
+
+
+def test_rerank_keeps_the_closest_candidate(tiny_model):
+    texts = sentences(6)
+    vecs = tiny_model.encode(texts)
+    chosen, plain = decode(tiny_model, vecs, num_beams=4, length_penalty=1.0, batch_size=4, rerank="embedding")
+    _, beams = tiny_model.generate_from_vectors(vecs, num_beams=4, batch_size=4, return_all=True)
+    assert plain == [row[0][0] for row in beams]
+    for v, pick, row in zip(vecs, chosen, beams):
+        cands = [t for t, _ in row]
+        cos = cosine(tiny_model.encode(cands), v[None].expand(len(cands), -1))
+        assert pick in cands and cosine(tiny_model.encode([pick]), v[None])[0] == pytest.approx(cos.max().item(), abs=1e-6)
+
+
+def test_report_and_plot_are_written(tiny_model, tmp_path):
+    texts = sentences(9)
+    metrics, rows = evaluate(tiny_model, texts, [8, 9, 12, 17, 25, 30, 33, 40, 70], num_beams=2, rerank="embedding",
+                             pool_texts=sentences(20, seed=2), log=lambda *a: None)
+    text = write_outputs(str(tmp_path), metrics, rows)
+    assert set(metrics["by_length"]) == {"1-8", "9-16", "17-24", "25-32", "33-48", "65+"}
+    assert "nearest training sentence" in text and "Plain beam search" in text and "cosine" in text
+    assert os.path.getsize(tmp_path / "length_curves.png") > 5000
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["decoding"]["rerank"] == "embedding" and "beam_without_rerank_bleu" in saved
+
+
+def test_ngram_overlap():
+    assert ngram_overlap("the cat sat", "The cat sat down.") == 1.0
+    assert ngram_overlap("the cat sat", "a cat sat") == 0.5
+    assert ngram_overlap("cat", "the cat") == 1.0 and ngram_overlap("", "x") == 0.0
