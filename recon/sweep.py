@@ -1,0 +1,175 @@
+"""Run a grid of training runs and compare them: python -m recon.sweep CONFIG.yaml
+
+The config (YAML or JSON):
+  output_dir: checkpoints/sweeps/NAME   # one run folder per combination inside it
+  base: {flag: value, ...}              # TrainConfig fields every run shares
+  grids:                                # each grid expands to every combination of its lists
+    - {representation: [cls, mean], layer: [2, 4, 6], seed: [0, 1]}
+    - {encoder: [scratch], cls_init: [learned, random-per-forward, zeros]}
+A run whose evaluation already exists is skipped; an interrupted one is resumed from its newest
+checkpoint. At the end: results.csv, results.md and plots (metric vs layer, one line per
+representation; BLEU per run beside its controls) in output_dir.
+"""
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import sys
+
+import yaml
+
+from recon.checkpoint import list_checkpoints
+from recon.config import ConfigError, TrainConfig
+from recon.errors import ReconError
+
+COLUMNS = ("bleu", "exact_match", "token_f1", "cosine", "control_random_bleu", "control_shuffled_bleu",
+           "control_retrieval_bleu", "num_examples")
+
+
+def load_sweep(path):
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    if not isinstance(spec, dict) or "output_dir" not in spec:
+        raise ConfigError(f"{path}: a sweep needs at least output_dir (and base, grids)")
+    unknown = set(spec) - {"output_dir", "base", "grids"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a sweep has output_dir, base and grids")
+    return spec
+
+
+def expand(spec):
+    """[(run name, overrides)] for every combination of every grid, in order, without repeats."""
+    runs = {}
+    for grid in spec.get("grids") or [{}]:
+        keys = list(grid)
+        for values in itertools.product(*(v if isinstance(v, list) else [v] for v in grid.values())):
+            overrides = dict(zip(keys, values))
+            name = "_".join(f"{k}={v}" for k, v in overrides.items()).replace("/", "-").replace(":", "") or "base"
+            runs.setdefault(name, overrides)
+    return list(runs.items())
+
+
+def run_config(spec, name, overrides):
+    fields = {**(spec.get("base") or {}), **overrides}
+    unknown = set(fields) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown training fields {sorted(unknown)}")
+    fields["output_dir"] = os.path.join(spec["output_dir"], name)
+    folder = fields["output_dir"]
+    if list_checkpoints(folder):
+        fields["resume"] = "auto"
+    elif os.path.exists(folder):
+        fields["overwrite"] = True  # a run that died before its first checkpoint: start it again
+    return TrainConfig(**fields)
+
+
+def finished(folder):
+    return os.path.isfile(os.path.join(folder, "eval-test", "metrics.json"))
+
+
+def run_sweep(spec, train_fn=None, log=print):
+    """Run every combination that has not finished; return the result rows."""
+    if train_fn is None:
+        from recon.training import train as train_fn
+    os.makedirs(spec["output_dir"], exist_ok=True)
+    rows = []
+    for name, overrides in expand(spec):
+        folder = os.path.join(spec["output_dir"], name)
+        if finished(folder):
+            log(f"[sweep] {name}: finished before, skipped")
+        else:
+            log(f"[sweep] {name}: training")
+            try:
+                train_fn(run_config(spec, name, overrides))
+            except ReconError as e:  # an impossible combination (pooler at layer 2, ...): say so, go on
+                log(f"[sweep] {name}: not run: {e}")
+                continue
+        with open(os.path.join(folder, "eval-test", "metrics.json")) as f:
+            m = json.load(f)
+        rows.append({"run": name, **overrides, **{c: m.get(c) for c in COLUMNS}})
+    write_results(spec["output_dir"], rows)
+    return rows
+
+
+def _fmt(v):
+    return f"{v:.2f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
+def write_results(out, rows):
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot_results(out, rows)
+
+
+def plot_results(out, rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layered = [r for r in rows if "layer" in r]
+    if layered:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        for ax, metric in zip(axes, ("bleu", "token_f1")):
+            for rep in dict.fromkeys(r.get("representation", "cls") for r in layered):
+                pts = {}
+                for r in layered:
+                    if r.get("representation", "cls") == rep and r[metric] is not None:
+                        pts.setdefault(r["layer"], []).append(r[metric])  # seeds averaged
+                xs = sorted(pts)
+                ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], "o-", label=rep)
+            ax.set_xlabel("encoder layer (0 = embeddings, -1 = last)")
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "by_layer.png"), dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 4))
+    x = range(len(rows))
+    width = 0.2
+    for i, (key, label) in enumerate((("bleu", "reconstruction"), ("control_random_bleu", "random vector"),
+                                      ("control_shuffled_bleu", "another sentence's vector"),
+                                      ("control_retrieval_bleu", "nearest training sentence"))):
+        ax.bar([j + (i - 1.5) * width for j in x], [r.get(key) or 0 for r in rows], width, label=label)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels([r["run"] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("corpus BLEU (test split)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "runs.png"), dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Run a grid of recon training runs and compare them.")
+    parser.add_argument("config", help="a sweep YAML/JSON file (see recon/sweep.py)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_sweep(args.config)
+        if args.dry_run:
+            for name, overrides in expand(spec):
+                state = "finished" if finished(os.path.join(spec["output_dir"], name)) else "to run"
+                print(f"{name}: {state}")
+            return 0
+        rows = run_sweep(spec)
+    except ReconError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\n{len(rows)} runs; table in {spec['output_dir']}/results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
