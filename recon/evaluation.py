@@ -69,6 +69,14 @@ def cosine(a, b):
     return F.cosine_similarity(a.float(), b.float().to(a.device), dim=-1).cpu()
 
 
+def standardize(model, v):
+    """Vectors in the decoder's input space: minus the training mean, over the training std.
+    Intermediate [CLS] states share a component so large that raw cosines are all ~1; distances
+    here are what the decoder sees."""
+    d = model.decoder
+    return (v.float().to(d.vector_mean.device) - d.vector_mean) / d.vector_std
+
+
 def decode(model, vectors, num_beams, length_penalty, batch_size, rerank):
     """Predictions for `vectors`; with rerank="embedding" each example keeps the beam whose
     re-encoded vector is closest to its own. Returns (predictions, plain-beam predictions or None)."""
@@ -78,8 +86,9 @@ def decode(model, vectors, num_beams, length_penalty, batch_size, rerank):
     best, beams = model.generate_from_vectors(vectors, num_beams=num_beams, length_penalty=length_penalty,
                                               batch_size=batch_size, return_all=True)
     flat = [text for row in beams for text, _ in row]
-    cand = model.encode(flat)  # (N*K, D)
-    cand_cos = cosine(cand, vectors.repeat_interleave(num_beams, dim=0)).view(len(beams), num_beams)
+    cand = standardize(model, model.encode(flat))  # (N*K, D)
+    target = standardize(model, vectors).repeat_interleave(num_beams, dim=0)
+    cand_cos = cosine(cand, target).view(len(beams), num_beams)
     reranked = [row[i][0] for row, i in zip(beams, cand_cos.argmax(-1).tolist())]
     return reranked, best
 
@@ -103,7 +112,9 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     t_encode = time.time() - t0
     predictions, plain_beam = decode(model, vectors, rerank=rerank, **gen)
     t_decode = time.time() - t0 - t_encode
-    fidelity = cosine(model.encode(predictions), vectors)  # (N,) re-encoded reconstruction vs target
+    re_encoded = model.encode(predictions)
+    fidelity = cosine(re_encoded, vectors)  # (N,) re-encoded reconstruction vs target
+    fidelity_std = cosine(standardize(model, re_encoded), standardize(model, vectors))
     controls = {"random": model.generate_from_vectors(matched_random_vectors(vectors, seed), **gen)}
     if len(texts) > 1:
         controls["shuffled"] = model.generate_from_vectors(vectors[derangement(len(texts), seed)], **gen)
@@ -111,7 +122,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     if pool_texts:
         if pool_vectors is None:
             pool_vectors = model.encode(pool_texts)
-        idx = nearest(vectors, pool_vectors).tolist()
+        idx = nearest(standardize(model, vectors), standardize(model, pool_vectors)).tolist()
         controls["retrieval"] = [pool_texts[i] for i in idx]
         pool_set = set(pool_texts)
         overlap = {"overlap_texts_in_train": sum(t in pool_set for t in texts),
@@ -123,19 +134,22 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     rows = []
     for i, (text, pred, n) in enumerate(zip(texts, predictions, lengths)):
         row = {"reference": text, "prediction": pred, "length": n, "length_bucket": bucket_name(n),
-               **example_scores(pred, text), "cosine": float(fidelity[i])}
+               **example_scores(pred, text), "cosine": float(fidelity[i]),
+               "cosine_standardized": float(fidelity_std[i])}
         for name, outs in controls.items():
             row[f"control_{name}_prediction"] = outs[i]
             row.update({f"control_{name}_{k}": v for k, v in example_scores(outs[i], text).items()})
         rows.append(row)
-    metrics = {**corpus_scores(predictions, texts, [_scores(r) for r in rows]), "cosine": _mean(fidelity.tolist())}
+    metrics = {**corpus_scores(predictions, texts, [_scores(r) for r in rows]), "cosine": _mean(fidelity.tolist()),
+               "cosine_standardized": _mean(fidelity_std.tolist())}
     for name, outs in controls.items():
         c = corpus_scores(outs, texts, [_scores(r, f"control_{name}_") for r in rows])
         metrics.update({f"control_{name}_{k}": v for k, v in c.items() if k not in ("num_examples", "sacrebleu_signature")})
     if plain_beam is not None:
         b = corpus_scores(plain_beam, texts)
         metrics.update({f"beam_without_rerank_{k}": b[k] for k in ("bleu", "exact_match", "token_f1")})
-        metrics["beam_without_rerank_cosine"] = _mean(cosine(model.encode(plain_beam), vectors).tolist())
+        plain_vecs = standardize(model, model.encode(plain_beam))
+        metrics["beam_without_rerank_cosine_standardized"] = _mean(cosine(plain_vecs, standardize(model, vectors)).tolist())
     metrics.update({
         **overlap,
         "decoding": {"strategy": "beam" if num_beams > 1 else "greedy", "num_beams": num_beams,
@@ -143,7 +157,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
                      "max_new_tokens": model.config.max_target_len + 1},
         "controls": {"random": "Gaussian vectors with the mean and covariance of the evaluated vectors",
                      "shuffled": "each text decoded from another evaluated text's vector",
-                     "retrieval": "the training text with the closest vector by cosine"},
+                     "retrieval": "the training text with the closest vector by cosine (standardised)"},
         "encode_seconds": t_encode,
         "decode_seconds": t_decode,
         "sentences_per_second": len(texts) / max(t_decode, 1e-9),
@@ -171,6 +185,7 @@ def by_length(rows, controls):
         m = corpus_scores([r["prediction"] for r in sel], refs, [_scores(r) for r in sel])
         m.pop("sacrebleu_signature")
         m["cosine"] = _mean([r["cosine"] for r in sel])
+        m["cosine_standardized"] = _mean([r["cosine_standardized"] for r in sel])
         for c in controls:
             s = corpus_scores([r[f"control_{c}_prediction"] for r in sel], refs, [_scores(r, f"control_{c}_") for r in sel])
             m.update({f"control_{c}_bleu": s["bleu"], f"control_{c}_exact_match": s["exact_match"]})

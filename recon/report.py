@@ -25,21 +25,22 @@ def headline_table(metrics):
     for key, label in HEADLINE:
         cells = [f"{metrics[f'control_{c}_{key}']:.2f}" for c in controls]
         lines.append(f"| {label} | {metrics[key]:.2f} | " + " | ".join(cells) + " |")
-    if "cosine" in metrics:
-        lines.append("| cosine(target, re-encoded output) | "
-                     f"{metrics['cosine']:.3f} | " + " | ".join("" for _ in controls) + " |")
+    for key, label in (("cosine", "cosine(target, re-encoded output)"),
+                       ("cosine_standardized", "the same, standardised vectors")):
+        if key in metrics:
+            lines.append(f"| {label} | {metrics[key]:.3f} | " + " | ".join("" for _ in controls) + " |")
     lines.append(f"| examples | {metrics['num_examples']} | " + " | ".join(str(metrics["num_examples"]) for _ in controls) + " |")
     return "\n".join(lines)
 
 
 def length_table(by_length, controls):
-    head = "| length (encoder tokens) | n | BLEU | exact match % | token F1 | cosine | " + \
+    head = "| length (encoder tokens) | n | BLEU | exact match % | token F1 | cosine (standardised) | " + \
         " | ".join(f"BLEU: {CONTROL_LABELS[c]}" for c in controls) + " |"
     lines = [head, "|---|---:|---:|---:|---:|---:|" + "---:|" * len(controls)]
     for name, m in by_length.items():
         cells = [f"{m[f'control_{c}_bleu']:.2f}" for c in controls]
         lines.append(f"| {name} | {m['num_examples']} | {m['bleu']:.2f} | {m['exact_match']:.2f} | "
-                     f"{m['token_f1']:.2f} | {m.get('cosine', float('nan')):.3f} | " + " | ".join(cells) + " |")
+                     f"{m['token_f1']:.2f} | {m['cosine_standardized']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -68,9 +69,9 @@ def plot_length_curves(path, metrics):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    axes[2].plot(buckets, [r["cosine"] for r in rows], "o-")
+    axes[2].plot(buckets, [r["cosine_standardized"] for r in rows], "o-")
     axes[2].set_xlabel("length (encoder tokens)")
-    axes[2].set_ylabel("cosine(target, re-encoded output)")
+    axes[2].set_ylabel("cosine(target, re-encoded), standardised")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -90,7 +91,8 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
     notes = []
     if "beam_without_rerank_bleu" in metrics:
         notes.append(f"Plain beam search (no rerank) scores BLEU {metrics['beam_without_rerank_bleu']:.2f}, exact match "
-                     f"{metrics['beam_without_rerank_exact_match']:.2f}%, cosine {metrics['beam_without_rerank_cosine']:.3f}; "
+                     f"{metrics['beam_without_rerank_exact_match']:.2f}%, standardised cosine "
+                     f"{metrics['beam_without_rerank_cosine_standardized']:.3f}; "
                      f"the embedding rerank changes these by {metrics['bleu'] - metrics['beam_without_rerank_bleu']:+.2f} BLEU and "
                      f"{metrics['exact_match'] - metrics['beam_without_rerank_exact_match']:+.2f} exact match points.")
     if "overlap_texts_in_train" in metrics:
@@ -108,7 +110,10 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
         "(the decoder's language prior alone); *another sentence's vector* decodes each text from a different "
         "evaluated text's vector; *nearest training sentence* is the training text whose vector is closest by "
         "cosine (what memorising the training set would score). Cosine compares the target vector with the "
-        "vector of the re-encoded reconstruction.",
+        "vector of the re-encoded reconstruction; the standardised cosine does so after subtracting the training "
+        "vectors' mean and dividing by their standard deviation per dimension (the decoder's own input "
+        "transformation), which retrieval and rerank use too: raw cosines between [CLS] states are often all "
+        "close to 1.",
         *notes,
         "## By length",
         length_table(metrics["by_length"], controls_in(metrics)),

@@ -24,7 +24,7 @@ from recon.checkpoint import list_checkpoints
 from recon.config import ConfigError, TrainConfig
 from recon.errors import ReconError
 
-COLUMNS = ("bleu", "exact_match", "token_f1", "cosine", "control_random_bleu", "control_shuffled_bleu",
+COLUMNS = ("bleu", "exact_match", "token_f1", "cosine", "cosine_standardized", "control_random_bleu", "control_shuffled_bleu",
            "control_retrieval_bleu", "num_examples")
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import sentences
-from recon.evaluation import cosine, decode, derangement, evaluate, matched_random_vectors, nearest, write_outputs
+from recon.evaluation import (cosine, decode, derangement, evaluate, matched_random_vectors, nearest, standardize,
+                              write_outputs)
 from recon.metrics import ngram_overlap
 
 
@@ -33,6 +34,9 @@ def test_retrieval_finds_the_exact_sentence_when_it_is_in_the_pool(tiny_model):
     pool = sentences(200, seed=5) + texts
     vecs, pool_vecs = tiny_model.encode(texts), tiny_model.encode(pool)
     assert [pool[i] for i in nearest(vecs, pool_vecs, chunk=7)] == texts
+    tiny_model.decoder.set_vector_stats(pool_vecs)
+    s = lambda v: standardize(tiny_model, v)
+    assert [pool[i] for i in nearest(s(vecs), s(pool_vecs))] == texts
 
 
 def test_controls_use_the_right_vectors(tiny_model):
@@ -49,8 +53,10 @@ def test_controls_use_the_right_vectors(tiny_model):
     assert all(r["control_retrieval_prediction"] == r["reference"] for r in rows[:5])
     assert metrics["control_retrieval_exact_match"] >= 100 * 5 / 12
     assert metrics["retrieval_pool_size"] == len(pool)
-    re_cos = cosine(tiny_model.encode([r["prediction"] for r in rows]), vecs)
-    assert [r["cosine"] for r in rows] == pytest.approx(re_cos.tolist())
+    re_vecs = tiny_model.encode([r["prediction"] for r in rows])
+    assert [r["cosine"] for r in rows] == pytest.approx(cosine(re_vecs, vecs).tolist())
+    std_cos = cosine(standardize(tiny_model, re_vecs), standardize(tiny_model, vecs))
+    assert [r["cosine_standardized"] for r in rows] == pytest.approx(std_cos.tolist())
 
 
 def test_rerank_keeps_the_closest_candidate(tiny_model):
@@ -61,8 +67,9 @@ def test_rerank_keeps_the_closest_candidate(tiny_model):
     assert plain == [row[0][0] for row in beams]
     for v, pick, row in zip(vecs, chosen, beams):
         cands = [t for t, _ in row]
-        cos = cosine(tiny_model.encode(cands), v[None].expand(len(cands), -1))
-        assert pick in cands and cosine(tiny_model.encode([pick]), v[None])[0] == pytest.approx(cos.max().item(), abs=1e-6)
+        s = lambda x: standardize(tiny_model, x)
+        cos = cosine(s(tiny_model.encode(cands)), s(v[None]).expand(len(cands), -1))
+        assert pick in cands and cosine(s(tiny_model.encode([pick])), s(v[None]))[0] == pytest.approx(cos.max().item(), abs=1e-6)
 
 
 def test_report_and_plot_are_written(tiny_model, tmp_path):
