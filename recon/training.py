@@ -1,7 +1,8 @@
 """The training loop: teacher-forced cross-entropy on (vector, sentence) pairs.
 
 With a frozen encoder every vector is computed once before training, so a step costs only the
-decoder. With --finetune-encoder the encoder runs inside the step with its own learning rate.
+decoder. A fine-tuned or scratch encoder runs inside the step (fine-tuned at its own learning
+rate). Checkpoints hold everything --resume needs; SIGINT/SIGTERM save one before exiting.
 """
 
 import json
