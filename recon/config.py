@@ -116,6 +116,8 @@ class TrainConfig(DataConfig):
         "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (needs beams)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
     overwrite: bool = field(default=False, metadata={"help": "replace a different run already in --output-dir"})
+    cache_dir: str = field(default=os.path.join("checkpoints", "vector_cache"), metadata={
+        "help": "where a frozen encoder's vectors are kept for later runs ('' : no cache)"})
     resume: Optional[str] = field(default=None, metadata={
         "nargs": "?", "const": "auto",
         "help": "continue a run: --resume (or --resume auto) from the newest checkpoint in --output-dir, "

@@ -18,6 +18,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
+from recon.cache import cached_encode
 from recon.checkpoint import TRAINER_STATE_FILE, git_commit, list_checkpoints, load_meta, save_checkpoint
 from recon.config import ConfigError
 from recon.data import build_corpus, describe
@@ -130,7 +131,7 @@ class TrainingDiverged(ReconError):
 
 # arguments that may differ when resuming: they change bookkeeping, not the numbers
 RESUME_MAY_CHANGE = {"resume", "overwrite", "output_dir", "run_name", "device", "eval_steps", "save_steps",
-                     "save_total_limit", "no_eval", "num_beams", "eval_batch_size"}
+                     "save_total_limit", "no_eval", "num_beams", "eval_batch_size", "cache_dir", "rerank"}
 
 
 def resume_checkpoint(cfg):
@@ -254,14 +255,21 @@ def train(cfg, log=print):
         log(f"{cut} training texts are longer than --max-target-len {cfg.max_target_len} decoder tokens: truncated")
 
     train_v = val_v = None
-    if not model.trains_encoder:  # frozen: each vector once, then only the decoder trains
+    # frozen and deterministic: each vector once (or from the cache), then only the decoder trains
+    if not model.trains_encoder and cfg.cls_init != "random-per-forward":
         t0 = time.time()
+        # random weights depend on the seed; pretrained ones are named by the fingerprint
+        cache_dir = cfg.cache_dir if cfg.encoder_init == "pretrained" else ""
+        encoder_id = {"encoder": cfg.encoder, "fingerprint": encoder.base_fingerprint, "representation": cfg.representation,
+                      "layer": cfg.layer, "max_length": cfg.max_length, "cls_init": cfg.cls_init}
         with tqdm(total=len(train_texts) + len(val_texts), desc="encoding", leave=False) as bar:
-            train_v = encoder.encode(train_texts, cfg.eval_batch_size, bar)
-            val_v = encoder.encode(val_texts, cfg.eval_batch_size, bar) if val_texts else None
-        log(f"encoded {len(train_texts) + len(val_texts)} texts in {time.time() - t0:.1f}s")
+            train_v, hit = cached_encode(encoder, train_texts, cache_dir, encoder_id, cfg.eval_batch_size, bar)
+            if val_texts:
+                val_v, _ = cached_encode(encoder, val_texts, cache_dir, encoder_id, cfg.eval_batch_size, bar)
+        how = f"read from the cache in {cache_dir}" if hit else "encoded"
+        log(f"{len(train_texts) + len(val_texts)} vectors {how} in {time.time() - t0:.1f}s")
         model.decoder.set_vector_stats(train_v)
-    else:  # statistics of the encoder as it starts
+    else:  # the encoder runs in every step; standardise with the statistics it starts from
         model.decoder.set_vector_stats(encoder.encode(train_texts[:4096], cfg.eval_batch_size))
 
     batches = Batches(len(train_texts), cfg.batch_size, cfg.seed)

@@ -21,7 +21,7 @@ from recon.training import TrainingDiverged, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # big enough that a step takes a few milliseconds, so a signal lands mid-run
 MODEL = ["--d-model", "64", "--n-layer", "2", "--n-head", "4", "--batch-size", "64", "--vocab-size", "400",
-         "--validation-fraction", "0.1", "--test-fraction", "0.1", "--eval-steps", "1000", "--no-eval"]
+         "--validation-fraction", "0.1", "--test-fraction", "0.1", "--eval-steps", "1000", "--no-eval", "--cache-dir", ""]
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +198,7 @@ def test_another_encoder_or_representation_is_refused(checkpoint, tmp_path, caps
 
 def test_a_split_too_small_is_an_error(tiny_encoder_dir, text_file, capsys, tmp_path):
     path = text_file(sentences(3))
-    assert train_script.main(["--encoder", tiny_encoder_dir, "--data", path, "--output-dir", str(tmp_path / "r")]) == 2
+    assert train_script.main(["--encoder", tiny_encoder_dir, "--data", path, "--output-dir", str(tmp_path / "r"),
+                              "--cache-dir", ""]) == 2
     err = capsys.readouterr().err
     assert "split is empty" in err and "fraction" in err

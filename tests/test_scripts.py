@@ -12,7 +12,7 @@ from recon import ReconModel
 from recon.config import ConfigError, TrainConfig, parse
 
 TINY = ["--d-model", "32", "--n-layer", "1", "--n-head", "2", "--batch-size", "16", "--eval-steps", "5",
-        "--eval-batch-size", "64"]
+        "--eval-batch-size", "64", "--cache-dir", ""]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ def spec(tiny_encoder_dir, tmp_path):
         "output_dir": str(tmp_path / "sweep"),
         "base": {"encoder": tiny_encoder_dir, "data": str(data), "max_steps": 4, "save_steps": 2, "d_model": 32,
                  "n_layer": 1, "n_head": 2, "vocab_size": 400, "batch_size": 16, "validation_fraction": 0.1,
-                 "test_fraction": 0.1, "eval_steps": 2},
+                 "test_fraction": 0.1, "eval_steps": 2, "cache_dir": ""},
         "grids": [{"representation": ["cls", "mean"], "layer": [1, 2]}, {"representation": ["pooler"], "layer": [1]}],
     }
 

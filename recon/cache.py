@@ -1,0 +1,45 @@
+"""Sentence vectors computed once and kept on disk, memory-mapped, reused across runs.
+
+An entry is keyed by everything that decides the vectors: the encoder (name and fingerprint, which
+includes a hash of its weights), representation, layer, maximum length, what enters at [CLS], and
+a hash of the texts in order. Change any of them and the key changes: a stale entry is never read.
+Entries are written to a temporary file and renamed, so a crash leaves no half-written entry.
+"""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from recon.data import text_hash
+
+
+def cache_key(encoder_id, texts):
+    blob = json.dumps(encoder_id, sort_keys=True) + "\n" + text_hash(texts)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def cached_encode(encoder, texts, cache_dir, encoder_id, batch_size=256, progress=None):
+    """(vectors (N, D), hit): from cache_dir when an entry for exactly these texts and this encoder
+    exists, else computed and stored. cache_dir "" or None: always computed, never stored."""
+    if not cache_dir:
+        return encoder.encode(texts, batch_size, progress), False
+    path = os.path.join(cache_dir, cache_key(encoder_id, texts) + ".npy")
+    device = next(encoder.parameters()).device
+    if os.path.isfile(path):
+        arr = np.load(path, mmap_mode="c")  # copy-on-write map: pages are read as rows are used
+        if arr.shape == (len(texts), encoder.dim):
+            if progress is not None:
+                progress.update(len(texts))
+            return torch.from_numpy(arr).to(device), True
+    vectors = encoder.encode(texts, batch_size, progress)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, vectors.float().cpu().numpy())
+    os.replace(tmp, path)
+    with open(path[:-4] + ".json", "w") as f:  # for people: what the entry holds
+        json.dump({**encoder_id, "texts": len(texts), "texts_hash": text_hash(texts)}, f, indent=2)
+    return vectors, False
