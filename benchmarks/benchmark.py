@@ -1,0 +1,207 @@
+"""recon against the Hugging Face baseline a user would write, in one process, same data and size.
+
+Baseline: a transformers GPT-2 decoder of recon's decoder size with cross-attention to the
+sentence vector (projected to the decoder width), trained the plain way: the frozen encoder runs
+on every batch, then GPT-2 with `labels=`; generation with `generate()`.
+recon: vectors computed once (the cache), recon's decoder and its KV-cache greedy/beam decoding.
+
+    python benchmarks/benchmark.py                    # CPU, about 5 minutes on 2 cores
+    python benchmarks/benchmark.py --device cuda --sentences 20000 --batch-size 256 --d-model 512 --n-layer 8 --n-head 8
+
+Prints a Markdown table (and writes it with the raw figures to --output as JSON). Both models
+are untrained, so generation runs to the maximum length for both; the table shows the tokens
+each generated so the work compared is the same.
+"""
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+import torch.nn as nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from recon.data import build_corpus
+from recon.decoding import beam_search, greedy
+from recon.encoder import DEFAULT_ENCODER, build_encoder
+from recon.model import ReconModel
+from recon.tokenizer import SentencePieceTokenizer
+from recon.training import pad_batch
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS so far
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+class Baseline(nn.Module):
+    """GPT-2 with cross-attention to the vector: what a user would write with transformers."""
+
+    def __init__(self, vector_dim, vocab_size, d_model, n_layer, n_head, max_len, bos_id, eos_id, pad_id):
+        super().__init__()
+        config = GPT2Config(vocab_size=vocab_size, n_positions=max_len + 2, n_embd=d_model, n_layer=n_layer,
+                            n_head=n_head, add_cross_attention=True, bos_token_id=bos_id, eos_token_id=eos_id,
+                            pad_token_id=pad_id)
+        self.gpt = GPT2LMHeadModel(config)
+        self.proj = nn.Linear(vector_dim, d_model)
+
+    def memory(self, vectors):
+        return self.proj(vectors)[:, None]  # (B, 1, D): one cross-attention slot
+
+    def loss(self, vectors, inputs, labels):
+        return self.gpt(input_ids=inputs, encoder_hidden_states=self.memory(vectors), labels=labels).loss
+
+
+def timed(fn, device, repeat=1):
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        out = fn()
+    sync(device)
+    return out, (time.perf_counter() - t0) / repeat
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sentences", type=int, default=2048, help="training sentences (from the default corpus)")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per method (after 3 warm-up steps)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--gen-sentences", type=int, default=256, help="sentences generated per method and setting")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--output", default="benchmark.json")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    encoder = build_encoder(DEFAULT_ENCODER).to(device).eval()
+    corpus = build_corpus("wiki-offline", encoder.count_tokens, max_texts=int(args.sentences * 1.6) + 64)
+    texts = corpus.texts("train")[:args.sentences]
+    tok = SentencePieceTokenizer.train(texts, args.vocab_size)
+    targets = [ids[:args.max_new_tokens] + [tok.eos_id] for ids in tok.encode(texts)]
+    model = ReconModel.from_encoder(encoder, tok, DEFAULT_ENCODER, d_model=args.d_model, n_layer=args.n_layer,
+                                    n_head=args.n_head, dropout=0.0, max_target_len=args.max_new_tokens).to(device)
+    base = Baseline(encoder.dim, tok.vocab_size, args.d_model, args.n_layer, args.n_head, args.max_new_tokens,
+                    tok.bos_id, tok.eos_id, tok.pad_id).to(device)
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    rows = {}
+
+    vectors, t_encode = timed(lambda: encoder.encode(texts), device)
+    model.decoder.set_vector_stats(vectors)
+    rows["encode corpus once"] = {"seconds": t_encode, "sentences_per_second": len(texts) / t_encode}
+
+    def batches():
+        g = torch.Generator().manual_seed(1)
+        while True:
+            idx = torch.randint(0, len(texts), (args.batch_size,), generator=g).tolist()
+            yield idx, pad_batch([targets[i] for i in idx], tok.pad_id, device)
+
+    def train(step_fn, params):
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+        it, tokens = batches(), 0
+        for n in range(3 + args.steps):
+            if n == 3:
+                sync(device)
+                t0, tokens = time.perf_counter(), 0
+            idx, y = next(it)
+            with torch.autocast(**amp):
+                loss = step_fn(idx, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            tokens += int((y != tok.pad_id).sum())
+        sync(device)
+        return tokens / (time.perf_counter() - t0)
+
+    def recon_step(idx, y):
+        return model.loss(vectors[idx], y)
+
+    def base_step(idx, y):
+        with torch.no_grad():  # the plain way: the frozen encoder runs on every batch
+            batch = encoder.tokenize([texts[i] for i in idx]).to(device)
+            v = encoder(batch["input_ids"], batch["attention_mask"])
+        bos = torch.full((len(idx), 1), tok.bos_id, device=device)
+        inputs = torch.cat([bos, y[:, :-1]], 1)
+        return base.loss(v, inputs, y.masked_fill(y == tok.pad_id, -100))
+
+    model.train()
+    reset_peak(device)
+    r_tps = train(recon_step, model.decoder.parameters())
+    r_mem = peak_mb(device)
+    reset_peak(device)
+    b_tps = train(base_step, base.parameters())
+    b_mem = peak_mb(device)
+    rows["training tokens/s"] = {"recon": r_tps, "baseline": b_tps, "ratio": r_tps / b_tps}
+    rows["training peak memory MB (CUDA: allocated; CPU: process RSS so far)"] = {"recon": r_mem, "baseline": b_mem}
+
+    model.eval()
+    base.eval()
+    gvec = vectors[:args.gen_sentences]
+    n_new = args.max_new_tokens + 1  # the decoder's longest output, [EOS] included
+    for beams in (1, 4):
+        # untrained models stop at random points; both are made to write the full length (no [EOS])
+        # so that they do the same work, counted in the table's token columns
+        def recon_generate():
+            ids = []
+            for s in range(0, len(gvec), 256):
+                v = gvec[s:s + 256]
+                if beams == 1:
+                    ids += greedy(model.decoder, v, tok.bos_id, -1, n_new)
+                else:
+                    ids += beam_search(model.decoder, v, tok.bos_id, -1, beams, 1.0, n_new)
+            return [tok.decode(x) for x in ids], sum(map(len, ids))
+
+        def hf_generate():
+            texts_out, n = [], 0
+            for s in range(0, len(gvec), 256):
+                v = gvec[s:s + 256]
+                ids = torch.full((len(v), 1), tok.bos_id, device=device)
+                with torch.no_grad(), torch.autocast(**amp):
+                    out = base.gpt.generate(input_ids=ids, encoder_hidden_states=base.memory(v), num_beams=beams,
+                                            do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new)
+                texts_out += [tok.decode(row[1:].tolist()) for row in out]
+                n += out[:, 1:].numel()
+            return texts_out, n
+        (_, r_tokens), t_r = timed(recon_generate, device)
+        (_, b_tokens), t_b = timed(hf_generate, device)
+        name = "greedy" if beams == 1 else f"beam {beams}"
+        rows[f"generation sentences/s, {name}"] = {
+            "recon": len(gvec) / t_r, "baseline": len(gvec) / t_b, "ratio": t_b / t_r,
+            "recon_tokens": r_tokens, "baseline_tokens": b_tokens}
+
+    lines = [f"device: {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, "
+             f"torch {torch.__version__}, decoder {args.d_model} wide x {args.n_layer} layers, "
+             f"vocabulary {tok.vocab_size}, batch {args.batch_size}, {len(texts)} sentences",
+             "", "| measure | recon | baseline | recon / baseline |", "|---|---:|---:|---:|"]
+    for name, r in rows.items():
+        if "ratio" in r:
+            lines.append(f"| {name} | {r['recon']:,.1f} | {r['baseline']:,.1f} | {r['ratio']:.1f}x |")
+        elif "recon" in r:
+            lines.append(f"| {name} | {r['recon']:,.0f} | {r['baseline']:,.0f} | |")
+        else:
+            lines.append(f"| {name} | {r['seconds']:.1f} s ({r['sentences_per_second']:,.0f} sentences/s) | | |")
+    table = "\n".join(lines)
+    print(table)
+    with open(args.output, "w") as f:
+        json.dump({"args": vars(args), "rows": rows, "table": table}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
