@@ -126,8 +126,13 @@ class ReconModel(nn.Module):
     # the three things a user does
 
     def encode(self, texts, batch_size=256):
-        """list of str -> (N, vector_dim) tensor of sentence vectors."""
-        return self.encoder.encode(list(texts), batch_size=batch_size)
+        """list of str -> (N, vector_dim) tensor of sentence vectors (always without dropout)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.encoder.encode(list(texts), batch_size=batch_size)
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,

@@ -97,6 +97,15 @@ def test_finetune_top_layers_only(bert4):
         set_trainable(enc, True, top_layers=5)
 
 
+def test_a_trained_encoder_encodes_without_dropout(tiny_encoder_dir):
+    enc = build_encoder(tiny_encoder_dir)
+    model = ReconModel.from_encoder(enc, EncoderVocabTokenizer(enc.tokenizer), tiny_encoder_dir, d_model=32,
+                                    n_layer=1, n_head=2, finetune_encoder=True).train()
+    texts = sentences(4)
+    torch.testing.assert_close(model.encode(texts), model.encode(texts), rtol=0, atol=0)
+    assert model.training and model.encoder.training  # its mode is given back
+
+
 def test_random_init_keeps_the_architecture_and_changes_the_weights(tiny_encoder_dir):
     torch.manual_seed(1)
     pre = build_encoder(tiny_encoder_dir)
