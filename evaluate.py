@@ -20,9 +20,14 @@ from recon.report import headline_table
 from recon.training import resolve_device
 
 
+def data_fields(args):
+    """The data settings among a run's recorded arguments (meta.json "args")."""
+    return {k: v for k, v in args.items() if k in DataConfig.__dataclass_fields__}
+
+
 def data_config(cfg, trained):
     """The data settings: as trained, with this run's overrides."""
-    keep = {k: v for k, v in trained.items() if k in DataConfig.__dataclass_fields__}
+    keep = data_fields(trained)
     data = cfg.data or keep.get("data")
     if data is None:
         raise ConfigError("the checkpoint does not record its training data; pass --data FILE")
@@ -44,7 +49,7 @@ def training_texts(cfg, dcfg, meta, corpus, model):
         trained = meta.get("args", {})
         if "data" not in trained:
             return []
-        tcfg = DataConfig(**{k: v for k, v in trained.items() if k in DataConfig.__dataclass_fields__})
+        tcfg = DataConfig(**data_fields(trained))
         try:
             corpus = build_corpus(tcfg.data, model.encoder.count_tokens, **tcfg.corpus_kwargs())
         except DataError as e:

@@ -10,6 +10,7 @@ A frozen encoder is not copied: its name or path is recorded and checked on load
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -122,17 +123,23 @@ class ReconModel(nn.Module):
             self.encoder.eval()  # a frozen encoder never runs with dropout
         return self
 
+    @contextmanager
+    def _eval_mode(self):
+        """No dropout inside; the mode the model had is given back after."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     # ------------------------------------------------------------------------------------------
     # the three things a user does
 
     def encode(self, texts, batch_size=256):
         """list of str -> (N, vector_dim) tensor of sentence vectors (always without dropout)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             return self.encoder.encode(list(texts), batch_size=batch_size)
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
@@ -149,24 +156,20 @@ class ReconModel(nn.Module):
                 f"vectors of shape {tuple(vectors.shape)} do not fit this model: it decodes "
                 f"(N, {self.config.vector_dim}) vectors ({self.config.representation} of {self.config.encoder})"
             )
-        was_training = self.training
-        self.eval()
+        if return_all and num_beams == 1:
+            raise ValueError("return_all needs num_beams > 1")
         c, out, beams = self.config, [], []
-        for start in range(0, len(vectors), batch_size):
-            v = vectors[start:start + batch_size].to(self.device, torch.float32)
-            if num_beams > 1:
-                ids, all_ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty,
-                                           max_new_tokens, return_all=True)
-                beams.extend([(self.tokenizer.decode(x), s) for x, s in row] for row in all_ids)
-            else:
-                ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens)
-            out.extend(self.tokenizer.decode(x) for x in ids)
-        self.train(was_training)
-        if return_all:
-            if num_beams == 1:
-                raise ValueError("return_all needs num_beams > 1")
-            return out, beams
-        return out
+        with self._eval_mode():
+            for start in range(0, len(vectors), batch_size):
+                v = vectors[start:start + batch_size].to(self.device, torch.float32)
+                if num_beams > 1:
+                    ids, all_ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty,
+                                               max_new_tokens, return_all=True)
+                    beams.extend([(self.tokenizer.decode(x), s) for x, s in row] for row in all_ids)
+                else:
+                    ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens)
+                out.extend(self.tokenizer.decode(x) for x in ids)
+        return (out, beams) if return_all else out
 
     def reconstruct(self, texts, **generate_kwargs):
         """list of str -> list of str: each text through its vector and back."""
