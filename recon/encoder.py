@@ -7,6 +7,7 @@ import re
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from recon.errors import ReconError
@@ -193,6 +194,18 @@ class Encoder(nn.Module):
         return self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length + 2, return_tensors="pt"
         )
+
+    def token_ids(self, texts):
+        """Each text's input ids, special tokens included, truncated as tokenize() truncates."""
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length + 2)["input_ids"]
+
+    def collate(self, ids, device):
+        """Lists from token_ids() -> (input_ids, attention_mask) tensors, right-padded."""
+        input_ids = pad_sequence([torch.tensor(x) for x in ids], batch_first=True,
+                                 padding_value=self.tokenizer.pad_token_id)  # (B, T)
+        lengths = torch.tensor([len(x) for x in ids])
+        mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()  # (B, T)
+        return input_ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
     def _inputs(self, input_ids):
         if self.cls_init == "token":

@@ -271,6 +271,7 @@ def train(cfg, log=print):
         model.decoder.set_vector_stats(train_v)
     else:  # the encoder runs in every step; standardise with the statistics it starts from
         model.decoder.set_vector_stats(encoder.encode(train_texts[:4096], cfg.eval_batch_size))
+        train_ids = encoder.token_ids(train_texts)  # tokenised once, not in every step
 
     batches = Batches(len(train_texts), cfg.batch_size, cfg.seed)
     max_steps = cfg.max_steps or max(1, int(cfg.epochs * batches.per_epoch))
@@ -310,8 +311,7 @@ def train(cfg, log=print):
                 if train_v is not None:
                     v = train_v[idx]
                 else:
-                    batch = encoder.tokenize([train_texts[i] for i in idx]).to(device)
-                    v = encoder(batch["input_ids"], batch["attention_mask"])
+                    v = encoder(*encoder.collate([train_ids[i] for i in idx], device))
                 loss = model.loss(v, y)
             loss.backward()
             if cfg.grad_clip > 0:

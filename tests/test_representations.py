@@ -49,6 +49,15 @@ def test_every_representation_has_its_documented_shape_and_value(bert4):
     torch.testing.assert_close(Encoder(model, tok, "token:1", layer=2).encode(texts), hs[2][:, 1], rtol=1e-4, atol=1e-5)
 
 
+def test_pretokenised_batches_equal_tokenize(bert4):
+    model, tok = bert4
+    enc = Encoder(model, tok, max_length=6)
+    texts = sentences(5) + ["the cat"]
+    ids, mask = enc.collate(enc.token_ids(texts), "cpu")
+    batch = enc.tokenize(texts)
+    assert torch.equal(ids, batch["input_ids"]) and torch.equal(mask, batch["attention_mask"])
+
+
 def test_pooler_is_the_tanh_projection(bert4):
     model, tok = bert4
     texts = sentences(2)

@@ -89,3 +89,17 @@ def test_config_file(tmp_path):
     cfg = parse(TrainConfig, [str(path)])
     assert cfg.max_steps == 7 and cfg.representation == "mean" and cfg.output_dir == os.path.join("checkpoints", "x")
     assert parse(TrainConfig, ["--max-steps", "9", "--finetune-encoder"]).finetune_encoder
+
+
+@pytest.mark.parametrize("mode", [["--finetune-encoder", "--finetune-layers", "1"],
+                                  ["--encoder", "scratch", "--scratch-d-model", "32", "--scratch-layers", "1",
+                                   "--scratch-heads", "2", "--cls-init", "random-per-forward"]])
+def test_train_with_an_encoder_in_the_step(tiny_encoder_dir, tmp_path, mode):
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(sentences(120)) + "\n")
+    argv = ["--encoder", tiny_encoder_dir, "--scratch-tokenizer", tiny_encoder_dir, "--data", str(data),
+            "--output-dir", str(tmp_path / "run"), "--max-steps", "4", "--vocab-size", "400",
+            "--validation-fraction", "0.1", "--test-fraction", "0.1", *TINY, *mode]
+    assert train_script.main(argv) == 0
+    model = ReconModel.from_pretrained(str(tmp_path / "run"))
+    assert model.trains_encoder and any(p.requires_grad for p in model.encoder.parameters())
