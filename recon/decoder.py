@@ -21,11 +21,16 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # how many positions are filled
+        self._spare = None  # beam search reorders into a second buffer, then swaps
 
     def reorder(self, index):
         """Beam search: row i of the batch continues row index[i]."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        if self._spare is None:
+            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
+        # into preallocated memory: a fresh tensor per step costs more (page faults) than the copy
+        torch.index_select(self.k, 1, index, out=self._spare[0])
+        torch.index_select(self.v, 1, index, out=self._spare[1])
+        (self.k, self.v), self._spare = self._spare, (self.k, self.v)
 
 
 class Block(nn.Module):

@@ -64,10 +64,10 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
         for t in range(max_new_tokens):
             logp = logits[:, -1].float().log_softmax(-1).view(B, K, -1)  # (B, K, V)
             V = logp.shape[-1]
-            # a finished beam may only "continue" with EOS at no cost
-            frozen = torch.full_like(logp, float("-inf"))
-            frozen[..., eos_id] = 0.0
-            logp = torch.where(done[..., None], frozen, logp)
+            # a finished beam may only "continue" with EOS at no cost (in place: no (B, K, V) copies)
+            logp.masked_fill_(done[..., None], float("-inf"))
+            if eos_id >= 0:
+                logp[..., eos_id].masked_fill_(done, 0.0)
             cand = (scores[..., None] + logp).view(B, K * V)
             scores, flat = cand.topk(K, dim=-1)  # (B, K)
             origin, nxt = flat // V, flat % V
