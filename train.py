@@ -2,8 +2,12 @@
 
 CPU, the embedded default (all-MiniLM-L6-v2 [CLS], Wikipedia summaries):
     python train.py
-One GPU, a bigger decoder:
-    python train.py --device cuda --d-model 512 --n-layer 8 --n-head 8 --batch-size 256 --max-steps 20000
+One GPU, a bigger decoder (bf16 autocast, fused AdamW; --compile for torch.compile):
+    python train.py --device cuda --d-model 512 --n-layer 8 --n-head 8 --batch-size 256 --max-steps 20000 --compile
+Data-parallel on 8 GPUs (DDP over NCCL; --batch-size is the global batch, split over the processes):
+    torchrun --standalone --nproc_per_node 8 train.py --device cuda --d-model 512 --n-layer 8 --n-head 8 --batch-size 2048
+The same on CPU processes (gloo), e.g. to check a set-up:
+    torchrun --standalone --nproc_per_node 2 train.py --device cpu --max-steps 50
 Flags can also come from a file:
     python train.py my_run.yaml
 Continue an interrupted run (same flags; Ctrl-C or SIGTERM saves a checkpoint before exiting):
@@ -13,6 +17,7 @@ Continue an interrupted run (same flags; Ctrl-C or SIGTERM saves a checkpoint be
 
 import sys
 
+from recon import distributed
 from recon.config import TrainConfig, parse
 from recon.errors import ReconError
 from recon.training import TrainingInterrupted, train
@@ -27,6 +32,8 @@ def main(argv=None):
     except TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum  # the shell's convention for "ended by a signal"
+    finally:
+        distributed.cleanup()
     return 0
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from recon.data import text_hash
+from recon.distributed import is_main, sharded
 
 
 def cache_key(encoder_id, texts):
@@ -23,18 +24,24 @@ def cache_key(encoder_id, texts):
 
 def cached_encode(encoder, texts, cache_dir, encoder_id, batch_size=256, progress=None):
     """(vectors (N, D), hit): from cache_dir when an entry for exactly these texts and this encoder
-    exists, else computed and stored. cache_dir "" or None: always computed, never stored."""
-    if not cache_dir:
-        return encoder.encode(texts, batch_size, progress), False
-    path = os.path.join(cache_dir, cache_key(encoder_id, texts) + ".npy")
+    exists, else computed and stored. cache_dir "" or None: always computed, never stored.
+    Under torchrun every process encodes a shard and gets all the vectors; rank 0 writes the entry."""
+    def encode():
+        return sharded(lambda part: encoder.encode(part, batch_size, progress), texts).to(device)
+
     device = next(encoder.parameters()).device
+    if not cache_dir:
+        return encode(), False
+    path = os.path.join(cache_dir, cache_key(encoder_id, texts) + ".npy")
     if os.path.isfile(path):
         arr = np.load(path, mmap_mode="c")  # copy-on-write map: pages are read as rows are used
         if arr.shape == (len(texts), encoder.dim):
             if progress is not None:
                 progress.update(len(texts))
             return torch.from_numpy(arr).to(device), True
-    vectors = encoder.encode(texts, batch_size, progress)
+    vectors = encode()
+    if not is_main():
+        return vectors, False
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:

@@ -103,7 +103,14 @@ class TrainConfig(DataConfig):
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decay ends at this share of the peak"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, batching and sampling"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if present), cpu, cuda, cuda:1 ..."})
+    bucket_pool: int = field(default=50, metadata={
+        "help": "length bucketing: sort each pool of this many shuffled batches by length before cutting "
+                "it into batches (less padding); 0: plain shuffled batches"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (cuda if present), cpu, cuda, cuda:1 ...; under torchrun, cuda gives each process its LOCAL_RANK's GPU"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the training step (first steps are slow)"})
+    peak_tflops: float = field(default=0.0, metadata={
+        "help": "the GPU's dense bf16 peak in TFLOP/s for the MFU log (0: known from the device name, H100/H200/A100...)"})
     # bookkeeping
     output_dir: Optional[str] = field(default=None, metadata={"help": "run folder (default checkpoints/<run-name>)"})
     run_name: str = field(default="default", metadata={"help": "name of the run folder under checkpoints/"})
@@ -140,6 +147,8 @@ class TrainConfig(DataConfig):
             _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         _check_rerank(self.rerank, self.num_beams)
         _check(self.d_model % self.n_head == 0, f"--d-model {self.d_model} must be divisible by --n-head {self.n_head}")
+        _check(self.bucket_pool >= 0, f"--bucket-pool must be 0 (off) or more, not {self.bucket_pool}")
+        _check(self.peak_tflops >= 0, f"--peak-tflops must be 0 (from the device name) or more, not {self.peak_tflops}")
         _check(self.max_steps >= 0 and self.save_steps >= 0 and self.warmup_steps >= 0, "step counts cannot be negative")
         _check(self.max_steps > 0 or self.epochs > 0, "give --max-steps or --epochs a positive value")
         _check(self.lr > 0 and self.encoder_lr > 0, "learning rates must be positive")

@@ -20,6 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from recon.distributed import sharded
 from recon.metrics import corpus_scores, example_scores, ngram_overlap
 from recon.report import write_report
 
@@ -79,7 +80,16 @@ def standardize(model, v):
 
 def decode(model, vectors, num_beams, length_penalty, batch_size, rerank):
     """Predictions for `vectors`; with rerank="embedding" each example keeps the beam whose
-    re-encoded vector is closest to its own. Returns (predictions, plain-beam predictions or None)."""
+    re-encoded vector is closest to its own. Returns (predictions, plain-beam predictions or None).
+    Under torchrun each process decodes its shard and all get every prediction back."""
+    def shard(v):
+        preds, plain = _decode(model, v, num_beams, length_penalty, batch_size, rerank)
+        return list(zip(preds, plain or [None] * len(preds)))
+    pairs = sharded(shard, vectors)
+    return [p for p, _ in pairs], ([b for _, b in pairs] if rerank == "embedding" else None)
+
+
+def _decode(model, vectors, num_beams, length_penalty, batch_size, rerank):
     if rerank != "embedding":
         return model.generate_from_vectors(vectors, num_beams=num_beams, length_penalty=length_penalty,
                                            batch_size=batch_size), None
@@ -108,20 +118,28 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
     gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size)
     t0 = time.time()
-    vectors = model.encode(texts)  # (N, D)
+
+    # under torchrun each process encodes and decodes its shard, and all get the whole result back
+    def encode(xs):
+        return sharded(model.encode, xs)
+
+    def generate(v):
+        return sharded(lambda part: model.generate_from_vectors(part, **gen), v)
+
+    vectors = encode(texts)  # (N, D)
     t_encode = time.time() - t0
     predictions, plain_beam = decode(model, vectors, rerank=rerank, **gen)
     t_decode = time.time() - t0 - t_encode
-    re_encoded = model.encode(predictions)
+    re_encoded = encode(predictions)
     fidelity = cosine(re_encoded, vectors)  # (N,) re-encoded reconstruction vs target
     fidelity_std = cosine(standardize(model, re_encoded), standardize(model, vectors))
-    controls = {"random": model.generate_from_vectors(matched_random_vectors(vectors, seed), **gen)}
+    controls = {"random": generate(matched_random_vectors(vectors, seed))}
     if len(texts) > 1:
-        controls["shuffled"] = model.generate_from_vectors(vectors[derangement(len(texts), seed)], **gen)
+        controls["shuffled"] = generate(vectors[derangement(len(texts), seed)])
     overlap = {}
     if pool_texts:
         if pool_vectors is None:
-            pool_vectors = model.encode(pool_texts)
+            pool_vectors = encode(pool_texts)
         idx = nearest(standardize(model, vectors), standardize(model, pool_vectors)).tolist()
         controls["retrieval"] = [pool_texts[i] for i in idx]
         pool_set = set(pool_texts)
@@ -148,7 +166,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     if plain_beam is not None:
         b = corpus_scores(plain_beam, texts)
         metrics.update({f"beam_without_rerank_{k}": b[k] for k in ("bleu", "exact_match", "token_f1")})
-        plain_vecs = standardize(model, model.encode(plain_beam))
+        plain_vecs = standardize(model, encode(plain_beam))
         metrics["beam_without_rerank_cosine_standardized"] = _mean(cosine(plain_vecs, standardize(model, vectors)).tolist())
     metrics.update({
         **overlap,

@@ -178,15 +178,16 @@ class ReconModel(nn.Module):
     # ------------------------------------------------------------------------------------------
     # training
 
-    def loss(self, vectors, targets):
+    def loss(self, vectors, targets, reduction="mean"):
         """Teacher-forced cross-entropy. targets: (B, T) token ids ending in [EOS], padded with
-        pad_id. Returns the mean loss over real tokens."""
+        pad_id. Returns the mean (or with reduction="sum" the sum) of the loss over real tokens."""
         B = targets.shape[0]
         bos = torch.full((B, 1), self.config.bos_id, dtype=targets.dtype, device=targets.device)
         inputs = torch.cat([bos, targets[:, :-1]], dim=1)  # (B, T): [BOS] t1 .. t_{T-1}
         logits = self.decoder(vectors, inputs)  # (B, T, V)
         labels = targets.masked_fill(targets == self.config.pad_id, -100)
-        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                           reduction=reduction)
 
     # ------------------------------------------------------------------------------------------
     # save and load

@@ -2,7 +2,9 @@
 
 With a frozen encoder every vector is computed once before training, so a step costs only the
 decoder. A fine-tuned or scratch encoder runs inside the step (fine-tuned at its own learning
-rate). Checkpoints hold everything --resume needs; SIGINT/SIGTERM save one before exiting.
+rate). Batches are bucketed by length. Checkpoints hold everything --resume needs;
+SIGINT/SIGTERM save one before exiting. Under torchrun the step runs data-parallel (DDP): each
+process takes its share of the global batch, rank 0 alone writes, evaluation is sharded.
 """
 
 import json
@@ -16,7 +18,10 @@ import time
 from dataclasses import asdict
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
+
+from recon import distributed as dist
 
 from recon.cache import cached_encode
 from recon.checkpoint import TRAINER_STATE_FILE, git_commit, list_checkpoints, load_meta, save_checkpoint
@@ -27,13 +32,8 @@ from recon.evaluation import evaluate, write_outputs
 from recon.errors import ReconError
 from recon.model import ReconModel, resolve_checkpoint
 from recon.report import headline_table
+from recon.speed import decoder_flops_per_token, padding_fraction, peak_flops
 from recon.tokenizer import EncoderVocabTokenizer, SentencePieceTokenizer, load_decoder_tokenizer
-
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def set_seed(seed):
@@ -41,13 +41,20 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-def pad_batch(seqs, pad_id, device):
-    """list of id lists -> (B, T) tensor, right-padded."""
-    T = max(len(s) for s in seqs)
+def pad_batch(seqs, pad_id, device, multiple=1):
+    """list of id lists -> (B, T) tensor, right-padded (T rounded up to `multiple`: fewer shapes
+    for torch.compile). On CUDA the host copy is pinned and the transfer does not block."""
+    T = -(-max(len(s) for s in seqs) // multiple) * multiple
     out = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    return out.to(device, non_blocking=True)
+    return to_device(out, device)
+
+
+def to_device(t, device):
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def lr_lambda(warmup, total, min_ratio):
@@ -86,33 +93,71 @@ def prepare_run_dir(cfg):
 
 
 class Batches:
-    """Shuffled batches of indices, reshuffled each epoch from (seed, epoch): deterministic."""
+    """The global batch of indices of each step: a pure function of (seed, step), so a resumed
+    run sees the same batches.
 
-    def __init__(self, n, batch_size, seed):
-        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
-        self.per_epoch = n // self.batch_size  # drop the ragged last batch
-        self._epoch, self._perm = None, None
+    Each epoch is a fresh permutation (the ragged last batch dropped). With pool > 0 the
+    permutation is cut into pools of `pool` batches, each pool is sorted by length and cut into
+    batches, and the epoch's batches are shuffled: a batch holds similar lengths (little padding)
+    while no order by length runs through the epoch.
+    """
+
+    def __init__(self, lengths, batch_size, seed, pool=0):
+        self.lengths = lengths
+        self.n, self.batch_size, self.seed, self.pool = len(lengths), min(batch_size, len(lengths)), seed, pool
+        self.per_epoch = self.n // self.batch_size
+        self._epoch, self._batches = None, None
+
+    def epoch(self, epoch):
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        bs = self.batch_size
+        perm = torch.randperm(self.n, generator=g).tolist()[:self.per_epoch * bs]
+        if not self.pool:
+            return [perm[i:i + bs] for i in range(0, len(perm), bs)]
+        size = self.pool * bs
+        pools = [sorted(perm[s:s + size], key=self.lengths.__getitem__) for s in range(0, len(perm), size)]
+        batches = [p[i:i + bs] for p in pools for i in range(0, len(p), bs)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
     def __call__(self, step):
         epoch, i = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
-        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+            self._epoch, self._batches = epoch, self.epoch(epoch)
+        return self._batches[i]
+
+    def padding(self, epoch=0):
+        """Share of padded positions over one epoch's batches."""
+        return padding_fraction([[self.lengths[i] for i in b] for b in self.epoch(epoch)])
+
+
+class TrainStep(torch.nn.Module):
+    """The summed token loss of one batch as a module's forward, so that DDP and torch.compile
+    can wrap it; the encoder runs here when it is trained (vectors None)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, targets, vectors=None, input_ids=None, attention_mask=None):
+        if vectors is None:
+            vectors = self.model.encoder(input_ids, attention_mask)  # (B, Dv)
+        return self.model.loss(vectors, targets, reduction="sum")
 
 
 @torch.no_grad()
 def validation_loss(model, vectors, targets, texts, cfg, device):
+    """Mean token loss over the validation split (each process its shard under torchrun)."""
     model.eval()
+    r, w = dist.rank(), dist.world_size()
     total, tokens = 0.0, 0
-    for s in range(0, len(targets), cfg.eval_batch_size):
+    for s in range(r * cfg.eval_batch_size, len(targets), w * cfg.eval_batch_size):
         y = pad_batch(targets[s:s + cfg.eval_batch_size], model.config.pad_id, device)
         v = vectors[s:s + cfg.eval_batch_size] if vectors is not None else model.encode(texts[s:s + cfg.eval_batch_size])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            n = int((y != model.config.pad_id).sum())
-            total += float(model.loss(v, y)) * n
-        tokens += n
+            total += float(model.loss(v, y, reduction="sum"))
+        tokens += int((y != model.config.pad_id).sum())
     model.train()
+    total, tokens = dist.all_sum([total, tokens], device)
     return total / max(tokens, 1)
 
 
@@ -131,7 +176,8 @@ class TrainingDiverged(ReconError):
 
 # arguments that may differ when resuming: they change bookkeeping, not the numbers
 RESUME_MAY_CHANGE = {"resume", "overwrite", "output_dir", "run_name", "device", "eval_steps", "save_steps",
-                     "save_total_limit", "no_eval", "num_beams", "eval_batch_size", "cache_dir", "rerank"}
+                     "save_total_limit", "no_eval", "num_beams", "eval_batch_size", "cache_dir", "rerank",
+                     "compile", "peak_tflops"}
 
 
 def resume_checkpoint(cfg):
@@ -202,14 +248,36 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
+def _on_rank0(fn):
+    """Run fn on rank 0 only; a ReconError it raises is raised on every rank (no rank left waiting)."""
+    error = None
+    if dist.is_main():
+        try:
+            fn()
+        except ReconError as e:
+            error = e
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise error
+
+
 def train(cfg, log=print):
-    """Train a model as `cfg` says; returns (model, run folder, test metrics or None)."""
+    """Train a model as `cfg` says; returns (model, run folder, test metrics or None).
+
+    Under torchrun (see recon/distributed.py) every process calls this; rank 0 alone logs and
+    writes files, and every process returns the same model and metrics.
+    """
     t_start = time.time()
-    device = resolve_device(cfg.device)
+    device = dist.setup(cfg.device)
+    main, world = dist.is_main(), dist.world_size()
+    if not main:
+        log = lambda *a, **k: None  # noqa: E731
+    if cfg.batch_size < world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the {world} processes; each needs a share")
     set_seed(cfg.seed)
     resume_from, resume_meta = resume_checkpoint(cfg) if cfg.resume else (None, None)
     if resume_from is None:
-        prepare_run_dir(cfg)
+        _on_rank0(lambda: prepare_run_dir(cfg))
 
     scratch_size = (cfg.scratch_d_model, cfg.scratch_layers, cfg.scratch_heads)
     encoder = build_encoder(cfg.encoder, cfg.representation, cfg.layer, cfg.max_length, cfg.cls_init,
@@ -230,8 +298,9 @@ def train(cfg, log=print):
 
     if resume_from:
         dec_tok = load_decoder_tokenizer(cfg.decoder_tokenizer, resume_from)
-    elif cfg.decoder_tokenizer == "sentencepiece":
-        dec_tok = SentencePieceTokenizer.train(train_texts, cfg.vocab_size)
+    elif cfg.decoder_tokenizer == "sentencepiece":  # trained once, on rank 0, and handed to the others
+        dec_tok = SentencePieceTokenizer(dist.broadcast_object(
+            SentencePieceTokenizer.train(train_texts, cfg.vocab_size).proto if main else None))
     else:
         dec_tok = EncoderVocabTokenizer(encoder.tokenizer)
     model = ReconModel.from_encoder(
@@ -241,7 +310,8 @@ def train(cfg, log=print):
         scratch_tokenizer=cfg.scratch_tokenizer if cfg.encoder == SCRATCH else "", scratch_size=list(scratch_size),
     ).to(device)
     n_params = sum(p.numel() for p in model.decoder.parameters())
-    log(f"decoder: {n_params / 1e6:.2f}M parameters, vocabulary {dec_tok.vocab_size} ({dec_tok.kind}); device {device}")
+    log(f"decoder: {n_params / 1e6:.2f}M parameters, vocabulary {dec_tok.vocab_size} ({dec_tok.kind}); "
+        f"device {device}" + (f", {world} processes (DDP)" if world > 1 else ""))
 
     def targets_of(texts):
         ids = dec_tok.encode(texts)
@@ -254,7 +324,7 @@ def train(cfg, log=print):
     if cut:
         log(f"{cut} training texts are longer than --max-target-len {cfg.max_target_len} decoder tokens: truncated")
 
-    train_v = val_v = None
+    train_v = val_v = train_ids = None
     # frozen and deterministic: each vector once (or from the cache), then only the decoder trains
     if not model.trains_encoder and cfg.cls_init != "random-per-forward":
         t0 = time.time()
@@ -262,105 +332,155 @@ def train(cfg, log=print):
         cache_dir = cfg.cache_dir if cfg.encoder_init == "pretrained" else ""
         encoder_id = {"encoder": cfg.encoder, "fingerprint": encoder.base_fingerprint, "representation": cfg.representation,
                       "layer": cfg.layer, "max_length": cfg.max_length, "cls_init": cfg.cls_init}
-        with tqdm(total=len(train_texts) + len(val_texts), desc="encoding", leave=False) as bar:
+        with tqdm(total=len(train_texts) + len(val_texts), desc="encoding", leave=False, disable=not main) as bar:
             train_v, hit = cached_encode(encoder, train_texts, cache_dir, encoder_id, cfg.eval_batch_size, bar)
             if val_texts:
                 val_v, _ = cached_encode(encoder, val_texts, cache_dir, encoder_id, cfg.eval_batch_size, bar)
         how = f"read from the cache in {cache_dir}" if hit else "encoded"
         log(f"{len(train_texts) + len(val_texts)} vectors {how} in {time.time() - t0:.1f}s")
         model.decoder.set_vector_stats(train_v)
+        train_v = train_v.to(device)  # indexed on the device in every step
     else:  # the encoder runs in every step; standardise with the statistics it starts from
         model.decoder.set_vector_stats(encoder.encode(train_texts[:4096], cfg.eval_batch_size))
         train_ids = encoder.token_ids(train_texts)  # tokenised once, not in every step
 
-    batches = Batches(len(train_texts), cfg.batch_size, cfg.seed)
+    train_len = [len(y) for y in train_y]
+    batches = Batches(train_len, cfg.batch_size, cfg.seed, cfg.bucket_pool)
     max_steps = cfg.max_steps or max(1, int(cfg.epochs * batches.per_epoch))
+    padding = {"padding_fraction": batches.padding(), "padding_fraction_unbucketed": Batches(train_len, cfg.batch_size, cfg.seed).padding()}
+    log(f"padding: {100 * padding['padding_fraction']:.1f}% of decoder positions"
+        + (f" (bucketed in pools of {cfg.bucket_pool} batches; {100 * padding['padding_fraction_unbucketed']:.1f}% unbucketed)"
+           if cfg.bucket_pool else ""))
     optimizer = make_optimizer(model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, max_steps, cfg.min_lr_ratio))
-    meta = {"args": asdict(cfg), "git_commit": git_commit(), "data": corpus.stats, "decoder_parameters": n_params}
+    meta = {"args": asdict(cfg), "git_commit": git_commit(), "data": corpus.stats, "decoder_parameters": n_params,
+            "world_size": world, **padding}
     log_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     start, tokens_seen, last_val = 0, 0, None
+    if world > 1:  # the same weights everywhere (DDP checks), but each process its own dropout
+        torch.manual_seed(cfg.seed + 1000 * dist.rank())
     if resume_from:
         model.load_weights(resume_from)
         state = torch.load(os.path.join(resume_from, TRAINER_STATE_FILE), map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) == world:
+            set_rng_state(per_rank[dist.rank()])
+        else:
+            log(f"note: {resume_from} was written by {len(per_rank)} processes, this run has {world}: "
+                "dropout draws will differ from the uninterrupted run")
         start, tokens_seen, last_val = state["step"], state["tokens_seen"], resume_meta.get("val_loss")
-        truncate_log(log_path, start)
+        if main:
+            truncate_log(log_path, start)
         log(f"resumed from {resume_from} at step {start}")
-    with open(os.path.join(cfg.output_dir, "data.json"), "w") as f:
-        json.dump(corpus.stats, f, indent=2)
+    if main:
+        with open(os.path.join(cfg.output_dir, "data.json"), "w") as f:
+            json.dump(corpus.stats, f, indent=2)
     samples = (val_texts or train_texts)[:3]
 
     def save(step):
+        """Every process takes part (RNG states are gathered); rank 0 writes."""
+        states = dist.gather_objects(rng_state())
         meta.update(step=step, val_loss=last_val, tokens_seen=tokens_seen, train_seconds=time.time() - t_start)
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                 "tokens_seen": tokens_seen, "rng": rng_state()}
-        return save_checkpoint(cfg.output_dir, step, model, meta, state, cfg.save_total_limit)
+                 "tokens_seen": tokens_seen, "rng": states[0], **({"rng_per_rank": states} if world > 1 else {})}
+        folder = os.path.join(cfg.output_dir, f"checkpoint-{step}")
+        if main:
+            folder = save_checkpoint(cfg.output_dir, step, model, meta, state, cfg.save_total_limit)
+        dist.barrier()
+        return folder
 
+    step_fn = TrainStep(model)
+    if world > 1:
+        # a trained encoder may leave parameters without a gradient (layers above --layer, the pooler)
+        step_fn = DDP(step_fn, device_ids=[device.index] if device.type == "cuda" else None,
+                      broadcast_buffers=False, find_unused_parameters=model.trains_encoder)
+    if cfg.compile:
+        step_fn = torch.compile(step_fn)
+    peak = peak_flops(device, cfg.peak_tflops)
+    pad_multiple = 8 if cfg.compile else 1
     model.train()
-    bar = tqdm(range(start, max_steps), desc="training", dynamic_ncols=True, initial=start, total=max_steps)
+    bar = tqdm(range(start, max_steps), desc="training", dynamic_ncols=True, initial=start, total=max_steps,
+               disable=not main)
     loss_sum = torch.zeros((), device=device)
-    window_steps, window_tokens, window_start = 0, 0, time.time()
+    window = {"steps": 0, "tokens": 0, "positions": 0, "flops": 0.0, "start": time.time()}
     with StopSignals() as stop:
         for step in bar:
-            idx = batches(step)
-            y = pad_batch([train_y[i] for i in idx], dec_tok.pad_id, device)
+            idx = batches(step)  # the global batch; this process takes every world-th row
+            n_tok = sum(train_len[i] for i in idx)  # known on every process: no collective needed
+            mine = idx[dist.rank()::world]
+            y = pad_batch([train_y[i] for i in mine], dec_tok.pad_id, device, pad_multiple)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 if train_v is not None:
-                    v = train_v[idx]
+                    loss = step_fn(y, vectors=train_v[to_device(torch.tensor(mine), device)])
                 else:
-                    v = encoder(*encoder.collate([train_ids[i] for i in idx], device))
-                loss = model.loss(v, y)
-            loss.backward()
+                    input_ids, mask = encoder.collate([train_ids[i] for i in mine], device)
+                    loss = step_fn(y, input_ids=input_ids, attention_mask=mask)
+            # this process's share of the global batch's mean token loss; DDP averages gradients
+            # over processes, so scale back up by their number
+            loss = loss / n_tok
+            (loss * world).backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
-            n_tok = sum(len(train_y[i]) for i in idx)
             tokens_seen += n_tok
-            window_tokens += n_tok
-            window_steps += 1
+            longest = max(train_len[i] for i in idx)
+            window["steps"] += 1
+            window["tokens"] += n_tok
+            window["positions"] += len(idx) * longest
+            window["flops"] += n_tok * decoder_flops_per_token(model.decoder, cfg.num_prefix + longest)
 
             done = step + 1
-            saving = (cfg.save_steps and done % cfg.save_steps == 0) or done == max_steps or stop.signum
-            # read the loss back every 10 steps and before every save, not every step
-            if done % 10 == 0 or saving:
-                train_loss = float(loss_sum) / window_steps
-                if not math.isfinite(train_loss):
-                    kept = list_checkpoints(cfg.output_dir)
-                    raise TrainingDiverged(
-                        f"the training loss became {train_loss} between steps {done - window_steps + 1} and {done}; "
-                        + (f"the last good checkpoint, {cfg.output_dir}/checkpoint-{kept[-1]}, is intact; "
-                           if kept else "no checkpoint was written; ")
-                        + "lower --lr or raise --warmup-steps and start again"
-                    )
-                tps = window_tokens / max(time.time() - window_start, 1e-9)
-                loss_sum.zero_()
-                window_steps, window_tokens, window_start = 0, 0, time.time()
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                record = {"step": done, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
-                          "tokens_per_second": tps, "tokens_seen": tokens_seen, "elapsed": time.time() - t_start}
-                if done % cfg.eval_steps == 0 or done == max_steps:
-                    msg = f"step {done}: train loss {train_loss:.3f}"
-                    if val_texts:
-                        last_val = validation_loss(model, val_v, val_y, val_texts, cfg, device)
-                        record["val_loss"] = last_val
-                        msg += f", validation loss {last_val:.3f}"
-                    recon = model.reconstruct(samples)
+            at_save = bool(cfg.save_steps and done % cfg.save_steps == 0) or done == max_steps
+            # read the loss back every 10 steps and before every save, not every step; under torchrun
+            # the processes agree on a signal there too (one alone must not stop)
+            check = done % 10 == 0 or at_save or (world == 1 and stop.signum)
+            if not check:
+                continue
+            train_loss, stopping = dist.all_sum([float(loss_sum), float(bool(stop.signum))], device)
+            train_loss /= window["steps"]
+            saving = at_save or stopping
+            if not math.isfinite(train_loss):
+                kept = list_checkpoints(cfg.output_dir)
+                raise TrainingDiverged(
+                    f"the training loss became {train_loss} between steps {done - window['steps'] + 1} and {done}; "
+                    + (f"the last good checkpoint, {cfg.output_dir}/checkpoint-{kept[-1]}, is intact; "
+                       if kept else "no checkpoint was written; ")
+                    + "lower --lr or raise --warmup-steps and start again"
+                )
+            seconds = max(time.time() - window["start"], 1e-9)
+            tps = window["tokens"] / seconds
+            record = {"step": done, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_second": tps, "padding": 1 - window["tokens"] / window["positions"],
+                      "tokens_seen": tokens_seen, "elapsed": time.time() - t_start}
+            if peak:
+                record["mfu"] = window["flops"] / seconds / (peak * world)
+            loss_sum.zero_()
+            window = {"steps": 0, "tokens": 0, "positions": 0, "flops": 0.0, "start": time.time()}
+            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                            **({"mfu": f"{100 * record['mfu']:.1f}%"} if peak else {}))
+            if done % cfg.eval_steps == 0 or done == max_steps:
+                msg = f"step {done}: train loss {train_loss:.3f}"
+                if val_texts:
+                    last_val = validation_loss(model, val_v, val_y, val_texts, cfg, device)
+                    record["val_loss"] = last_val
+                    msg += f", validation loss {last_val:.3f}"
+                if main:
                     bar.write(msg)
-                    for ref, out in zip(samples, recon):
+                    for ref, out in zip(samples, model.reconstruct(samples)):
                         bar.write(f"  original: {ref}\n  decoded:  {out}")
+            if main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
             if saving:
                 folder = save(done)
-            if stop.signum:
+            if stopping:
                 bar.close()
-                raise TrainingInterrupted(stop.signum, folder)
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, folder)
     bar.close()
     log(f"trained {max_steps} steps in {time.time() - t_start:.0f}s; checkpoint in {cfg.output_dir}")
 
@@ -372,7 +492,9 @@ def train(cfg, log=print):
                                  pool_texts=train_texts, pool_vectors=train_v, log=log)
         metrics.update(split="test", checkpoint=cfg.output_dir, step=max_steps)
         out = os.path.join(cfg.output_dir, "eval-test")
-        write_outputs(out, metrics, rows, title=f"recon: {cfg.output_dir}, test split")
+        if main:
+            write_outputs(out, metrics, rows, title=f"recon: {cfg.output_dir}, test split")
         log(f"\ntest split ({len(test)} sentences, report in {out}/report.md):\n{headline_table(metrics)}")
     log(f"total wall time {time.time() - t_start:.0f}s")
+    dist.barrier()
     return model, cfg.output_dir, metrics

@@ -1,0 +1,48 @@
+"""The speed options change speed, not the numbers: --compile, and the padding bookkeeping of
+length bucketing (--bucket-pool)."""
+
+import json
+
+import pytest
+
+from conftest import sentences
+from recon.config import TrainConfig, parse
+from recon.training import train
+
+
+def run(encoder, data, out, *extra):
+    argv = ["--encoder", encoder, "--data", str(data), "--output-dir", str(out), "--max-steps", "10",
+            "--batch-size", "16", "--d-model", "32", "--n-layer", "1", "--n-head", "2", "--vocab-size", "400",
+            "--dropout", "0", "--no-eval", "--cache-dir", "", *extra]
+    train(parse(TrainConfig, argv), log=lambda *a: None)
+    with open(out / "metrics.jsonl") as f:
+        log = [json.loads(line) for line in f]
+    with open(out / "checkpoint-10" / "meta.json") as f:
+        return log, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("speed") / "data.txt"
+    path.write_text("\n".join(sentences(300)) + "\n")
+    return path
+
+
+def test_compiled_training_gives_the_same_losses(tmp_path, tiny_encoder_dir, data):
+    plain, _ = run(tiny_encoder_dir, data, tmp_path / "plain")
+    compiled, meta = run(tiny_encoder_dir, data, tmp_path / "compiled", "--compile")
+    assert meta["args"]["compile"] is True
+    assert compiled[-1]["train_loss"] == pytest.approx(plain[-1]["train_loss"], rel=1e-3)
+    assert compiled[-1]["val_loss"] == pytest.approx(plain[-1]["val_loss"], rel=1e-3)
+
+
+def test_padding_is_measured_and_bucketing_lowers_it(tmp_path, tiny_encoder_dir, data):
+    # sentences of mixed lengths: the synthetic ones plus their first halves
+    mixed = tmp_path / "mixed.txt"
+    lines = sentences(300)
+    mixed.write_text("\n".join(lines + [" ".join(s.split()[:4]) + "." for s in lines]) + "\n")
+    log0, meta0 = run(tiny_encoder_dir, mixed, tmp_path / "off", "--bucket-pool", "0")
+    log1, meta1 = run(tiny_encoder_dir, mixed, tmp_path / "on", "--bucket-pool", "8")
+    assert meta0["padding_fraction"] == pytest.approx(meta1["padding_fraction_unbucketed"])
+    assert meta1["padding_fraction"] < meta0["padding_fraction"] / 2
+    assert 0 <= log1[-1]["padding"] < log0[-1]["padding"]
