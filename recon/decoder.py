@@ -23,6 +23,11 @@ class KVCache:
         self.pos = 0  # how many positions are filled
         self._spare = None  # beam search reorders into a second buffer, then swaps
 
+    def select(self, index):
+        """Keep only these rows of the batch (finished sequences leave it)."""
+        self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
+        self._spare = None
+
     def reorder(self, index):
         """Beam search: row i of the batch continues row index[i]."""
         if self._spare is None:

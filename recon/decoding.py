@@ -18,25 +18,35 @@ def _strip(ids, eos_id):
 
 @torch.no_grad()
 def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None):
-    """(B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS])."""
+    """(B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS]).
+
+    Every 8 tokens the finished rows are dropped from the batch and the cache, so a batch of
+    mixed lengths costs about its mean length, not its longest."""
     B, device = vectors.shape[0], vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
     cache = decoder.new_cache(B, device, _cache_dtype(device))
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)
-    out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
+    out = torch.full((B, max_new_tokens), eos_id, dtype=torch.long, device=device)
+    rows = torch.arange(B, device=device)  # which output row each live batch row writes
     done = torch.zeros(B, dtype=torch.bool, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = decoder(vectors, tokens, cache)
         for t in range(max_new_tokens):
-            nxt = logits[:, -1].argmax(-1)  # (B,)
-            nxt = nxt.masked_fill(done, eos_id)
-            out[:, t] = nxt
+            nxt = logits[:, -1].argmax(-1).masked_fill(done, eos_id)  # (b,)
+            out[rows, t] = nxt
             done |= nxt == eos_id
-            # one sync every 8 steps to stop early, instead of one per token
-            if t == max_new_tokens - 1 or (t % 8 == 7 and bool(done.all())):
+            if t == max_new_tokens - 1:
                 break
+            if t % 8 == 7:  # one host sync every 8 tokens, not one per token
+                n_live = int((~done).sum())
+                if n_live == 0:
+                    break
+                if n_live < len(done):
+                    live = (~done).nonzero().squeeze(1)
+                    cache.select(live)
+                    rows, nxt, done = rows[live], nxt[live], done[live]
             logits = decoder(None, nxt[:, None], cache)
-    out = out[:, :t + 1].cpu()
+    out = out.cpu()
     return [_strip(row, eos_id) for row in out]
 
 
@@ -47,6 +57,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
 
     Beams that emit [EOS] are frozen (their score no longer changes); at the end each beam's
     sum of log-probabilities is divided by length ** length_penalty, length counting [EOS].
+    Every 8 tokens the sentences whose beams have all ended leave the batch and the cache.
     return_all: also return every final beam, best first, as a list of B lists of (ids, score).
     """
     B, K, device = vectors.shape[0], num_beams, vectors.device
@@ -59,31 +70,50 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
     lengths = torch.zeros(B, K, dtype=torch.long, device=device)
     done = torch.zeros(B, K, dtype=torch.bool, device=device)
     seqs = torch.empty(B, K, 0, dtype=torch.long, device=device)
+    rows = torch.arange(B, device=device)  # the input sentence of each live batch row
+    results = [None] * B  # per input sentence: (beams (K, T) on the CPU, final scores (K,))
+
+    def store(sel):
+        final = scores[sel] / lengths[sel].clamp(min=1).float() ** length_penalty  # (b, K)
+        for r, s, f in zip(rows[sel].tolist(), seqs[sel].cpu(), final.cpu()):
+            results[r] = (s, f)
+
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = decoder(vecs, tokens, cache)
         for t in range(max_new_tokens):
-            logp = logits[:, -1].float().log_softmax(-1).view(B, K, -1)  # (B, K, V)
+            b = len(rows)
+            logp = logits[:, -1].float().log_softmax(-1).view(b, K, -1)  # (b, K, V)
             V = logp.shape[-1]
-            # a finished beam may only "continue" with EOS at no cost (in place: no (B, K, V) copies)
+            # a finished beam may only "continue" with EOS at no cost (in place: no (b, K, V) copies)
             logp.masked_fill_(done[..., None], float("-inf"))
             if eos_id >= 0:
                 logp[..., eos_id].masked_fill_(done, 0.0)
-            cand = (scores[..., None] + logp).view(B, K * V)
-            scores, flat = cand.topk(K, dim=-1)  # (B, K)
+            cand = (scores[..., None] + logp).view(b, K * V)
+            scores, flat = cand.topk(K, dim=-1)  # (b, K)
             origin, nxt = flat // V, flat % V
             done = done.gather(1, origin)
             lengths = lengths.gather(1, origin) + (~done).long()
             done = done | (nxt == eos_id)
             seqs = torch.cat([seqs.gather(1, origin[..., None].expand(-1, -1, seqs.shape[-1])), nxt[..., None]], -1)
-            if t == max_new_tokens - 1 or (t % 8 == 7 and bool(done.all())):
+            if t == max_new_tokens - 1:
                 break
-            cache.reorder((origin + torch.arange(B, device=device)[:, None] * K).view(-1))
-            logits = decoder(None, nxt.view(-1, 1), cache)
-    final = scores / lengths.clamp(min=1).float() ** length_penalty  # (B, K)
-    order = final.argsort(dim=-1, descending=True)
-    seqs, final = seqs.cpu(), final.cpu()
-    best = [_strip(seqs[b, order[b, 0]], eos_id) for b in range(B)]
-    if not return_all:
-        return best
-    beams = [[(_strip(seqs[b, k], eos_id), float(final[b, k])) for k in order[b].tolist()] for b in range(B)]
-    return best, beams
+            cache.reorder((origin + torch.arange(b, device=device)[:, None] * K).view(-1))
+            if t % 8 == 7:  # one host sync every 8 tokens, not one per token
+                finished = done.all(-1)  # (b,)
+                n_finished = int(finished.sum())
+                if n_finished == b:
+                    break
+                if n_finished:
+                    store(finished)
+                    keep = (~finished).nonzero().squeeze(1)
+                    cache.select((keep[:, None] * K + torch.arange(K, device=device)).view(-1))
+                    scores, lengths, done, seqs, rows, nxt = (x[keep] for x in (scores, lengths, done, seqs, rows, nxt))
+            logits = decoder(None, nxt.reshape(-1, 1), cache)
+    store(torch.ones(len(rows), dtype=torch.bool, device=device))
+    best, beams = [], []
+    for s, f in results:
+        order = f.argsort(descending=True).tolist()
+        best.append(_strip(s[order[0]], eos_id))
+        if return_all:
+            beams.append([(_strip(s[k], eos_id), float(f[k])) for k in order])
+    return (best, beams) if return_all else best

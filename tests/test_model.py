@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModel
 
 from conftest import sentences
+from recon.decoder import Decoder
 from recon.decoding import beam_search, greedy
 from recon.encoder import Encoder, EncoderError, load_encoder, pool
 from recon.model import CheckpointError, ReconModel
@@ -64,6 +65,39 @@ def test_cached_greedy_equals_full_recompute(tiny_model):
             ids.append(nxt)
         slow.append(ids[1:])
     assert fast == slow
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_others():
+    """Rows that end early (at different points, before and after the 8-token check) are dropped
+    from the batch and cache; every row's output equals decoding it alone."""
+    torch.manual_seed(2)
+    dec = Decoder(32, 40, d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=24).eval()
+    with torch.no_grad():  # large weights and equal-norm token embeddings: varied outputs
+        for p in dec.parameters():
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=0.5)
+        dec.tok_emb.weight.copy_(torch.nn.functional.normalize(dec.tok_emb.weight, dim=-1) * 5)
+    vecs = torch.randn(16, 32)
+    bos = 1
+    free = greedy(dec, vecs, bos, -1, max_new_tokens=24)  # never ends: 24 tokens each
+    # a token that ends rows at several different points serves as the end of text
+    firsts = {}
+    for row in free:
+        for tok in row:
+            firsts.setdefault(tok, set()).add(row.index(tok))
+    stop = max(firsts, key=lambda tok: len(firsts[tok]))
+    assert len(firsts[stop]) >= 3 and min(firsts[stop]) < 8 < max(firsts[stop])
+    got = greedy(dec, vecs, bos, stop, max_new_tokens=24)
+    assert got == [row[:row.index(stop)] if stop in row else row for row in free]
+    assert got[:5] == greedy(dec, vecs[:5], bos, stop, max_new_tokens=24)
+    # beam search: sentences whose beams have all ended leave the batch; each as if decoded alone
+    best, beams = beam_search(dec, vecs, bos, stop, num_beams=3, max_new_tokens=24, return_all=True)
+    assert len({len(x) for x in best}) >= 3  # they did end at different points
+    for v, b, bs in zip(vecs, best, beams):
+        alone, alone_beams = beam_search(dec, v[None], bos, stop, num_beams=3, max_new_tokens=24, return_all=True)
+        assert [b] == alone
+        assert [x for x, _ in bs] == [x for x, _ in alone_beams[0]]
+        assert [s for _, s in bs] == pytest.approx([s for _, s in alone_beams[0]], abs=1e-4)
 
 
 def test_output_depends_only_on_the_vector(tiny_model):
