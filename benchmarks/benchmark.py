@@ -1,12 +1,13 @@
 """recon against the Hugging Face baseline a user would write, in one process, same data and size.
 
 Baseline: a transformers GPT-2 decoder of recon's decoder size with cross-attention to the
-sentence vector (projected to the decoder width), trained the plain way: the frozen encoder runs
-on every batch, then GPT-2 with `labels=`; generation with `generate()`.
-recon: vectors computed once (the cache), recon's decoder and its KV-cache greedy/beam decoding.
+sentence vector (projected to the decoder width), trained the plain way: shuffled batches, the
+frozen encoder run on every batch, then GPT-2 with `labels=`; generation with `generate()`.
+recon: vectors computed once (the cache), length-bucketed batches, recon's training step
+(optionally torch.compile'd), its KV-cache greedy/beam decoding.
 
-    python benchmarks/benchmark.py                    # CPU, about 5 minutes on 2 cores
-    python benchmarks/benchmark.py --device cuda --sentences 20000 --batch-size 256 --d-model 512 --n-layer 8 --n-head 8
+    python benchmarks/benchmark.py                    # CPU, about 2 minutes on 2 cores
+    python benchmarks/benchmark.py --device cuda --sentences 20000 --batch-size 256 --d-model 512 --n-layer 8 --n-head 8 --compile
 
 Prints a Markdown table (and writes it with the raw figures to --output as JSON). Both models
 are untrained, so generation runs to the maximum length for both; the table shows the tokens
@@ -27,7 +28,8 @@ from recon.decoding import beam_search, greedy
 from recon.encoder import DEFAULT_ENCODER, build_encoder
 from recon.model import ReconModel
 from recon.tokenizer import SentencePieceTokenizer
-from recon.training import pad_batch
+from recon.speed import decoder_flops_per_token, flops_per_token, padding_fraction, peak_flops
+from recon.training import Batches, TrainStep, pad_batch
 
 
 def sync(device):
@@ -84,6 +86,8 @@ def main(argv=None):
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--bucket-pool", type=int, default=50, help="recon's length bucketing (0: off), as in train.py")
+    p.add_argument("--compile", action="store_true", help="torch.compile recon's training step, as train.py --compile")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", default="benchmark.json")
     args = p.parse_args(argv)
@@ -106,31 +110,50 @@ def main(argv=None):
     model.decoder.set_vector_stats(vectors)
     rows["encode corpus once"] = {"seconds": t_encode, "sentences_per_second": len(texts) / t_encode}
 
-    def batches():
+    lengths = [len(y) for y in targets]
+    recon_batches = Batches(lengths, args.batch_size, seed=1, pool=args.bucket_pool)
+
+    def plain_batches():  # what a user would write: shuffled, unsorted
         g = torch.Generator().manual_seed(1)
         while True:
-            idx = torch.randint(0, len(texts), (args.batch_size,), generator=g).tolist()
-            yield idx, pad_batch([targets[i] for i in idx], tok.pad_id, device)
+            yield torch.randint(0, len(texts), (args.batch_size,), generator=g).tolist()
 
-    def train(step_fn, params):
+    def bucketed_batches():
+        step = 0
+        while True:
+            yield recon_batches(step)
+            step += 1
+
+    def train(step_fn, params, batch_iter, flops_of):
+        """tokens/s, model FLOP/s and the padding share of `args.steps` timed steps (after 3 warm-up steps)."""
         opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
-        it, tokens = batches(), 0
+        it = batch_iter()
         for n in range(3 + args.steps):
             if n == 3:
                 sync(device)
-                t0, tokens = time.perf_counter(), 0
-            idx, y = next(it)
+                t0, tokens, flops, shapes = time.perf_counter(), 0, 0.0, []
+            idx = next(it)
+            y = pad_batch([targets[i] for i in idx], tok.pad_id, device, 8 if args.compile else 1)
+            n_tok = sum(lengths[i] for i in idx)
             with torch.autocast(**amp):
                 loss = step_fn(idx, y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            tokens += int((y != tok.pad_id).sum())
+            if n >= 3:
+                tokens += n_tok
+                flops += n_tok * flops_of(max(lengths[i] for i in idx) + 1)
+                shapes.append([lengths[i] for i in idx])
         sync(device)
-        return tokens / (time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        return tokens / seconds, flops / seconds, padding_fraction(shapes)
 
-    def recon_step(idx, y):
-        return model.loss(vectors[idx], y)
+    step = TrainStep(model)
+    if args.compile:
+        step = torch.compile(step)
+
+    def recon_step(idx, y):  # as in train.py: the summed token loss over the batch's token count
+        return step(y, vectors=vectors[idx]) / sum(lengths[i] for i in idx)
 
     def base_step(idx, y):
         with torch.no_grad():  # the plain way: the frozen encoder runs on every batch
@@ -140,14 +163,23 @@ def main(argv=None):
         inputs = torch.cat([bos, y[:, :-1]], 1)
         return base.loss(v, inputs, y.masked_fill(y == tok.pad_id, -100))
 
+    base_matmul = sum(p.numel() for n, p in base.named_parameters() if p.dim() == 2 and "wte" not in n
+                      and "wpe" not in n) + base.gpt.transformer.wte.weight.numel()  # + its tied output layer
     model.train()
     reset_peak(device)
-    r_tps = train(recon_step, model.decoder.parameters())
+    r_tps, r_flops, r_pad = train(recon_step, model.decoder.parameters(), bucketed_batches,
+                                  lambda T: decoder_flops_per_token(model.decoder, T))
     r_mem = peak_mb(device)
     reset_peak(device)
-    b_tps = train(base_step, base.parameters())
+    b_tps, b_flops, b_pad = train(base_step, base.parameters(), plain_batches,
+                                  lambda T: flops_per_token(base_matmul, args.n_layer, args.d_model, T))
     b_mem = peak_mb(device)
     rows["training tokens/s"] = {"recon": r_tps, "baseline": b_tps, "ratio": r_tps / b_tps}
+    peak = peak_flops(device)
+    if peak:
+        rows["training MFU % (model FLOPs / bf16 peak)"] = {
+            "recon": 100 * r_flops / peak, "baseline": 100 * b_flops / peak, "ratio": r_flops / b_flops}
+    rows["training padding % of positions"] = {"recon": 100 * r_pad, "baseline": 100 * b_pad}
     rows["training peak memory MB (CUDA: allocated; CPU: process RSS so far)"] = {"recon": r_mem, "baseline": b_mem}
 
     model.eval()
@@ -157,7 +189,7 @@ def main(argv=None):
     for beams in (1, 4):
         # untrained models stop at random points; both are made to write the full length (no [EOS])
         # so that they do the same work, counted in the table's token columns
-        def recon_generate():
+        def recon_generate(beams=beams):
             ids = []
             for s in range(0, len(gvec), 256):
                 v = gvec[s:s + 256]
@@ -167,7 +199,7 @@ def main(argv=None):
                     ids += beam_search(model.decoder, v, tok.bos_id, -1, beams, 1.0, n_new)
             return [tok.decode(x) for x in ids], sum(map(len, ids))
 
-        def hf_generate():
+        def hf_generate(beams=beams):
             texts_out, n = [], 0
             for s in range(0, len(gvec), 256):
                 v = gvec[s:s + 256]
@@ -193,7 +225,7 @@ def main(argv=None):
         if "ratio" in r:
             lines.append(f"| {name} | {r['recon']:,.1f} | {r['baseline']:,.1f} | {r['ratio']:.1f}x |")
         elif "recon" in r:
-            lines.append(f"| {name} | {r['recon']:,.0f} | {r['baseline']:,.0f} | |")
+            lines.append(f"| {name} | {r['recon']:,.1f} | {r['baseline']:,.1f} | |")
         else:
             lines.append(f"| {name} | {r['seconds']:.1f} s ({r['sentences_per_second']:,.0f} sentences/s) | | |")
     table = "\n".join(lines)

@@ -25,17 +25,18 @@ def peak_flops(device, override_tflops=0.0):
     return next((flops for key, flops in BF16_PEAK_FLOPS if key in name), None)
 
 
-def decoder_flops_per_token(decoder, seq_len):
-    """Forward + backward FLOPs of one decoder token at sequence length `seq_len`.
+def flops_per_token(matmul_params, n_layer, d_model, seq_len):
+    """Forward + backward FLOPs of one token: 6 per weight of every matrix multiply, plus the
+    attention scores and weighted sums, 12 * L * D * T."""
+    return 6 * matmul_params + 12 * n_layer * d_model * seq_len
 
-    6 per weight of every matrix multiply (the output layer included: it is tied to the input
-    embedding, which alone costs no multiply) plus the attention scores and sums, 12 * L * D * T.
-    """
-    d, L = decoder.d_model, decoder.n_layer
+
+def decoder_flops_per_token(decoder, seq_len):
+    """flops_per_token of recon's decoder; its output layer counts (it is tied to the input
+    embedding, which alone costs no multiply); the once-per-sentence prefix projection does not."""
     matmul = sum(p.numel() for n, p in decoder.named_parameters() if p.dim() == 2 and "emb" not in n
                  and not n.startswith("prefix"))
-    head = decoder.tok_emb.weight.numel()
-    return 6 * (matmul + head) + 12 * L * d * seq_len
+    return flops_per_token(matmul + decoder.tok_emb.weight.numel(), decoder.n_layer, decoder.d_model, seq_len)
 
 
 def padding_fraction(lengths_per_batch):

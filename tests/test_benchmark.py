@@ -1,0 +1,26 @@
+"""A tiny run of benchmarks/benchmark.py: it compares the two methods on the same work."""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import benchmark  # noqa: E402
+
+
+def test_benchmark_table(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--sentences", "96", "--steps", "2", "--batch-size", "16", "--gen-sentences", "4",
+                           "--max-new-tokens", "40", "--d-model", "32", "--n-layer", "1", "--n-head", "2",
+                           "--vocab-size", "400", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    for name in ("training tokens/s", "generation sentences/s, greedy", "generation sentences/s, beam 4"):
+        r = rows[name]
+        assert r["recon"] > 0 and r["baseline"] > 0 and abs(r["ratio"] - r["recon"] / r["baseline"]) < 1e-9
+    for name in ("generation sentences/s, greedy", "generation sentences/s, beam 4"):
+        assert rows[name]["recon_tokens"] == rows[name]["baseline_tokens"] == 4 * 41  # the same work
+    assert rows["encode corpus once"]["seconds"] > 0
+    assert 0 <= rows["training padding % of positions"]["recon"] < rows["training padding % of positions"]["baseline"]
+    assert "| training tokens/s |" in capsys.readouterr().out
