@@ -3,9 +3,12 @@ batch, and a sharded evaluation that gathers every example exactly once."""
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from safetensors.torch import load_file
@@ -109,3 +112,54 @@ def test_sharded_gathers_every_item_once_in_order(tmp_path, n):
     for r in (r0, r1):  # every process gets all results back, in the original order
         assert r["list"] == [10 * i for i in range(n)]
         assert r["tensor"] == [[10.0 * (3 * i + j) for j in range(3)] for i in range(n)]
+
+
+def test_evaluate_py_under_torchrun_writes_one_report_with_every_example(two_runs):
+    tmp, _ = two_runs
+    out = run(torchrun(2, "evaluate.py", "--checkpoint", str(tmp / "one"), "--output-dir", str(tmp / "ev2"),
+                       "--num-beams", "2", "--device", "cpu"), tmp)
+    rows = read_jsonl(tmp / "ev2" / "predictions.jsonl")
+    ref = read_jsonl(tmp / "one" / "eval-test" / "predictions.jsonl")
+    assert [r["reference"] for r in rows] == [r["reference"] for r in ref]
+    assert json.loads((tmp / "ev2" / "metrics.json").read_text())["decoding"]["num_beams"] == 2
+    assert out.stdout.count("test split of") == 1
+
+
+def small_args(tiny_encoder_dir, data, *extra):
+    return ["--encoder", tiny_encoder_dir, "--data", str(data), "--batch-size", "16", "--d-model", "32",
+            "--n-layer", "1", "--n-head", "2", "--vocab-size", "400", "--no-eval", "--cache-dir", "",
+            "--device", "cpu", *extra]
+
+
+def test_torchrun_resume_continues_with_each_process_random_state(tmp_path, tiny_encoder_dir):
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(sentences(300)) + "\n")
+    args = small_args(tiny_encoder_dir, data, "--max-steps", "20", "--save-steps", "10", "--dropout", "0.2")
+    run(torchrun(2, "train.py", *args, "--output-dir", str(tmp_path / "a")), tmp_path)
+    shutil.copytree(tmp_path / "a" / "checkpoint-10", tmp_path / "b" / "checkpoint-10")
+    run(torchrun(2, "train.py", *args, "--output-dir", str(tmp_path / "b"), "--resume"), tmp_path)
+    a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    assert b[-1]["step"] == a[-1]["step"] == 20
+    assert b[-1]["train_loss"] == pytest.approx(a[-1]["train_loss"], rel=1e-6)  # dropout draws included
+
+
+def test_sigterm_under_torchrun_saves_once_and_stops_every_process(tmp_path, tiny_encoder_dir):
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(sentences(300)) + "\n")
+    out = tmp_path / "run"
+    args = small_args(tiny_encoder_dir, data, "--max-steps", "100000", "--output-dir", str(out))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(torchrun(2, "train.py", *args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
+    log, _ = proc.communicate(timeout=120)
+    kept = [n for n in os.listdir(out) if n.startswith("checkpoint-")]
+    assert len(kept) == 1, (kept, log[-3000:])
+    step = int(kept[0].split("-")[1])
+    assert step % 10 == 0 and step < 100000  # saved at an agreed 10-step check
+    assert read_jsonl(out / "metrics.jsonl")[-1]["step"] == step
+    assert "continue with the same command and --resume" in log
