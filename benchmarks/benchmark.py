@@ -28,7 +28,7 @@ from recon.decoding import beam_search, greedy
 from recon.encoder import DEFAULT_ENCODER, build_encoder
 from recon.model import ReconModel
 from recon.tokenizer import SentencePieceTokenizer
-from recon.speed import decoder_flops_per_token, flops_per_token, padding_fraction, peak_flops
+from recon.speed import decoder_matmul_params, flops_per_token, padding_fraction, peak_flops
 from recon.training import Batches, TrainStep, pad_batch
 
 
@@ -163,12 +163,13 @@ def main(argv=None):
         inputs = torch.cat([bos, y[:, :-1]], 1)
         return base.loss(v, inputs, y.masked_fill(y == tok.pad_id, -100))
 
+    recon_matmul = decoder_matmul_params(model.decoder)
     base_matmul = sum(p.numel() for n, p in base.named_parameters() if p.dim() == 2 and "wte" not in n
                       and "wpe" not in n) + base.gpt.transformer.wte.weight.numel()  # + its tied output layer
     model.train()
     reset_peak(device)
     r_tps, r_flops, r_pad = train(recon_step, model.decoder.parameters(), bucketed_batches,
-                                  lambda T: decoder_flops_per_token(model.decoder, T))
+                                  lambda T: flops_per_token(recon_matmul, args.n_layer, args.d_model, T))
     r_mem = peak_mb(device)
     reset_peak(device)
     b_tps, b_flops, b_pad = train(base_step, base.parameters(), plain_batches,

@@ -162,10 +162,12 @@ class ReconModel(nn.Module):
         with self._eval_mode():
             for start in range(0, len(vectors), batch_size):
                 v = vectors[start:start + batch_size].to(self.device, torch.float32)
-                if num_beams > 1:
+                if return_all:  # every beam decoded to text only when asked for
                     ids, all_ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty,
                                                max_new_tokens, return_all=True)
                     beams.extend([(self.tokenizer.decode(x), s) for x, s in row] for row in all_ids)
+                elif num_beams > 1:
+                    ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty, max_new_tokens)
                 else:
                     ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens)
                 out.extend(self.tokenizer.decode(x) for x in ids)

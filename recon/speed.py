@@ -31,12 +31,12 @@ def flops_per_token(matmul_params, n_layer, d_model, seq_len):
     return 6 * matmul_params + 12 * n_layer * d_model * seq_len
 
 
-def decoder_flops_per_token(decoder, seq_len):
-    """flops_per_token of recon's decoder; its output layer counts (it is tied to the input
-    embedding, which alone costs no multiply); the once-per-sentence prefix projection does not."""
-    matmul = sum(p.numel() for n, p in decoder.named_parameters() if p.dim() == 2 and "emb" not in n
-                 and not n.startswith("prefix"))
-    return flops_per_token(matmul + decoder.tok_emb.weight.numel(), decoder.n_layer, decoder.d_model, seq_len)
+def decoder_matmul_params(decoder):
+    """The weights recon's decoder multiplies by for every token, for flops_per_token: its output
+    layer counts (it is tied to the input embedding, which alone costs no multiply); the
+    once-per-sentence prefix projection does not."""
+    return sum(p.numel() for n, p in decoder.named_parameters() if p.dim() == 2 and "emb" not in n
+               and not n.startswith("prefix")) + decoder.tok_emb.weight.numel()
 
 
 def padding_fraction(lengths_per_batch):

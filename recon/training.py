@@ -22,7 +22,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from recon import distributed as dist
-
 from recon.cache import cached_encode
 from recon.checkpoint import TRAINER_STATE_FILE, git_commit, list_checkpoints, load_meta, save_checkpoint
 from recon.config import ConfigError
@@ -32,7 +31,7 @@ from recon.evaluation import evaluate, write_outputs
 from recon.errors import ReconError
 from recon.model import ReconModel, resolve_checkpoint
 from recon.report import headline_table
-from recon.speed import decoder_flops_per_token, padding_fraction, peak_flops
+from recon.speed import decoder_matmul_params, flops_per_token, padding_fraction, peak_flops
 from recon.tokenizer import EncoderVocabTokenizer, SentencePieceTokenizer, load_decoder_tokenizer
 
 
@@ -399,6 +398,7 @@ def train(cfg, log=print):
     if cfg.compile:
         step_fn = torch.compile(step_fn)
     peak = peak_flops(device, cfg.peak_tflops)
+    matmul_params = decoder_matmul_params(model.decoder)
     pad_multiple = 8 if cfg.compile else 1
     model.train()
     bar = tqdm(range(start, max_steps), desc="training", dynamic_ncols=True, initial=start, total=max_steps,
@@ -432,7 +432,7 @@ def train(cfg, log=print):
             window["steps"] += 1
             window["tokens"] += n_tok
             window["positions"] += len(idx) * longest
-            window["flops"] += n_tok * decoder_flops_per_token(model.decoder, cfg.num_prefix + longest)
+            window["flops"] += n_tok * flops_per_token(matmul_params, cfg.n_layer, cfg.d_model, cfg.num_prefix + longest)
 
             done = step + 1
             at_save = bool(cfg.save_steps and done % cfg.save_steps == 0) or done == max_steps
