@@ -19,15 +19,17 @@ import sys
 
 from recon import distributed
 from recon.config import TrainConfig, parse
-from recon.errors import ReconError
+from recon.errors import ReconError, print_error
+from recon.progress import quiet_libraries
 from recon.training import TrainingInterrupted, train
 
 
 def main(argv=None):
+    quiet_libraries()
     try:
         train(parse(TrainConfig, argv))
     except ReconError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     except TrainingInterrupted as e:
         print(e, file=sys.stderr)

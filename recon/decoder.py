@@ -7,10 +7,48 @@ embeddings, and a key/value cache for generation.
 """
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from recon.errors import check
+from recon.speed import transformer_flops_per_token
+
+DECODERS = {}  # decoder_type -> class; a new decoder class registers itself with @register_decoder
+
+
+def register_decoder(name):
+    def add(cls):
+        DECODERS[name] = cls
+        return cls
+    return add
+
+
+@dataclass
+class DecoderSpec:
+    """The decoder's shape. Used whole by the command line, the checkpoint's config and ReconModel;
+    `decoder_type` picks the class (DECODERS), which takes the whole spec."""
+
+    decoder_type: str = field(default="transformer", metadata={"help": "the decoder class (registered in recon/decoder.py)"})
+    d_model: int = field(default=256, metadata={"help": "decoder width"})
+    n_layer: int = field(default=4, metadata={"help": "decoder layers"})
+    n_head: int = field(default=4, metadata={"help": "decoder attention heads"})
+    dropout: float = field(default=0.1, metadata={"help": "decoder dropout"})
+    num_prefix: int = field(default=1, metadata={"help": "prefix embeddings the vector is projected to"})
+    max_target_len: int = field(default=64, metadata={"help": "longest decoder output, in decoder tokens"})
+
+    def __post_init__(self):
+        for name in ("d_model", "n_layer", "n_head", "num_prefix", "max_target_len"):
+            check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        check(self.d_model % self.n_head == 0, f"--d-model {self.d_model} must be divisible by --n-head {self.n_head}")
+        check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
+
+    def build(self, vector_dim, vocab_size):
+        check(self.decoder_type in DECODERS,
+              f"--decoder-type must be one of {sorted(DECODERS)}, not {self.decoder_type!r}")
+        return DECODERS[self.decoder_type](self, vector_dim, vocab_size)
 
 
 class KVCache:
@@ -71,12 +109,15 @@ class Block(nn.Module):
         return x
 
 
+@register_decoder("transformer")
 class Decoder(nn.Module):
-    def __init__(self, vector_dim, vocab_size, d_model=256, n_layer=4, n_head=4, dropout=0.1,
-                 num_prefix=1, max_target_len=64):
+    """What every decoder class answers: forward (logits for each input token), new_cache,
+    max_target_len, set_vector_stats / standardize, optimizer_groups and flops_per_token."""
+
+    def __init__(self, spec, vector_dim, vocab_size):
         super().__init__()
-        if d_model % n_head:
-            raise ValueError(f"decoder width {d_model} is not divisible by its {n_head} heads")
+        d_model, n_layer, n_head, dropout, num_prefix, max_target_len = (
+            spec.d_model, spec.n_layer, spec.n_head, spec.dropout, spec.num_prefix, spec.max_target_len)
         self.num_prefix = num_prefix
         self.max_target_len = max_target_len
         self.d_model, self.n_layer, self.n_head = d_model, n_layer, n_head
@@ -108,6 +149,29 @@ class Decoder(nn.Module):
         self.vector_mean.copy_(vectors.float().mean(0))
         self.vector_std.copy_(vectors.float().std(0).clamp(min=1e-6) if len(vectors) > 1 else torch.ones_like(self.vector_std))
 
+    def standardize(self, vectors):
+        """(N, Dv) vectors in the decoder's input space: minus the training mean, over the training
+        std. Evaluation measures distances here too: raw cosines between [CLS] states are all ~1."""
+        return (vectors.float().to(self.vector_mean.device) - self.vector_mean) / self.vector_std
+
+    def optimizer_groups(self, weight_decay):
+        """AdamW parameter groups: weight decay on the matrices of linear layers only (not on
+        embeddings, biases or LayerNorm), in parameter order."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        decay = [p for p in self.parameters() if p.dim() >= 2 and id(p) not in embeddings]
+        chosen = {id(p) for p in decay}
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": [p for p in self.parameters() if id(p) not in chosen], "weight_decay": 0.0}]
+
+    def flops_per_token(self, target_len):
+        """Forward + backward model FLOPs of one real token of a batch whose targets are target_len
+        long (for MFU): every matrix a token passes through, the tied output layer included; the
+        once-per-sentence prefix projection is not. Attention spans the prefix too."""
+        if not hasattr(self, "_matmul_params"):  # counted once, not in every step
+            blocks = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
+            self._matmul_params = blocks + self.tok_emb.weight.numel()
+        return transformer_flops_per_token(self._matmul_params, self.n_layer, self.d_model, self.num_prefix + target_len)
+
     @property
     def max_positions(self):
         return self.pos_emb.num_embeddings
@@ -122,7 +186,7 @@ class Decoder(nn.Module):
         parts = []
         if vectors is not None:
             B = vectors.shape[0]
-            z = (vectors - self.vector_mean) / self.vector_std
+            z = self.standardize(vectors)
             parts.append(self.prefix(z).view(B, self.num_prefix, self.d_model))  # (B, k, D)
         if input_ids is not None:
             parts.append(self.tok_emb(input_ids))  # (B, T, D)

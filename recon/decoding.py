@@ -6,6 +6,8 @@ rows of a batch sit at the same position and need no padding or attention mask.
 
 import torch
 
+from recon.device import autocast
+
 
 def _cache_dtype(device):
     return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -29,7 +31,7 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None):
     out = torch.full((B, max_new_tokens), eos_id, dtype=torch.long, device=device)
     rows = torch.arange(B, device=device)  # which output row each live batch row writes
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device):
         logits = decoder(vectors, tokens, cache)
         for t in range(max_new_tokens):
             nxt = logits[:, -1].argmax(-1).masked_fill(done, eos_id)  # (b,)
@@ -78,7 +80,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
         for r, s, f in zip(rows[sel].tolist(), seqs[sel].cpu(), final.cpu()):
             results[r] = (s, f)
 
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device):
         logits = decoder(vecs, tokens, cache)
         for t in range(max_new_tokens):
             b = len(rows)

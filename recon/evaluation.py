@@ -20,7 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from recon.distributed import sharded
+from recon.data import DataError
+from recon.distributed import is_main, sharded
 from recon.metrics import corpus_scores, example_scores, ngram_overlap
 from recon.report import write_report
 
@@ -70,14 +71,6 @@ def cosine(a, b):
     return F.cosine_similarity(a.float(), b.float().to(a.device), dim=-1).cpu()
 
 
-def standardize(model, v):
-    """Vectors in the decoder's input space: minus the training mean, over the training std.
-    Intermediate [CLS] states share a component so large that raw cosines are all ~1; distances
-    here are what the decoder sees."""
-    d = model.decoder
-    return (v.float().to(d.vector_mean.device) - d.vector_mean) / d.vector_std
-
-
 def decode(model, vectors, num_beams, length_penalty, batch_size, rerank):
     """Predictions for `vectors`; with rerank="embedding" each example keeps the beam whose
     re-encoded vector is closest to its own. Returns (predictions, plain-beam predictions or None).
@@ -96,8 +89,8 @@ def _decode(model, vectors, num_beams, length_penalty, batch_size, rerank):
     best, beams = model.generate_from_vectors(vectors, num_beams=num_beams, length_penalty=length_penalty,
                                               batch_size=batch_size, return_all=True)
     flat = [text for row in beams for text, _ in row]
-    cand = standardize(model, model.encode(flat))  # (N*K, D)
-    target = standardize(model, vectors).repeat_interleave(num_beams, dim=0)
+    cand = model.decoder.standardize(model.encode(flat))  # (N*K, D)
+    target = model.decoder.standardize(vectors).repeat_interleave(num_beams, dim=0)
     cand_cos = cosine(cand, target).view(len(beams), num_beams)
     reranked = [row[i][0] for row, i in zip(beams, cand_cos.argmax(-1).tolist())]
     return reranked, best
@@ -132,7 +125,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     t_decode = time.time() - t0 - t_encode
     re_encoded = encode(predictions)
     fidelity = cosine(re_encoded, vectors)  # (N,) re-encoded reconstruction vs target
-    fidelity_std = cosine(standardize(model, re_encoded), standardize(model, vectors))
+    fidelity_std = cosine(model.decoder.standardize(re_encoded), model.decoder.standardize(vectors))
     controls = {"random": generate(matched_random_vectors(vectors, seed))}
     if len(texts) > 1:
         controls["shuffled"] = generate(vectors[derangement(len(texts), seed)])
@@ -140,7 +133,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     if pool_texts:
         if pool_vectors is None:
             pool_vectors = encode(pool_texts)
-        idx = nearest(standardize(model, vectors), standardize(model, pool_vectors)).tolist()
+        idx = nearest(model.decoder.standardize(vectors), model.decoder.standardize(pool_vectors)).tolist()
         controls["retrieval"] = [pool_texts[i] for i in idx]
         pool_set = set(pool_texts)
         overlap = {"overlap_texts_in_train": sum(t in pool_set for t in texts),
@@ -166,8 +159,8 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     if plain_beam is not None:
         b = corpus_scores(plain_beam, texts)
         metrics.update({f"beam_without_rerank_{k}": b[k] for k in ("bleu", "exact_match", "token_f1")})
-        plain_vecs = standardize(model, encode(plain_beam))
-        metrics["beam_without_rerank_cosine_standardized"] = _mean(cosine(plain_vecs, standardize(model, vectors)).tolist())
+        plain_vecs = model.decoder.standardize(encode(plain_beam))
+        metrics["beam_without_rerank_cosine_standardized"] = _mean(cosine(plain_vecs, model.decoder.standardize(vectors)).tolist())
     metrics.update({
         **overlap,
         "decoding": {"strategy": "beam" if num_beams > 1 else "greedy", "num_beams": num_beams,
@@ -219,3 +212,19 @@ def write_outputs(output_dir, metrics, rows, title="recon evaluation"):
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return write_report(output_dir, metrics, rows, title)
+
+
+def evaluate_split(model, corpus, split, output_dir, *, info, max_examples=None, log=print, **settings):
+    """Evaluate `model` on a split of `corpus` (the end of train.py, and evaluate.py): score it
+    beside the controls, write metrics.json, predictions.jsonl and report.md to output_dir (rank 0),
+    print the headline table. info: what is evaluated (checkpoint, step, data), kept in the metrics.
+    settings: evaluate()'s (num_beams, rerank, pool_texts, ...). Returns the metrics; the caller
+    prints them (report.headline_table)."""
+    texts = corpus.texts(split)[:max_examples]
+    if not texts:
+        raise DataError(f"the {split} split of {info.get('data')} is empty; choose another --split")
+    metrics, rows = evaluate(model, texts, [corpus.lengths[t] for t in texts], log=log, **settings)
+    metrics.update(split=split, **info)
+    if is_main():
+        write_outputs(output_dir, metrics, rows, title=f"recon: {info['checkpoint']} on {info.get('data')} ({split})")
+    return metrics

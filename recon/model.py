@@ -1,11 +1,8 @@
 """The encoder and decoder joined: encode, generate from vectors, reconstruct; save and load.
 
-A checkpoint is a folder:
-  config.json         ReconConfig (everything needed to rebuild the model)
-  model.safetensors   the decoder, plus the encoder when it was fine-tuned
-  decoder_spm.model   the decoder's SentencePiece vocabulary (or decoder_tokenizer/)
-  meta.json           how it was made (written by the training code, not read here)
-A frozen encoder is not copied: its name or path is recorded and checked on load.
+A checkpoint is a folder (recon/checkpoint.py has the layout): ReconModel writes config.json, the
+weights and the decoder vocabulary. A frozen pretrained encoder is not copied: its name or path
+is recorded and checked on load.
 """
 
 import json
@@ -17,45 +14,31 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from recon.decoder import Decoder
+from recon.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, resolve_checkpoint
+from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy
-from recon.encoder import DEFAULT_ENCODER, SCRATCH, build_encoder, fingerprint, set_trainable
-from recon.errors import ReconError
+from recon.encoder import EncoderSpec, fingerprint, set_trainable
+from recon.spec import ModelSpecs
 from recon.tokenizer import load_decoder_tokenizer
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+__all__ = ["CheckpointError", "ReconConfig", "ReconModel", "resolve_checkpoint"]
 
 
-class CheckpointError(ReconError):
-    pass
+@dataclass(kw_only=True)
+class ReconConfig(ModelSpecs, DecoderSpec, EncoderSpec):
+    """Everything needed to rebuild a model: its encoder and decoder specs, and what the
+    encoder and the decoder vocabulary turned out to be."""
 
-
-@dataclass
-class ReconConfig:
-    encoder: str
     vector_dim: int
     vocab_size: int
     bos_id: int
     eos_id: int
     pad_id: int
     decoder_tokenizer: str = "sentencepiece"
-    representation: str = "cls"
-    layer: int = -1
-    max_length: int = 32  # encoder tokens
-    finetune_encoder: bool = False
-    finetune_layers: int = 0  # 0: all layers (when fine-tuned)
-    encoder_init: str = "pretrained"  # or "random": the architecture with fresh weights
-    cls_init: str = "token"
-    scratch_tokenizer: str = ""  # encoder "scratch": whose tokenizer it uses
-    scratch_size: list = field(default_factory=lambda: [256, 4, 4])  # width, layers, heads
     encoder_fingerprint: dict = field(default_factory=dict)
-    d_model: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    dropout: float = 0.1
-    num_prefix: int = 1
-    max_target_len: int = 64  # decoder tokens
+
+    def __post_init__(self):  # each part checks its own fields
+        self.encoder_spec, self.decoder_spec
 
     def save(self, folder):
         with open(os.path.join(folder, CONFIG_FILE), "w") as f:
@@ -71,6 +54,8 @@ class ReconConfig:
             raise CheckpointError(f"{folder} is not a recon checkpoint: it has no {CONFIG_FILE}") from None
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} is corrupt ({e}); restore it or use another checkpoint") from None
+        if "scratch_size" in d:  # written before the specs (commit bacd761 and earlier)
+            d["scratch_d_model"], d["scratch_layers"], d["scratch_heads"] = d.pop("scratch_size")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -81,37 +66,35 @@ class ReconModel(nn.Module):
         self.config = config
         self.encoder = encoder
         self.tokenizer = decoder_tokenizer
-        self.decoder = Decoder(
-            config.vector_dim, config.vocab_size, config.d_model, config.n_layer, config.n_head,
-            config.dropout, config.num_prefix, config.max_target_len,
-        )
+        self.decoder = config.decoder_spec.build(config.vector_dim, config.vocab_size)
         set_trainable(self.encoder, self.trains_encoder, config.finetune_layers)
 
     @property
     def trains_encoder(self):
-        return self.config.finetune_encoder or self.config.encoder == SCRATCH
+        return self.config.encoder_spec.trains
 
     @property
     def saves_encoder(self):
-        """A frozen pretrained encoder is recorded by name; any other is saved with the decoder."""
-        return self.trains_encoder or self.config.encoder_init != "pretrained"
+        return self.config.encoder_spec.saved_with_decoder
 
     @classmethod
-    def from_encoder(cls, encoder, decoder_tokenizer, encoder_name, **kwargs):
-        """A fresh model around an Encoder and a decoder vocabulary (starts a new run).
-
-        encoder_name: the name or path the encoder was loaded from; recorded for loading.
-        kwargs: the other ReconConfig fields (decoder sizes, encoder modes).
-        """
+    def from_encoder(cls, encoder, decoder_tokenizer, encoder_spec, decoder_spec=None):
+        """A fresh model around an Encoder (built from encoder_spec) and a decoder vocabulary."""
+        read = {"representation": encoder.representation, "layer": encoder.layer, "max_length": encoder.max_length,
+                "cls_init": encoder.cls_init}
+        if any(getattr(encoder_spec, k) != v for k, v in read.items()):
+            raise ValueError(f"the encoder reads {read}, its spec says otherwise: {encoder_spec}")
         t = decoder_tokenizer
         config = ReconConfig(
-            encoder=encoder_name,
+            **asdict(encoder_spec), **asdict(decoder_spec or DecoderSpec()),
             vector_dim=encoder.dim, vocab_size=t.vocab_size, bos_id=t.bos_id, eos_id=t.eos_id, pad_id=t.pad_id,
-            decoder_tokenizer=t.kind, representation=encoder.representation, layer=encoder.layer,
-            max_length=encoder.max_length, cls_init=encoder.cls_init,
-            encoder_fingerprint=getattr(encoder, "base_fingerprint", None) or fingerprint(encoder.model), **kwargs,
+            decoder_tokenizer=t.kind,
+            encoder_fingerprint=getattr(encoder, "base_fingerprint", None) or fingerprint(encoder.model),
         )
         return cls(config, encoder, decoder_tokenizer)
+
+    def decoder_parameters(self):
+        return sum(p.numel() for p in self.decoder.parameters())
 
     @property
     def device(self):
@@ -217,9 +200,7 @@ class ReconModel(nn.Module):
                 f"{folder} decodes {config.representation!r} vectors, not {representation!r}; "
                 "use a checkpoint trained with that --representation"
             )
-        enc = build_encoder(encoder or config.encoder, config.representation, config.layer, config.max_length,
-                            config.cls_init, config.encoder_init, config.scratch_tokenizer or DEFAULT_ENCODER,
-                            tuple(config.scratch_size))
+        enc = config.encoder_spec.build(name=encoder)
         got = enc.base_fingerprint
         if config.encoder_fingerprint and got != config.encoder_fingerprint:
             raise CheckpointError(
@@ -251,24 +232,3 @@ class ReconModel(nn.Module):
                 module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             except RuntimeError as e:
                 raise CheckpointError(f"{path} does not fit its config.json ({str(e).splitlines()[0]})") from None
-
-
-def checkpoint_step(name):
-    """checkpoint-120 -> 120; anything else -> None."""
-    prefix = "checkpoint-"
-    if name.startswith(prefix) and name[len(prefix):].isdigit():
-        return int(name[len(prefix):])
-    return None
-
-
-def resolve_checkpoint(path):
-    """A checkpoint folder as given, or a run folder's latest complete checkpoint-N."""
-    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
-        return path
-    if not os.path.isdir(path):
-        raise CheckpointError(f"no checkpoint at {path}: the folder does not exist")
-    steps = [(s, n) for n in os.listdir(path) if (s := checkpoint_step(n)) is not None
-             and os.path.isfile(os.path.join(path, n, CONFIG_FILE))]
-    if not steps:
-        raise CheckpointError(f"{path} holds no checkpoint (no {CONFIG_FILE}, no checkpoint-N folder)")
-    return os.path.join(path, max(steps)[1])

@@ -25,18 +25,10 @@ def peak_flops(device, override_tflops=0.0):
     return next((flops for key, flops in BF16_PEAK_FLOPS if key in name), None)
 
 
-def flops_per_token(matmul_params, n_layer, d_model, seq_len):
+def transformer_flops_per_token(matmul_params, n_layer, d_model, seq_len):
     """Forward + backward FLOPs of one token: 6 per weight of every matrix multiply, plus the
     attention scores and weighted sums, 12 * L * D * T."""
     return 6 * matmul_params + 12 * n_layer * d_model * seq_len
-
-
-def decoder_matmul_params(decoder):
-    """The weights recon's decoder multiplies by for every token, for flops_per_token: its output
-    layer counts (it is tied to the input embedding, which alone costs no multiply); the
-    once-per-sentence prefix projection does not."""
-    return sum(p.numel() for n, p in decoder.named_parameters() if p.dim() == 2 and "emb" not in n
-               and not n.startswith("prefix")) + decoder.tok_emb.weight.numel()
 
 
 def padding_fraction(lengths_per_batch):

@@ -3,14 +3,34 @@ text), or the encoder's own tokenizer. Both answer the same small interface."""
 
 import io
 import os
+from dataclasses import dataclass, field
 
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
-from recon.errors import ReconError
+from recon.errors import ReconError, check
 
 SPM_FILE = "decoder_spm.model"
 HF_DIR = "decoder_tokenizer"
+
+
+@dataclass
+class TokenizerSpec:
+    """How a new run makes the decoder's vocabulary (a checkpoint records the vocabulary made)."""
+
+    decoder_tokenizer: str = field(default="sentencepiece", metadata={
+        "help": "sentencepiece (trained on the training split, cased) or encoder (the encoder's tokenizer)"})
+    vocab_size: int = field(default=8000, metadata={"help": "SentencePiece vocabulary size"})
+
+    def __post_init__(self):
+        check(self.decoder_tokenizer in TOKENIZERS,
+              f"--decoder-tokenizer must be sentencepiece or encoder, not {self.decoder_tokenizer!r}")
+        check(self.vocab_size >= 1, f"--vocab-size must be at least 1, not {self.vocab_size}")
+
+    def build(self, train_texts, encoder_tokenizer):
+        if self.decoder_tokenizer == "sentencepiece":
+            return SentencePieceTokenizer.train(train_texts, self.vocab_size)
+        return EncoderVocabTokenizer(encoder_tokenizer)
 
 
 class SentencePieceTokenizer:
@@ -78,8 +98,11 @@ class EncoderVocabTokenizer:
         return cls(AutoTokenizer.from_pretrained(os.path.join(folder, HF_DIR)))
 
 
+TOKENIZERS = {"sentencepiece": SentencePieceTokenizer, "encoder": EncoderVocabTokenizer}
+
+
 def load_decoder_tokenizer(kind, folder):
-    return {"sentencepiece": SentencePieceTokenizer, "encoder": EncoderVocabTokenizer}[kind].load(folder)
+    return TOKENIZERS[kind].load(folder)
 
 
 def _train_spm(texts, writer, vocab_size):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from recon.encoder import Encoder
+from recon.decoder import DecoderSpec
+from recon.encoder import Encoder, EncoderSpec
 from recon.model import ReconModel
 from recon.tokenizer import EncoderVocabTokenizer
 
@@ -49,8 +50,8 @@ def tiny_model(tiny_encoder_dir):
     model, tok = load_encoder(tiny_encoder_dir)
     torch.manual_seed(0)
     enc = Encoder(model, tok, "cls", -1, max_length=16)
-    return ReconModel.from_encoder(enc, EncoderVocabTokenizer(tok), tiny_encoder_dir, d_model=32, n_layer=2,
-                                   n_head=2, dropout=0.0, max_target_len=16).eval()
+    return ReconModel.from_encoder(enc, EncoderVocabTokenizer(tok), EncoderSpec(tiny_encoder_dir, max_length=16),
+                                   DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=16)).eval()
 
 
 @pytest.fixture

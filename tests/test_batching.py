@@ -3,7 +3,7 @@
 import torch
 
 from recon.speed import padding_fraction
-from recon.training import Batches
+from recon.batching import Batches
 
 
 def lengths(n=1000, seed=0):

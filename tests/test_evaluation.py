@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import sentences
-from recon.evaluation import (cosine, decode, derangement, evaluate, matched_random_vectors, nearest, standardize,
+from recon.evaluation import (cosine, decode, derangement, evaluate, matched_random_vectors, nearest,
                               write_outputs)
 from recon.metrics import ngram_overlap
 
@@ -35,7 +35,7 @@ def test_retrieval_finds_the_exact_sentence_when_it_is_in_the_pool(tiny_model):
     vecs, pool_vecs = tiny_model.encode(texts), tiny_model.encode(pool)
     assert [pool[i] for i in nearest(vecs, pool_vecs, chunk=7)] == texts
     tiny_model.decoder.set_vector_stats(pool_vecs)
-    s = lambda v: standardize(tiny_model, v)
+    s = tiny_model.decoder.standardize
     assert [pool[i] for i in nearest(s(vecs), s(pool_vecs))] == texts
 
 
@@ -55,7 +55,7 @@ def test_controls_use_the_right_vectors(tiny_model):
     assert metrics["retrieval_pool_size"] == len(pool)
     re_vecs = tiny_model.encode([r["prediction"] for r in rows])
     assert [r["cosine"] for r in rows] == pytest.approx(cosine(re_vecs, vecs).tolist())
-    std_cos = cosine(standardize(tiny_model, re_vecs), standardize(tiny_model, vecs))
+    std_cos = cosine(tiny_model.decoder.standardize(re_vecs), tiny_model.decoder.standardize(vecs))
     assert [r["cosine_standardized"] for r in rows] == pytest.approx(std_cos.tolist())
 
 
@@ -67,7 +67,7 @@ def test_rerank_keeps_the_closest_candidate(tiny_model):
     assert plain == [row[0][0] for row in beams]
     for v, pick, row in zip(vecs, chosen, beams):
         cands = [t for t, _ in row]
-        s = lambda x: standardize(tiny_model, x)
+        s = tiny_model.decoder.standardize
         cos = cosine(s(tiny_model.encode(cands)), s(v[None]).expand(len(cands), -1))
         assert pick in cands and cosine(s(tiny_model.encode([pick])), s(v[None]))[0] == pytest.approx(cos.max().item(), abs=1e-6)
 

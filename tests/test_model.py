@@ -6,9 +6,9 @@ import torch
 from transformers import AutoModel
 
 from conftest import sentences
-from recon.decoder import Decoder
+from recon.decoder import Decoder, DecoderSpec
 from recon.decoding import beam_search, greedy
-from recon.encoder import Encoder, EncoderError, load_encoder, pool
+from recon.encoder import Encoder, EncoderError, EncoderSpec, load_encoder, pool
 from recon.model import CheckpointError, ReconModel
 from recon.tokenizer import EncoderVocabTokenizer, SentencePieceTokenizer
 
@@ -71,7 +71,7 @@ def test_finished_rows_leave_the_batch_without_changing_the_others():
     """Rows that end early (at different points, before and after the 8-token check) are dropped
     from the batch and cache; every row's output equals decoding it alone."""
     torch.manual_seed(2)
-    dec = Decoder(32, 40, d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=24).eval()
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=24), 32, 40).eval()
     with torch.no_grad():  # large weights and equal-norm token embeddings: varied outputs
         for p in dec.parameters():
             if p.dim() == 2:
@@ -177,8 +177,8 @@ def test_finetuned_encoder_is_saved_and_frozen_one_is_not(tiny_encoder_dir, tmp_
     from safetensors.torch import load_file
     model, tok = load_encoder(tiny_encoder_dir)
     enc = Encoder(model, tok)
-    m = ReconModel.from_encoder(enc, EncoderVocabTokenizer(tok), tiny_encoder_dir, d_model=32, n_layer=1, n_head=2,
-                                finetune_encoder=True)
+    m = ReconModel.from_encoder(enc, EncoderVocabTokenizer(tok), EncoderSpec(tiny_encoder_dir, finetune_encoder=True),
+                                DecoderSpec(d_model=32, n_layer=1, n_head=2))
     assert all(p.requires_grad for p in m.encoder.parameters())
     with torch.no_grad():
         for p in m.encoder.parameters():
@@ -189,7 +189,7 @@ def test_finetuned_encoder_is_saved_and_frozen_one_is_not(tiny_encoder_dir, tmp_
     texts = sentences(3)
     torch.testing.assert_close(loaded.encode(texts), m.eval().encode(texts))
     frozen = ReconModel.from_encoder(Encoder(*load_encoder(tiny_encoder_dir)), EncoderVocabTokenizer(tok),
-                                     tiny_encoder_dir, d_model=32, n_layer=1, n_head=2)
+                                     EncoderSpec(tiny_encoder_dir), DecoderSpec(d_model=32, n_layer=1, n_head=2))
     assert not any(p.requires_grad for p in frozen.encoder.parameters())
     frozen.save_pretrained(tmp_path / "fr")
     assert not any(k.startswith("encoder.") for k in load_file(tmp_path / "fr" / "model.safetensors"))

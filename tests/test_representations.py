@@ -5,7 +5,8 @@ import torch
 from transformers import BertConfig, BertModel
 
 from conftest import sentences
-from recon.encoder import Encoder, EncoderError, build_encoder, load_encoder, set_trainable
+from recon.decoder import DecoderSpec
+from recon.encoder import Encoder, EncoderError, EncoderSpec, load_encoder, set_trainable
 from recon.model import ReconModel
 from recon.tokenizer import EncoderVocabTokenizer
 
@@ -107,9 +108,10 @@ def test_finetune_top_layers_only(bert4):
 
 
 def test_a_trained_encoder_encodes_without_dropout(tiny_encoder_dir):
-    enc = build_encoder(tiny_encoder_dir)
-    model = ReconModel.from_encoder(enc, EncoderVocabTokenizer(enc.tokenizer), tiny_encoder_dir, d_model=32,
-                                    n_layer=1, n_head=2, finetune_encoder=True).train()
+    spec = EncoderSpec(tiny_encoder_dir, finetune_encoder=True)
+    enc = spec.build()
+    model = ReconModel.from_encoder(enc, EncoderVocabTokenizer(enc.tokenizer), spec,
+                                    DecoderSpec(d_model=32, n_layer=1, n_head=2)).train()
     texts = sentences(4)
     torch.testing.assert_close(model.encode(texts), model.encode(texts), rtol=0, atol=0)
     assert model.training and model.encoder.training  # its mode is given back
@@ -117,8 +119,8 @@ def test_a_trained_encoder_encodes_without_dropout(tiny_encoder_dir):
 
 def test_random_init_keeps_the_architecture_and_changes_the_weights(tiny_encoder_dir):
     torch.manual_seed(1)
-    pre = build_encoder(tiny_encoder_dir)
-    rnd = build_encoder(tiny_encoder_dir, init="random")
+    pre = EncoderSpec(tiny_encoder_dir).build()
+    rnd = EncoderSpec(tiny_encoder_dir, encoder_init="random").build()
     assert rnd.model.config.hidden_size == pre.model.config.hidden_size and rnd.base_fingerprint == pre.base_fingerprint
     w_pre = pre.model.get_input_embeddings().weight
     w_rnd = rnd.model.get_input_embeddings().weight
@@ -133,12 +135,11 @@ def test_random_init_keeps_the_architecture_and_changes_the_weights(tiny_encoder
 def test_encoder_modes_save_and_load(tiny_encoder_dir, tmp_path, kwargs):
     torch.manual_seed(2)
     name = kwargs.pop("name", tiny_encoder_dir)
-    enc = build_encoder(name, scratch_tokenizer=tiny_encoder_dir, scratch_size=(32, 2, 2), **kwargs)
-    model = ReconModel.from_encoder(
-        enc, EncoderVocabTokenizer(enc.tokenizer), name, d_model=32, n_layer=1, n_head=2,
-        encoder_init=kwargs.get("init", "pretrained"), scratch_tokenizer=tiny_encoder_dir if name == "scratch" else "",
-        scratch_size=[32, 2, 2],
-    )
+    spec = EncoderSpec(name, scratch_tokenizer=tiny_encoder_dir, scratch_d_model=32, scratch_layers=2, scratch_heads=2,
+                       encoder_init=kwargs.pop("init", "pretrained"), **kwargs)
+    enc = spec.build()
+    model = ReconModel.from_encoder(enc, EncoderVocabTokenizer(enc.tokenizer), spec,
+                                    DecoderSpec(d_model=32, n_layer=1, n_head=2))
     assert model.trains_encoder == (name == "scratch")
     assert all(p.requires_grad == model.trains_encoder for p in model.encoder.parameters())
     model.save_pretrained(tmp_path / "m")

@@ -1,0 +1,174 @@
+"""Everything a training run needs before its first step, built in order: the run folder (claimed,
+checked), the checkpoint it resumes, the encoder, the data, the decoder vocabulary, the model, the
+targets and, for a frozen encoder, every vector once (or from the cache).
+
+Under torchrun every process prepares the same run; rank 0 alone claims and writes the run
+folder, trains the SentencePiece vocabulary (the others receive it) and writes the vector cache.
+"""
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from recon import distributed as dist
+from recon.cache import cached_encode
+from recon.checkpoint import (RunLock, clear_run_dir, holds_a_run, list_checkpoints, load_meta, resolve_checkpoint,
+                              resumable)
+from recon.data import Corpus, DataConfig, describe
+from recon.errors import ConfigError, ReconError
+from recon.model import ReconModel
+from recon.progress import progress
+from recon.spec import part
+from recon.tokenizer import SentencePieceTokenizer, TokenizerSpec, load_decoder_tokenizer
+
+
+@dataclass
+class Prepared:
+    device: torch.device
+    corpus: Corpus
+    model: ReconModel
+    targets: dict  # split -> list of decoder token-id lists, each ending in [EOS]
+    vectors: dict  # split -> (N, Dv) vectors of a frozen encoder, or None where the encoder runs in the step
+    train_ids: Optional[list]  # encoder input ids of the training texts, when the encoder runs in the step
+    resume_from: Optional[str]  # the checkpoint this run continues
+    resume_meta: dict
+
+
+def on_rank0(fn):
+    """fn() on rank 0 only, its result there (None elsewhere); a ReconError it raises is raised on
+    every rank (no rank left waiting)."""
+    result = error = None
+    if dist.is_main():
+        try:
+            result = fn()
+        except ReconError as e:
+            error = e
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise error
+    return result
+
+
+def claim_run_folder(cfg):
+    """Lock the run folder for this run (on rank 0) and refuse to write over a different run
+    unless asked to. Returns the lock."""
+    lock = RunLock(cfg.output_dir)
+    try:
+        if not cfg.resume and holds_a_run(cfg.output_dir):
+            if not cfg.overwrite:
+                raise ConfigError(f"{cfg.output_dir} already holds a run; continue it with --resume, choose another "
+                                  "--output-dir or --run-name, or pass --overwrite to replace it")
+            clear_run_dir(cfg.output_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def find_resume(cfg):
+    """The checkpoint folder --resume names (auto: the newest in --output-dir) and its meta."""
+    if cfg.resume == "auto":
+        steps = list_checkpoints(cfg.output_dir)
+        if not steps:
+            raise ConfigError(f"--resume: {cfg.output_dir} holds no checkpoint to resume; start without --resume")
+        folder = os.path.join(cfg.output_dir, f"checkpoint-{steps[-1]}")
+    else:
+        folder = resolve_checkpoint(cfg.resume)
+    if not resumable(folder):
+        raise ConfigError(f"--resume: {folder} has no trainer state; it can be evaluated or used, not resumed")
+    meta = load_meta(folder)
+    changed = cfg.changed_from(meta["args"])
+    if changed:
+        raise ConfigError(
+            f"--resume: {folder} was trained with other settings: "
+            + ", ".join(f"{k} {meta['args'].get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+            + "; resume with the original flags, or start a new run"
+        )
+    return folder, meta
+
+
+def load_data(cfg, encoder, log):
+    corpus = part(DataConfig, cfg).build(encoder.count_tokens, cfg.max_length)
+    log(describe(corpus.stats))
+    sizes = {s: len(corpus.texts(s)) for s in ("train", "validation", "test")}
+    wanted = {"train": True, "validation": cfg.validation_fraction > 0, "test": cfg.test_fraction > 0 or not cfg.no_eval}
+    for split in ("train", "validation", "test"):
+        if wanted[split] and not sizes[split]:
+            raise ConfigError(
+                f"the {split} split is empty ({sizes}): use more data, or a larger --{split}-fraction"
+                + (" (or --no-eval to skip the final evaluation)" if split == "test" else "")
+            )
+    return corpus
+
+
+def decoder_vocabulary(cfg, train_texts, encoder, resume_from):
+    if resume_from:
+        return load_decoder_tokenizer(cfg.decoder_tokenizer, resume_from)
+    if cfg.decoder_tokenizer == "sentencepiece":  # trained once, on rank 0, and handed to the others
+        proto = SentencePieceTokenizer.train(train_texts, cfg.vocab_size).proto if dist.is_main() else None
+        return SentencePieceTokenizer(dist.broadcast_object(proto))
+    return part(TokenizerSpec, cfg).build(train_texts, encoder.tokenizer)
+
+
+def decoder_targets(tokenizer, texts, max_len):
+    """Token ids ending in [EOS], cut to max_len tokens; and how many were cut."""
+    ids = tokenizer.encode(texts)
+    return [x[:max_len] + [tokenizer.eos_id] for x in ids], sum(len(x) > max_len for x in ids)
+
+
+def frozen_vectors(cfg, model, texts, log):
+    """Every vector once (or from the cache); the decoder standardises with the training split's."""
+    t0, encoder = time.time(), model.encoder
+    # random weights depend on the seed; pretrained ones are named by the fingerprint
+    cache_dir = cfg.cache_dir if cfg.encoder_init == "pretrained" else ""
+    encoder_id = {"encoder": cfg.encoder, "fingerprint": encoder.base_fingerprint, "representation": cfg.representation,
+                  "layer": cfg.layer, "max_length": cfg.max_length, "cls_init": cfg.cls_init}
+    vectors, hit = {}, True
+    with progress(total=sum(map(len, texts.values())), desc="encoding", leave=False, disable=not dist.is_main()) as bar:
+        for split, xs in texts.items():
+            if xs:
+                vectors[split], split_hit = cached_encode(encoder, xs, cache_dir, encoder_id, cfg.eval_batch_size, bar)
+                hit = hit and split_hit
+    how = f"read from the cache in {cache_dir}" if hit else "encoded"
+    log(f"{sum(map(len, texts.values()))} vectors {how} in {time.time() - t0:.1f}s")
+    return vectors
+
+
+def prepare(cfg, device, log=print):
+    """Build the run `cfg` describes, in order (the caller holds the run folder's lock)."""
+    resume_from, resume_meta = find_resume(cfg) if cfg.resume else (None, {})
+    encoder = cfg.encoder_spec.build()
+    corpus = load_data(cfg, encoder, log)
+    if resume_from and resume_meta["data"]["corpus_hash"] != corpus.stats["corpus_hash"]:
+        raise ConfigError(f"--resume: the data is not what {resume_from} was trained on (corpus hash differs)")
+    texts = {s: corpus.texts(s) for s in ("train", "validation")}
+    tokenizer = decoder_vocabulary(cfg, texts["train"], encoder, resume_from)
+    model = ReconModel.from_encoder(encoder, tokenizer, cfg.encoder_spec, cfg.decoder_spec).to(device)
+    world = dist.world_size()
+    log(f"decoder: {model.decoder_parameters() / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size} "
+        f"({tokenizer.kind}); device {device}" + (f", {world} processes (DDP)" if world > 1 else ""))
+    targets = {}
+    for split, xs in texts.items():
+        targets[split], cut = decoder_targets(tokenizer, xs, cfg.max_target_len)
+        if split == "train":
+            corpus.stats["train_targets_truncated"] = cut
+            if cut:
+                log(f"{cut} training texts are longer than --max-target-len {cfg.max_target_len} decoder tokens: truncated")
+    vectors, train_ids = {"train": None, "validation": None}, None
+    if not model.trains_encoder and cfg.cls_init != "random-per-forward":  # frozen and deterministic
+        vectors.update(frozen_vectors(cfg, model, texts, log))
+        model.decoder.set_vector_stats(vectors["train"])
+        vectors["train"] = vectors["train"].to(device)  # indexed on the device in every step
+    else:  # the encoder runs in every step; standardise with the statistics it starts from
+        model.decoder.set_vector_stats(encoder.encode(texts["train"][:4096], cfg.eval_batch_size))
+        train_ids = encoder.token_ids(texts["train"])  # tokenised once, not in every step
+    return Prepared(device, corpus, model, targets, vectors, train_ids, resume_from, resume_meta)
+
+
+def set_seed(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,29 @@
+"""Configs made of specs: the command-line config and a checkpoint's config each inherit the specs
+of the parts they describe (encoder, decoder, ...), so every field and default is written once,
+in its spec; `part` takes one spec back out, whole."""
+
+from dataclasses import fields
+
+from recon.decoder import DecoderSpec
+from recon.encoder import EncoderSpec
+
+
+def part(spec_cls, config):
+    """The spec_cls part of a config that inherits it (validated again by the spec)."""
+    return spec_cls(**{f.name: getattr(config, f.name) for f in fields(spec_cls)})
+
+
+def field_names(*spec_classes):
+    return {f.name for cls in spec_classes for f in fields(cls)}
+
+
+class ModelSpecs:
+    """For a config that inherits EncoderSpec and DecoderSpec: each of them, whole."""
+
+    @property
+    def encoder_spec(self):
+        return part(EncoderSpec, self)
+
+    @property
+    def decoder_spec(self):
+        return part(DecoderSpec, self)
