@@ -12,14 +12,17 @@ Sharded over 8 GPUs (each process decodes every 8th text; rank 0 gathers them an
 import sys
 
 from recon import distributed
+from recon.cache import DEFAULT_CACHE_DIR
 from recon.checkpoint import load_meta, resolve_checkpoint
-from recon.config import EvalConfig, parse
+from recon.config import EvalConfig, ProbeSettings, parse
 from recon.data import DataConfig, DataError, describe
 from recon.errors import ReconError, print_error
 from recon.evaluation import evaluate_split
 from recon.model import ReconModel
 from recon.progress import quiet_libraries
+from recon.probes import probe_checkpoint
 from recon.report import headline_table
+from recon.spec import part
 
 
 def training_texts(cfg, trained_args, corpus, model, say):
@@ -63,6 +66,9 @@ def main(argv=None):
                                  pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")
         say(headline_table(metrics))
+        if cfg.probes and distributed.is_main():
+            probe_checkpoint(folder, model, part(ProbeSettings, cfg), cfg.output_dir, DEFAULT_CACHE_DIR,
+                             cfg.batch_size, cfg.seed, say)
     except ReconError as e:
         print_error(e)
         return 2

@@ -17,6 +17,19 @@ from recon.data import text_hash
 from recon.distributed import is_main, sharded
 
 
+DEFAULT_CACHE_DIR = os.path.join("checkpoints", "vector_cache")
+
+
+def encoder_cache(spec, encoder, cache_dir):
+    """(cache_dir, encoder_id) for cached_encode. Only a frozen pretrained encoder's vectors are
+    kept ("" otherwise): random weights depend on the seed, a trained encoder on its training,
+    and a random [CLS] changes at every forward."""
+    frozen = not spec.saved_with_decoder and spec.cls_init != "random-per-forward"
+    encoder_id = {"encoder": spec.encoder, "fingerprint": encoder.base_fingerprint, "representation": spec.representation,
+                  "layer": spec.layer, "max_length": spec.max_length, "cls_init": spec.cls_init}
+    return (cache_dir if frozen else ""), encoder_id
+
+
 def cache_key(encoder_id, texts):
     blob = json.dumps(encoder_id, sort_keys=True) + "\n" + text_hash(texts)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]

@@ -17,6 +17,7 @@ from typing import Optional
 import yaml
 from transformers import HfArgumentParser
 
+from recon.cache import DEFAULT_CACHE_DIR
 from recon.data import DataConfig
 from recon.decoder import DecoderSpec
 from recon.encoder import EncoderSpec
@@ -24,7 +25,8 @@ from recon.errors import ConfigError, check
 from recon.spec import ModelSpecs, field_names
 from recon.tokenizer import TokenizerSpec
 
-__all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "RunConfig", "TrainConfig", "UsageError", "parse"]
+__all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "ProbeConfig", "ProbeSettings", "RunConfig",
+           "TrainConfig", "UsageError", "parse"]
 
 RERANKS = ("none", "embedding")
 
@@ -76,13 +78,16 @@ class RunConfig:
     eval_steps: int = field(default=200, metadata={"help": "validation loss and samples every N steps"})
     save_steps: int = field(default=0, metadata={"help": "write a checkpoint every N steps (0: only at the end)"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept in the run folder"})
-    no_eval: bool = field(default=False, metadata={"help": "skip the final evaluation on the test split"})
+    no_eval: bool = field(default=False, metadata={"help": "skip the final evaluation"})
+    eval_split: str = field(default="test", metadata={
+        "help": "the split of the final evaluation (written to eval-<split>/): test, or validation to choose "
+                "settings without looking at the test split"})
     num_beams: int = field(default=1, metadata={"help": "beams in the final evaluation (1: greedy)"})
     rerank: str = field(default="none", metadata={
         "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (needs beams)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
     overwrite: bool = field(default=False, metadata={"help": "replace a different run already in --output-dir"})
-    cache_dir: str = field(default=os.path.join("checkpoints", "vector_cache"), metadata={
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
         "help": "where a frozen encoder's vectors are kept for later runs ('' : no cache)"})
     resume: Optional[str] = field(default=None, metadata={
         "nargs": "?", "const": "auto",
@@ -93,6 +98,7 @@ class RunConfig:
         for name in ("eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         check(self.save_steps >= 0, "step counts cannot be negative")
+        check(self.eval_split in ("test", "validation"), f"--eval-split must be test or validation, not {self.eval_split!r}")
         _check_rerank(self.rerank, self.num_beams)
         check(self.peak_tflops >= 0, f"--peak-tflops must be 0 (from the device name) or more, not {self.peak_tflops}")
         check(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; choose one")
@@ -120,7 +126,26 @@ class TrainConfig(ModelSpecs, RunConfig, OptimConfig, TokenizerSpec, DecoderSpec
 
 
 @dataclass
-class EvalConfig:
+class ProbeSettings:
+    """How the probes are built and trained (recon/probes.py)."""
+
+    probe_tasks: str = field(default="sentlen,wc,bshift,bow", metadata={"help": "comma-separated: sentlen, wc, bshift, bow"})
+    probe_hidden: int = field(default=512, metadata={"help": "width of the hidden-layer probe"})
+    probe_epochs: int = field(default=10, metadata={"help": "passes over the training split (the best on validation kept)"})
+    wc_words: int = field(default=1000, metadata={"help": "word content: how many mid-frequency words"})
+    bow_vocab: int = field(default=10000, metadata={"help": "bag of words: the commonest words it predicts"})
+    stop_words: int = field(default=50, metadata={"help": "bag of words: the commonest words left out of 'content words'"})
+
+    def __post_init__(self):
+        tasks = self.probe_tasks.split(",")
+        check(bool(tasks) and all(t in ("sentlen", "wc", "bshift", "bow") for t in tasks),
+              f"--probe-tasks must name some of sentlen, wc, bshift, bow, not {self.probe_tasks!r}")
+        check(min(self.probe_hidden, self.probe_epochs, self.wc_words, self.bow_vocab) >= 1 and self.stop_words >= 0,
+              "probe sizes and epochs must be at least 1")
+
+
+@dataclass(kw_only=True)
+class EvalConfig(ProbeSettings):
     checkpoint: str = field(metadata={"help": "a checkpoint folder, or a run folder (its latest checkpoint)"})
     output_dir: str = field(metadata={"help": "where metrics.json, predictions.jsonl and report.md go"})
     data: Optional[str] = field(default=None, metadata={"help": "texts to evaluate (default: the training data)"})
@@ -140,15 +165,44 @@ class EvalConfig:
     representation: Optional[str] = field(default=None, metadata={
         "help": "the representation you expect; a checkpoint trained on another is refused"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda ..."})
-    seed: int = field(default=0, metadata={"help": "seed of the random-vector control"})
+    seed: int = field(default=0, metadata={"help": "seed of the random-vector control (and of the probes)"})
+    probes: bool = field(default=False, metadata={
+        "help": "also train the probes (recon/probes.py) on the checkpoint's vectors of its training data and set "
+                "its decoder beside them: probes.md in --output-dir"})
 
     def __post_init__(self):
+        ProbeSettings.__post_init__(self)
         check(self.split in (None, "train", "validation", "test", "all"),
               f"--split must be train, validation, test or all, not {self.split!r}")
         check(self.num_beams >= 1 and self.batch_size >= 1, "--num-beams and --batch-size must be at least 1")
         _check_rerank(self.rerank, self.num_beams)
         check(self.retrieval_pool is None or self.retrieval_pool >= 0, "--retrieval-pool cannot be negative")
         check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
+
+
+@dataclass
+class ProbeConfig(ProbeSettings, EncoderSpec, DataConfig):
+    """python -m recon.probes: probes on a checkpoint's vectors (and its decoder beside them), or on
+    any encoder and representation given by the encoder flags."""
+
+    output_dir: Optional[str] = field(default=None, metadata={"help": "where probes.json, probes.md and probes.png go"})
+    checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "a checkpoint or run folder: its encoder, data and decoder (the encoder and data flags then stay unset)"})
+    export_senteval: Optional[str] = field(default=None, metadata={
+        "help": "also write the tasks in SentEval's probing format into this folder"})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "the vector cache ('': none)"})
+    batch_size: int = field(default=256, metadata={"help": "sentences per encoding batch"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda ..."})
+    seed: int = field(default=0, metadata={"help": "seed of the probes, the random control and the word swaps"})
+
+    def __post_init__(self):
+        for spec in (DataConfig, EncoderSpec, ProbeSettings):
+            spec.__post_init__(self)
+        check(self.output_dir is not None, "--output-dir is required: where the probe results go")
+        if self.checkpoint:
+            defaults = {f.name: f.default for f in fields(self)}
+            set_here = sorted(k for k in field_names(DataConfig, EncoderSpec) if getattr(self, k) != defaults[k])
+            check(not set_here, f"with --checkpoint the encoder and data are the checkpoint's; drop {set_here}")
 
 
 class UsageError(ConfigError):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from recon.errors import check
 from recon.speed import transformer_flops_per_token
 
+CONDITIONS = ("prefix", "prefix+add")
 DECODERS = {}  # decoder_type -> class; a new decoder class registers itself with @register_decoder
 
 
@@ -38,12 +39,20 @@ class DecoderSpec:
     dropout: float = field(default=0.1, metadata={"help": "decoder dropout"})
     num_prefix: int = field(default=1, metadata={"help": "prefix embeddings the vector is projected to"})
     max_target_len: int = field(default=64, metadata={"help": "longest decoder output, in decoder tokens"})
+    condition: str = field(default="prefix", metadata={
+        "help": "how the vector reaches the decoder: prefix (--num-prefix embeddings before [BOS]) or "
+                "prefix+add (also a projection of it added to every position, as Optimus does)"})
+    bow_weight: float = field(default=0.0, metadata={
+        "help": "weight of an auxiliary bag-of-words loss: predict the target's tokens from the vector alone "
+                "(Zhao et al. 2017); 0: off"})
 
     def __post_init__(self):
         for name in ("d_model", "n_layer", "n_head", "num_prefix", "max_target_len"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         check(self.d_model % self.n_head == 0, f"--d-model {self.d_model} must be divisible by --n-head {self.n_head}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
+        check(self.condition in CONDITIONS, f"--condition must be one of {CONDITIONS}, not {self.condition!r}")
+        check(self.bow_weight >= 0, f"--bow-weight cannot be negative, not {self.bow_weight}")
 
     def build(self, vector_dim, vocab_size):
         check(self.decoder_type in DECODERS,
@@ -60,14 +69,19 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # how many positions are filled
         self._spare = None  # beam search reorders into a second buffer, then swaps
+        self.cond = None  # (B, D): what the decoder adds at every position, kept for later steps
 
     def select(self, index):
         """Keep only these rows of the batch (finished sequences leave it)."""
         self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
         self._spare = None
+        if self.cond is not None:
+            self.cond = self.cond.index_select(0, index)
 
     def reorder(self, index):
         """Beam search: row i of the batch continues row index[i]."""
+        if self.cond is not None:
+            self.cond = self.cond.index_select(0, index)
         if self._spare is None:
             self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
         # into preallocated memory: a fresh tensor per step costs more (page faults) than the copy
@@ -120,12 +134,16 @@ class Decoder(nn.Module):
             spec.d_model, spec.n_layer, spec.n_head, spec.dropout, spec.num_prefix, spec.max_target_len)
         self.num_prefix = num_prefix
         self.max_target_len = max_target_len
+        self.bow_weight = spec.bow_weight
         self.d_model, self.n_layer, self.n_head = d_model, n_layer, n_head
         # vectors are standardised per dimension with statistics of the training vectors: a frozen
         # encoder's vectors share a large common component that would otherwise drown the rest
         self.register_buffer("vector_mean", torch.zeros(vector_dim))
         self.register_buffer("vector_std", torch.ones(vector_dim))
         self.prefix = nn.Linear(vector_dim, num_prefix * d_model)
+        # optional paths of the vector: added at every position; a bag-of-words head
+        self.add = nn.Linear(vector_dim, d_model) if spec.condition == "prefix+add" else None
+        self.bow = nn.Linear(vector_dim, d_model) if spec.bow_weight > 0 else None
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(num_prefix + max_target_len + 1, d_model)  # prefix, [BOS], tokens
         self.drop = nn.Dropout(dropout)
@@ -183,11 +201,17 @@ class Decoder(nn.Module):
         input_ids: (B, T) decoder tokens starting with [BOS]; may be None on a first cached call.
         Returns (B, T, V) logits, one row per input token (the prefix positions are dropped).
         """
-        parts = []
+        parts, cond = [], None
         if vectors is not None:
             B = vectors.shape[0]
             z = self.standardize(vectors)
             parts.append(self.prefix(z).view(B, self.num_prefix, self.d_model))  # (B, k, D)
+            if self.add is not None:
+                cond = self.add(z)  # (B, D)
+                if cache is not None:
+                    cache.cond = cond
+        elif cache is not None:
+            cond = cache.cond
         if input_ids is not None:
             parts.append(self.tok_emb(input_ids))  # (B, T, D)
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, k+T, D)
@@ -195,7 +219,10 @@ class Decoder(nn.Module):
         if start + x.shape[1] > self.max_positions:
             raise ValueError(f"sequence of {start + x.shape[1]} positions exceeds the decoder's {self.max_positions}")
         pos = torch.arange(start, start + x.shape[1], device=x.device)
-        x = self.drop(x + self.pos_emb(pos))
+        x = x + self.pos_emb(pos)
+        if cond is not None:
+            x = x + cond[:, None]
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:
@@ -204,6 +231,13 @@ class Decoder(nn.Module):
             x = x[:, self.num_prefix:]  # only token positions predict tokens
         x = self.ln_f(x)
         return F.linear(x, self.tok_emb.weight)  # tied input/output embeddings: (B, T, V)
+
+    def bow_loss(self, vectors, targets, ignore_id):
+        """Summed negative log-likelihood of every target token under one distribution over the
+        vocabulary predicted from the vector alone (Zhao et al. 2017's bag-of-words loss)."""
+        logp = F.linear(self.bow(self.standardize(vectors)), self.tok_emb.weight).float().log_softmax(-1)  # (B, V)
+        picked = logp.gather(1, targets.clamp(min=0))  # (B, T)
+        return -(picked * (targets != ignore_id)).sum()
 
     def new_cache(self, batch, device, dtype):
         return KVCache(self.n_layer, batch, self.n_head, self.max_positions, self.d_model // self.n_head, device, dtype)

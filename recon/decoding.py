@@ -13,17 +13,72 @@ def _cache_dtype(device):
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+# UTF-8: how many continuation bytes follow a byte (-1: never written as a first byte: a
+# continuation byte 0x80-0xBF, a byte no valid text holds, or a control character, which
+# normalised text never holds)
+_CONTINUATIONS = [-1] * 0x20 + [0] * 0x5F + [-1] + [-1] * 0x42 + [1] * 0x1E + [2] * 0x10 + [3] * 0x05 + [-1] * 0x0B
+# the first continuation byte after E0, ED, F0 and F4 is narrower (no overlong forms, no surrogates)
+_FIRST_RANGE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
+
+
+class ValidText:
+    """Decoding that can only write valid text: special pieces (padding, unknown, [BOS]) never, and
+    byte pieces (SentencePiece's byte fallback) only as whole UTF-8 characters: a continuation byte
+    only where one is due, nothing else until the character is complete, and a first byte only if
+    its character can be finished before the length limit. Without it, a decoder that writes half
+    a character leaves U+FFFD in the text.
+
+    byte_values: for each vocabulary id, the byte it stands for, or -1; banned: ids never written.
+    The state of each row is (continuation bytes still due, lowest and highest allowed next byte).
+    """
+
+    def __init__(self, byte_values, banned, device):
+        self.byte = torch.tensor(byte_values, device=device)  # (V,)
+        table = torch.tensor(_CONTINUATIONS, device=device)
+        self.follow = torch.where(self.byte >= 0, table[self.byte.clamp(min=0)], 0)  # (V,) -1: never first
+        self.banned = torch.zeros(len(byte_values), dtype=torch.bool, device=device)
+        self.banned[list(banned)] = True
+        lo, hi = torch.full((256,), 0x80, device=device), torch.full((256,), 0xBF, device=device)
+        for b, (a, z) in _FIRST_RANGE.items():
+            lo[b], hi[b] = a, z
+        self.first_lo, self.first_hi = lo, hi
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, device):
+        return cls(tokenizer.byte_values(), tokenizer.never_written(), device)
+
+    def start(self, n):
+        return torch.zeros(n, 3, dtype=torch.long, device=self.byte.device)  # (n, 3): due, lo, hi
+
+    def mask_(self, logits, state, steps_left):
+        """Set the logits (n, V) of every token this row may not write next to -inf, in place."""
+        due, lo, hi = state.unbind(-1)
+        free = (self.follow < 0) | (self.follow > steps_left) | self.banned  # (V,) not allowed between characters
+        mid = ~((self.byte >= lo[:, None]) & (self.byte <= hi[:, None]))  # (n, V) not the byte that is due
+        logits.masked_fill_(torch.where(due[:, None] > 0, mid, free), float("-inf"))
+
+    def advance(self, state, tokens):
+        """The state after each row wrote `tokens` (n,)."""
+        due = state[:, 0]
+        byte = self.byte[tokens].clamp(min=0)
+        starting = due == 0
+        new_due = torch.where(starting, self.follow[tokens].clamp(min=0), due - 1)
+        lo = torch.where(starting, self.first_lo[byte], 0x80)
+        hi = torch.where(starting, self.first_hi[byte], 0xBF)
+        return torch.stack([new_due, lo, hi], -1)
+
+
 def _strip(ids, eos_id):
     ids = ids.tolist()
     return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
 @torch.no_grad()
-def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None):
+def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None):
     """(B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS]).
 
     Every 8 tokens the finished rows are dropped from the batch and the cache, so a batch of
-    mixed lengths costs about its mean length, not its longest."""
+    mixed lengths costs about its mean length, not its longest. valid: a ValidText, or None."""
     B, device = vectors.shape[0], vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
     cache = decoder.new_cache(B, device, _cache_dtype(device))
@@ -31,10 +86,16 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None):
     out = torch.full((B, max_new_tokens), eos_id, dtype=torch.long, device=device)
     rows = torch.arange(B, device=device)  # which output row each live batch row writes
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    state = valid.start(B) if valid else None
     with autocast(device):
         logits = decoder(vectors, tokens, cache)
         for t in range(max_new_tokens):
-            nxt = logits[:, -1].argmax(-1).masked_fill(done, eos_id)  # (b,)
+            last = logits[:, -1]  # (b, V)
+            if valid:
+                valid.mask_(last, state, max_new_tokens - 1 - t)
+            nxt = last.argmax(-1).masked_fill(done, eos_id)  # (b,)
+            if valid:
+                state = valid.advance(state, nxt)
             out[rows, t] = nxt
             done |= nxt == eos_id
             if t == max_new_tokens - 1:
@@ -47,6 +108,7 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None):
                     live = (~done).nonzero().squeeze(1)
                     cache.select(live)
                     rows, nxt, done = rows[live], nxt[live], done[live]
+                    state = state[live] if valid else None
             logits = decoder(None, nxt[:, None], cache)
     out = out.cpu()
     return [_strip(row, eos_id) for row in out]
@@ -54,13 +116,14 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None):
 
 @torch.no_grad()
 def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.0, max_new_tokens=None,
-                return_all=False):
+                return_all=False, valid=None):
     """(B, Dv) vectors -> list of B token-id lists, the best beam of each.
 
     Beams that emit [EOS] are frozen (their score no longer changes); at the end each beam's
     sum of log-probabilities is divided by length ** length_penalty, length counting [EOS].
     Every 8 tokens the sentences whose beams have all ended leave the batch and the cache.
     return_all: also return every final beam, best first, as a list of B lists of (ids, score).
+    valid: a ValidText, or None.
     """
     B, K, device = vectors.shape[0], num_beams, vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
@@ -74,6 +137,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
     seqs = torch.empty(B, K, 0, dtype=torch.long, device=device)
     rows = torch.arange(B, device=device)  # the input sentence of each live batch row
     results = [None] * B  # per input sentence: (beams (K, T) on the CPU, final scores (K,))
+    state = valid.start(B * K).view(B, K, 3) if valid else None
 
     def store(sel):
         final = scores[sel] / lengths[sel].clamp(min=1).float() ** length_penalty  # (b, K)
@@ -86,6 +150,8 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
             b = len(rows)
             logp = logits[:, -1].float().log_softmax(-1).view(b, K, -1)  # (b, K, V)
             V = logp.shape[-1]
+            if valid:
+                valid.mask_(logp.view(b * K, V), state.view(b * K, 3), max_new_tokens - 1 - t)
             # a finished beam may only "continue" with EOS at no cost (in place: no (b, K, V) copies)
             logp.masked_fill_(done[..., None], float("-inf"))
             if eos_id >= 0:
@@ -96,6 +162,9 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
             done = done.gather(1, origin)
             lengths = lengths.gather(1, origin) + (~done).long()
             done = done | (nxt == eos_id)
+            if valid:
+                state = valid.advance(state.gather(1, origin[..., None].expand(-1, -1, 3)).view(b * K, 3),
+                                      nxt.view(-1)).view(b, K, 3)
             seqs = torch.cat([seqs.gather(1, origin[..., None].expand(-1, -1, seqs.shape[-1])), nxt[..., None]], -1)
             if t == max_new_tokens - 1:
                 break
@@ -110,6 +179,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
                     keep = (~finished).nonzero().squeeze(1)
                     cache.select((keep[:, None] * K + torch.arange(K, device=device)).view(-1))
                     scores, lengths, done, seqs, rows, nxt = (x[keep] for x in (scores, lengths, done, seqs, rows, nxt))
+                    state = state[keep] if valid else None
             logits = decoder(None, nxt.reshape(-1, 1), cache)
     store(torch.ones(len(rows), dtype=torch.bool, device=device))
     best, beams = [], []

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 from recon.data import DataError
 from recon.distributed import is_main, sharded
-from recon.metrics import corpus_scores, example_scores, ngram_overlap
+from recon.metrics import corpus_scores, example_scores, ngram_overlap, repeats_ngram
 from recon.report import write_report
 
 LENGTH_BUCKETS = ((1, 8), (9, 16), (17, 24), (25, 32), (33, 48), (49, 64), (65, 10**9))
 CONTROLS = ("random", "shuffled", "retrieval")
-SCORES = ("sentence_bleu", "exact_match", "exact_match_normalized", "token_f1")
+SCORES = ("sentence_bleu", "exact_match", "exact_match_normalized", "token_f1", "repeated_3gram", "broken_text")
 
 
 def bucket_name(length):
@@ -163,6 +163,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         metrics["beam_without_rerank_cosine_standardized"] = _mean(cosine(plain_vecs, model.decoder.standardize(vectors)).tolist())
     metrics.update({
         **overlap,
+        "reference_repeated_3gram": 100 * sum(map(repeats_ngram, texts)) / len(texts),
         "decoding": {"strategy": "beam" if num_beams > 1 else "greedy", "num_beams": num_beams,
                      "length_penalty": length_penalty, "rerank": rerank,
                      "max_new_tokens": model.config.max_target_len + 1},

@@ -10,6 +10,10 @@ exact_match_normalized  percent equal after lowercasing, stripping accents and p
                         and collapsing whitespace: equality as an uncased encoder sees text.
 token_f1                mean over examples of the F1 of the multiset of words (normalised as
                         above) of prediction vs reference, 0-100 (SQuAD's token F1).
+repeated_3gram          percent of outputs in which a word 3-gram (normalised as above) occurs
+                        twice: loops; the references' own share is reported beside it.
+broken_text             percent of outputs holding U+FFFD (half a character) or U+2047 (⁇,
+                        SentencePiece's unknown-piece mark).
 """
 
 import re
@@ -52,6 +56,18 @@ def ngram_overlap(text, other, n=2):
     return sum(g in have for g in grams) / len(grams)
 
 
+def repeats_ngram(text, n=3):
+    """Whether a word n-gram (words normalised as above) occurs twice in the text."""
+    w = normalize_loose(text).split()
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    return len(set(grams)) < len(grams)
+
+
+def broken(text):
+    """Whether the text holds U+FFFD (half a character) or SentencePiece's unknown-piece mark."""
+    return "\ufffd" in text or "\u2047" in text
+
+
 def example_scores(prediction, reference, _bleu=BLEU(effective_order=True)):
     """Per-example scores, each 0-100."""
     return {
@@ -59,6 +75,8 @@ def example_scores(prediction, reference, _bleu=BLEU(effective_order=True)):
         "exact_match": 100.0 * (normalize_whitespace(prediction) == normalize_whitespace(reference)),
         "exact_match_normalized": 100.0 * (normalize_loose(prediction) == normalize_loose(reference)),
         "token_f1": 100.0 * token_f1(prediction, reference),
+        "repeated_3gram": 100.0 * repeats_ngram(prediction),
+        "broken_text": 100.0 * broken(prediction),
     }
 
 
@@ -79,6 +97,8 @@ def corpus_scores(predictions, references, per_example=None):
         "exact_match": sum(s["exact_match"] for s in per_example) / n,
         "exact_match_normalized": sum(s["exact_match_normalized"] for s in per_example) / n,
         "token_f1": sum(s["token_f1"] for s in per_example) / n,
+        "repeated_3gram": sum(s["repeated_3gram"] for s in per_example) / n,
+        "broken_text": sum(s["broken_text"] for s in per_example) / n,
         "num_examples": n,
         "sacrebleu_signature": str(bleu.get_signature()),
     }

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from recon.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, resolve_checkpoint
 from recon.decoder import DecoderSpec
-from recon.decoding import beam_search, greedy
+from recon.decoding import ValidText, beam_search, greedy
 from recon.encoder import EncoderSpec, fingerprint, set_trainable
 from recon.spec import ModelSpecs
 from recon.tokenizer import load_decoder_tokenizer
@@ -142,19 +142,27 @@ class ReconModel(nn.Module):
         if return_all and num_beams == 1:
             raise ValueError("return_all needs num_beams > 1")
         c, out, beams = self.config, [], []
+        valid = self.valid_text()
         with self._eval_mode():
             for start in range(0, len(vectors), batch_size):
                 v = vectors[start:start + batch_size].to(self.device, torch.float32)
                 if return_all:  # every beam decoded to text only when asked for
                     ids, all_ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty,
-                                               max_new_tokens, return_all=True)
+                                               max_new_tokens, return_all=True, valid=valid)
                     beams.extend([(self.tokenizer.decode(x), s) for x, s in row] for row in all_ids)
                 elif num_beams > 1:
-                    ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty, max_new_tokens)
+                    ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty, max_new_tokens,
+                                      valid=valid)
                 else:
-                    ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens)
+                    ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens, valid=valid)
                 out.extend(self.tokenizer.decode(x) for x in ids)
         return (out, beams) if return_all else out
+
+    def valid_text(self):
+        """The ValidText constraint for this vocabulary on the model's device (built once)."""
+        if getattr(self, "_valid", None) is None or self._valid.byte.device != self.device:
+            self._valid = ValidText.for_tokenizer(self.tokenizer, self.device)
+        return self._valid
 
     def reconstruct(self, texts, **generate_kwargs):
         """list of str -> list of str: each text through its vector and back."""
@@ -173,6 +181,14 @@ class ReconModel(nn.Module):
         labels = targets.masked_fill(targets == self.config.pad_id, -100)
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                                            reduction=reduction)
+
+    def training_loss(self, vectors, targets):
+        """The summed loss a training step minimises: the token loss, plus the decoder's auxiliary
+        bag-of-words loss when it has one (kept out of `loss`, so validation losses compare)."""
+        loss = self.loss(vectors, targets, reduction="sum")
+        if self.decoder.bow_weight > 0:
+            loss = loss + self.decoder.bow_weight * self.decoder.bow_loss(vectors, targets, self.config.pad_id)
+        return loss
 
     # ------------------------------------------------------------------------------------------
     # save and load

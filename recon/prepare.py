@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from recon import distributed as dist
-from recon.cache import cached_encode
+from recon.cache import cached_encode, encoder_cache
 from recon.checkpoint import (RunLock, clear_run_dir, holds_a_run, list_checkpoints, load_meta, resolve_checkpoint,
                               resumable)
 from recon.data import Corpus, DataConfig, describe
@@ -95,7 +95,9 @@ def load_data(cfg, encoder, log):
     corpus = part(DataConfig, cfg).build(encoder.count_tokens, cfg.max_length)
     log(describe(corpus.stats))
     sizes = {s: len(corpus.texts(s)) for s in ("train", "validation", "test")}
-    wanted = {"train": True, "validation": cfg.validation_fraction > 0, "test": cfg.test_fraction > 0 or not cfg.no_eval}
+    final = not cfg.no_eval and cfg.eval_split
+    wanted = {"train": True, "validation": cfg.validation_fraction > 0 or final == "validation",
+              "test": cfg.test_fraction > 0 or final == "test"}
     for split in ("train", "validation", "test"):
         if wanted[split] and not sizes[split]:
             raise ConfigError(
@@ -123,10 +125,7 @@ def decoder_targets(tokenizer, texts, max_len):
 def frozen_vectors(cfg, model, texts, log):
     """Every vector once (or from the cache); the decoder standardises with the training split's."""
     t0, encoder = time.time(), model.encoder
-    # random weights depend on the seed; pretrained ones are named by the fingerprint
-    cache_dir = cfg.cache_dir if cfg.encoder_init == "pretrained" else ""
-    encoder_id = {"encoder": cfg.encoder, "fingerprint": encoder.base_fingerprint, "representation": cfg.representation,
-                  "layer": cfg.layer, "max_length": cfg.max_length, "cls_init": cfg.cls_init}
+    cache_dir, encoder_id = encoder_cache(cfg.encoder_spec, encoder, cfg.cache_dir)
     vectors, hit = {}, True
     with progress(total=sum(map(len, texts.values())), desc="encoding", leave=False, disable=not dist.is_main()) as bar:
         for split, xs in texts.items():

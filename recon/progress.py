@@ -34,7 +34,8 @@ class _Lines:
 def progress(iterable=None, **kwargs):
     """tqdm(iterable, **kwargs), as lines every LOG_INTERVAL seconds when not in a terminal."""
     if not in_terminal():
-        kwargs = {**kwargs, "file": _Lines(sys.stderr), "mininterval": LOG_INTERVAL, "dynamic_ncols": False,
+        kwargs = {**kwargs, "file": _Lines(sys.stderr), "mininterval": LOG_INTERVAL, "maxinterval": LOG_INTERVAL,
+                  "dynamic_ncols": False,
                   "bar_format": "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"}
     return tqdm(iterable, **kwargs)
 

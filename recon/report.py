@@ -1,6 +1,7 @@
 """The human report: headline table beside its controls, a table by length, plots, best and
-worst rows."""
+worst rows; and the probes' report."""
 
+import json
 import os
 
 HEADLINE = (
@@ -9,6 +10,8 @@ HEADLINE = (
     ("exact_match", "exact match %"),
     ("exact_match_normalized", "exact match, normalised %"),
     ("token_f1", "token F1"),
+    ("repeated_3gram", "outputs with a repeated word 3-gram %"),
+    ("broken_text", "outputs with U+FFFD or ⁇ %"),
 )
 CONTROL_LABELS = {"random": "random vector", "shuffled": "another sentence's vector",
                   "retrieval": "nearest training sentence"}
@@ -23,8 +26,13 @@ def headline_table(metrics):
     lines = ["| metric | reconstruction | " + " | ".join(f"control: {CONTROL_LABELS[c]}" for c in controls) + " |",
              "|---|---:|" + "---:|" * len(controls)]
     for key, label in HEADLINE:
+        if key not in metrics:  # written before this metric existed
+            continue
         cells = [f"{metrics[f'control_{c}_{key}']:.2f}" for c in controls]
         lines.append(f"| {label} | {metrics[key]:.2f} | " + " | ".join(cells) + " |")
+    if "reference_repeated_3gram" in metrics:
+        lines.append(f"| references with a repeated word 3-gram % | {metrics['reference_repeated_3gram']:.2f} | "
+                     + " | ".join("" for _ in controls) + " |")
     for key, label in (("cosine", "cosine(target, re-encoded output)"),
                        ("cosine_standardized", "the same, standardised vectors")):
         if key in metrics:
@@ -124,5 +132,75 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
         _examples(ranked[:n_examples]),
     ]) + "\n"
     with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
+
+
+PROBE_ROWS = (("sentlen", "accuracy", "SentLen: length bin, accuracy %"),
+              ("wc", "accuracy", "WC: which mid-frequency word, accuracy %"),
+              ("bshift", "accuracy", "BShift: adjacent words swapped?, accuracy %"),
+              ("bow", "recall_all", "bag of words: recall at \\|s\\| %, all words"),
+              ("bow", "recall_content", "bag of words: recall at \\|s\\| %, content words"))
+
+
+def probe_table(results):
+    lines = ["| task | linear probe | hidden-layer probe | control: random vector (linear / hidden) | majority | test examples |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for task, key, label in PROBE_ROWS:
+        r = results["tasks"].get(task)
+        if r and "skipped" not in r:
+            lines.append(f"| {label} | {r['linear'][key]:.1f} | {r['mlp'][key]:.1f} | {r['random_linear'][key]:.1f} / "
+                         f"{r['random_mlp'][key]:.1f} | {r['majority'][key]:.1f} | {r['examples']['test']} |")
+    return "\n".join(lines)
+
+
+def decoder_probe_table(d):
+    return "\n".join([
+        "| content words of the test sentences (in the probe's vocabulary) | decoder writes | probe recovers at \\|s\\| "
+        "| decoder / probe | of the probe's words, the decoder writes |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {d['content_words']} | {d['decoder_content_recall']:.1f}% | {d['probe_content_recall']:.1f}% | "
+        f"{d['decoder_over_probe']:.2f} | {d['probe_words_the_decoder_writes']:.1f}% |"])
+
+
+def plot_probes(path, results):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(label.split(":")[0] + (" (content)" if key == "recall_content" else ""), results["tasks"][t], key)
+            for t, key, label in PROBE_ROWS if "mlp" in results["tasks"].get(t, {})]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 3.8))
+    width = 0.2
+    for i, (col, name) in enumerate((("linear", "linear"), ("mlp", "hidden layer"), ("random_mlp", "random vector"),
+                                     ("majority", "majority"))):
+        ax.bar([j + (i - 1.5) * width for j in range(len(rows))], [r[col][k] for _, r, k in rows], width, label=name)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([n for n, _, _ in rows], fontsize=8)
+    ax.set_ylabel("test accuracy / recall %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_probe_report(output_dir, results, title):
+    """probes.json, probes.md and probes.png in output_dir; returns the Markdown."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "probes.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plot_probes(os.path.join(output_dir, "probes.png"), results)
+    parts = [f"# {title}", probe_table(results), "![probes](probes.png)",
+             "Each probe is trained on the training split's vectors (the epoch with the best validation score "
+             "kept) and scored on the test split; the control trains and scores the same probe on Gaussian "
+             "vectors with the real ones' mean and covariance; majority is the best score without a vector."]
+    if "decoder_vs_probe" in results:
+        parts += ["## Decoder beside probe", decoder_probe_table(results["decoder_vs_probe"]),
+                  "Content words: the test sentence's distinct words in the probe's vocabulary, outside its "
+                  f"{results['settings']['stop']} commonest. The decoder writes one when its greedy reconstruction "
+                  "holds it; the hidden-layer bag-of-words probe recovers one when it is among its top |s| content "
+                  "words for that vector."]
+    text = "\n\n".join(parts) + "\n"
+    with open(os.path.join(output_dir, "probes.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return text

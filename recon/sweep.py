@@ -6,6 +6,7 @@ The config (YAML or JSON):
   grids:                                # each grid expands to every combination of its lists
     - {representation: [cls, mean], layer: [2, 4, 6], seed: [0, 1]}
     - {encoder: [scratch], cls_init: [learned, random-per-forward, zeros]}
+  probes: true                          # optional: the probes on each run's vectors, beside its decoder
 A run whose evaluation already exists is skipped; an interrupted one is resumed from its newest
 checkpoint. At the end: results.csv, results.md and plots (metric vs layer, one line per
 representation; BLEU per run beside its controls) in output_dir.
@@ -33,9 +34,9 @@ def load_sweep(path):
         spec = yaml.safe_load(f)
     if not isinstance(spec, dict) or "output_dir" not in spec:
         raise ConfigError(f"{path}: a sweep needs at least output_dir (and base, grids)")
-    unknown = set(spec) - {"output_dir", "base", "grids"}
+    unknown = set(spec) - {"output_dir", "base", "grids", "probes"}
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a sweep has output_dir, base and grids")
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a sweep has output_dir, base, grids and probes")
     return spec
 
 
@@ -65,8 +66,17 @@ def run_config(spec, name, overrides):
     return TrainConfig(**fields)
 
 
-def finished(folder):
-    return os.path.isfile(os.path.join(folder, "eval-test", "metrics.json"))
+def evaluation_file(folder, split="test"):
+    return os.path.join(folder, f"eval-{split}", "metrics.json")
+
+
+def finished(folder, split="test"):
+    return os.path.isfile(evaluation_file(folder, split))
+
+
+def eval_split(spec):
+    """The split every run of the sweep is evaluated on (its base's --eval-split; test by default)."""
+    return (spec.get("base") or {}).get("eval_split", "test")
 
 
 def run_sweep(spec, train_fn=None, log=print):
@@ -74,10 +84,10 @@ def run_sweep(spec, train_fn=None, log=print):
     if train_fn is None:
         from recon.training import train as train_fn
     os.makedirs(spec["output_dir"], exist_ok=True)
-    rows = []
+    rows, split = [], eval_split(spec)
     for name, overrides in expand(spec):
         folder = os.path.join(spec["output_dir"], name)
-        if finished(folder):
+        if finished(folder, split):
             log(f"[sweep] {name}: finished before, skipped")
         else:
             log(f"[sweep] {name}: training")
@@ -86,18 +96,45 @@ def run_sweep(spec, train_fn=None, log=print):
             except ReconError as e:  # an impossible combination (pooler at layer 2, ...): say so, go on
                 log(f"[sweep] {name}: not run: {e}")
                 continue
-        with open(os.path.join(folder, "eval-test", "metrics.json")) as f:
+        with open(evaluation_file(folder, split)) as f:
             m = json.load(f)
-        rows.append({"run": name, **overrides, **{c: m.get(c) for c in COLUMNS}})
-    write_results(spec["output_dir"], rows)
+        rows.append({"run": name, **overrides, **{c: m.get(c) for c in COLUMNS},
+                     **(probe_columns(folder, log) if spec.get("probes") else {})})
+    write_results(spec["output_dir"], rows, split)
     return rows
+
+
+PROBE_COLUMNS = (("sentlen", "mlp", "accuracy", "probe_sentlen"), ("wc", "mlp", "accuracy", "probe_wc"),
+                 ("bshift", "mlp", "accuracy", "probe_bshift"), ("bow", "mlp", "recall_content", "probe_bow_content"),
+                 ("bow", "random_mlp", "recall_content", "probe_bow_content_random"))
+
+
+def probe_columns(folder, log):
+    """The hidden-layer probes' test scores on a run's vectors (computed once, kept in folder/probes/),
+    and the decoder's content-word recall over the probe's."""
+    path = os.path.join(folder, "probes", "probes.json")
+    if not os.path.isfile(path):
+        from recon.cache import DEFAULT_CACHE_DIR
+        from recon.checkpoint import resolve_checkpoint
+        from recon.config import ProbeSettings
+        from recon.model import ReconModel
+        from recon.probes import probe_checkpoint
+        checkpoint = resolve_checkpoint(folder)
+        probe_checkpoint(checkpoint, ReconModel.from_pretrained(checkpoint), ProbeSettings(),
+                         os.path.dirname(path), DEFAULT_CACHE_DIR, log=log)
+    with open(path) as f:
+        r = json.load(f)
+    cols = {name: r["tasks"][t][which][key] for t, which, key, name in PROBE_COLUMNS if "mlp" in r["tasks"].get(t, {})}
+    if "decoder_vs_probe" in r:
+        cols["decoder_over_probe"] = r["decoder_vs_probe"]["decoder_over_probe"]
+    return cols
 
 
 def _fmt(v):
     return f"{v:.2f}" if isinstance(v, float) else ("" if v is None else str(v))
 
 
-def write_results(out, rows):
+def write_results(out, rows, split="test"):
     if not rows:
         return
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -109,10 +146,10 @@ def write_results(out, rows):
     lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    plot_results(out, rows)
+    plot_results(out, rows, split)
 
 
-def plot_results(out, rows):
+def plot_results(out, rows, split="test"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,7 +181,7 @@ def plot_results(out, rows):
         ax.bar([j + (i - 1.5) * width for j in x], [r.get(key) or 0 for r in rows], width, label=label)
     ax.set_xticks(list(x))
     ax.set_xticklabels([r["run"] for r in rows], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("corpus BLEU (test split)")
+    ax.set_ylabel(f"corpus BLEU ({split} split)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "runs.png"), dpi=110)
@@ -160,7 +197,7 @@ def main(argv=None):
         spec = load_sweep(args.config)
         if args.dry_run:
             for name, overrides in expand(spec):
-                state = "finished" if finished(os.path.join(spec["output_dir"], name)) else "to run"
+                state = "finished" if finished(os.path.join(spec["output_dir"], name), eval_split(spec)) else "to run"
                 print(f"{name}: {state}")
             return 0
         rows = run_sweep(spec)

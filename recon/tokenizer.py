@@ -60,6 +60,13 @@ class SentencePieceTokenizer:
     def encode(self, texts):
         return self.sp.encode(list(texts))
 
+    def byte_values(self):
+        """For each id, the byte a byte-fallback piece (<0xAB>) stands for, or -1."""
+        return [int(self.sp.id_to_piece(i)[3:5], 16) if self.sp.is_byte(i) else -1 for i in range(self.vocab_size)]
+
+    def never_written(self):
+        return [self.pad_id, self.bos_id, self.sp.unk_id()]
+
     def decode(self, ids):
         return self.sp.decode(list(ids))
 
@@ -86,6 +93,12 @@ class EncoderVocabTokenizer:
 
     def encode(self, texts):
         return self.tok(list(texts), add_special_tokens=False)["input_ids"]
+
+    def byte_values(self):
+        return [-1] * self.vocab_size
+
+    def never_written(self):
+        return [i for i in self.tok.all_special_ids if i != self.eos_id]
 
     def decode(self, ids):
         return self.tok.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True)

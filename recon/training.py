@@ -66,7 +66,7 @@ class TrainStep(torch.nn.Module):
     def forward(self, targets, vectors=None, input_ids=None, attention_mask=None):
         if vectors is None:
             vectors = self.model.encoder(input_ids, attention_mask)  # (B, Dv)
-        return self.model.loss(vectors, targets, reduction="sum")
+        return self.model.training_loss(vectors, targets)
 
 
 def wrapped_step(model, cfg, device):
@@ -198,12 +198,13 @@ class RunHooks:
 
 
 def final_evaluation(cfg, run, step, log):
-    out = os.path.join(cfg.output_dir, "eval-test")
-    metrics = evaluate_split(run.model, run.corpus, "test", out, log=log,
+    split = cfg.eval_split
+    out = os.path.join(cfg.output_dir, f"eval-{split}")
+    metrics = evaluate_split(run.model, run.corpus, split, out, log=log,
                              info={"checkpoint": cfg.output_dir, "step": step, "data": cfg.data},
                              num_beams=cfg.num_beams, batch_size=cfg.eval_batch_size, seed=cfg.seed, rerank=cfg.rerank,
                              pool_texts=run.corpus.texts("train"), pool_vectors=run.vectors["train"])
-    log(f"\ntest split ({metrics['num_examples']} sentences, report in {out}/report.md):\n{headline_table(metrics)}")
+    log(f"\n{split} split ({metrics['num_examples']} sentences, report in {out}/report.md):\n{headline_table(metrics)}")
     return metrics
 
 

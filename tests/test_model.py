@@ -222,3 +222,38 @@ def test_decoder_overfits_a_handful_of_sentences(tiny_model):
         loss.backward()
         opt.step()
     assert tiny_model.reconstruct(texts) == [t.lower() for t in texts]  # uncased encoder vocabulary
+
+
+def test_the_vector_added_at_every_position_survives_the_cache_and_the_beams():
+    """--condition prefix+add: cached greedy equals a full forward per step, and beam search over
+    a batch (rows leaving it, beams reordered) equals each sentence alone."""
+    torch.manual_seed(6)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, condition="prefix+add"),
+                  16, 40).eval()
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0, 0.3)
+    vecs = torch.randn(5, 16)
+    fast = greedy(dec, vecs, 2, 3, max_new_tokens=12)
+    slow = []
+    for v in vecs:
+        ids = [2]
+        for _ in range(12):
+            with torch.no_grad():
+                nxt = dec(v[None], torch.tensor([ids]))[0, -1].argmax().item()
+            if nxt == 3:
+                break
+            ids.append(nxt)
+        slow.append(ids[1:])
+    assert fast == slow
+    alone = [beam_search(dec, vecs[i:i + 1], 2, 3, 3, max_new_tokens=12)[0] for i in range(5)]
+    assert beam_search(dec, vecs, 2, 3, 3, max_new_tokens=12) == alone
+
+
+def test_the_bag_of_words_loss_is_the_targets_negative_log_likelihood():
+    torch.manual_seed(7)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, bow_weight=1.0), 16, 40)
+    v, y = torch.randn(2, 16), torch.tensor([[5, 6, 6, 3], [7, 3, 0, 0]])
+    logp = torch.nn.functional.linear(dec.bow(dec.standardize(v)), dec.tok_emb.weight).log_softmax(-1)
+    want = -(logp[0, 5] + 2 * logp[0, 6] + logp[0, 3] + logp[1, 7] + logp[1, 3])
+    torch.testing.assert_close(dec.bow_loss(v, y, ignore_id=0), want)
