@@ -62,6 +62,7 @@ def main(argv=None):
                                  info={"checkpoint": folder, "step": meta.get("step"), "data": dcfg.data},
                                  max_examples=cfg.max_examples, num_beams=cfg.num_beams,
                                  length_penalty=cfg.length_penalty, batch_size=cfg.batch_size, seed=cfg.seed,
+                                 no_repeat_ngram=cfg.no_repeat_ngram,
                                  rerank=cfg.rerank,
                                  pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")

@@ -98,8 +98,9 @@ def main(argv=None):
     torch.manual_seed(0)
 
     enc_spec = EncoderSpec()  # the default: all-MiniLM-L6-v2 [CLS]
+    # one prefix slot and no auxiliary loss: the same work as the baseline's one cross-attention slot
     dec_spec = DecoderSpec(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, dropout=0.0,
-                           max_target_len=args.max_new_tokens)
+                           max_target_len=args.max_new_tokens, num_prefix=1, bow_weight=0.0)
     encoder = enc_spec.build().to(device).eval()
     corpus = DataConfig(max_texts=int(args.sentences * 1.6) + 64).build(encoder.count_tokens, enc_spec.max_length)
     texts = corpus.texts("train")[:args.sentences]

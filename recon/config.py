@@ -22,7 +22,7 @@ from recon.data import DataConfig
 from recon.decoder import DecoderSpec
 from recon.encoder import EncoderSpec
 from recon.errors import ConfigError, check
-from recon.spec import ModelSpecs, field_names
+from recon.spec import ModelSpecs, field_names, with_unrecorded
 from recon.tokenizer import TokenizerSpec
 
 __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "ProbeConfig", "ProbeSettings", "RunConfig",
@@ -40,10 +40,10 @@ def _check_rerank(rerank, num_beams):
 class OptimConfig:
     """How the model is trained: everything here changes the numbers, so a resume keeps it."""
 
-    max_steps: int = field(default=700, metadata={"help": "optimizer steps (0: use --epochs)"})
+    max_steps: int = field(default=1200, metadata={"help": "optimizer steps (0: use --epochs)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training split, when --max-steps is 0"})
     batch_size: int = field(default=64, metadata={"help": "sentences per optimizer step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the decoder"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the decoder"})
     encoder_lr: float = field(default=2e-5, metadata={"help": "learning rate of a fine-tuned pretrained encoder"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
@@ -86,6 +86,8 @@ class RunConfig:
     rerank: str = field(default="none", metadata={
         "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (needs beams)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
+    no_repeat_ngram: int = field(default=0, metadata={
+        "help": "final evaluation: never write the same n-gram of decoder tokens twice (0: off)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a different run already in --output-dir"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
         "help": "where a frozen encoder's vectors are kept for later runs ('' : no cache)"})
@@ -98,6 +100,7 @@ class RunConfig:
         for name in ("eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         check(self.save_steps >= 0, "step counts cannot be negative")
+        check(self.no_repeat_ngram == 0 or self.no_repeat_ngram >= 2, "--no-repeat-ngram must be 0 (off) or 2 or more")
         check(self.eval_split in ("test", "validation"), f"--eval-split must be test or validation, not {self.eval_split!r}")
         _check_rerank(self.rerank, self.num_beams)
         check(self.peak_tflops >= 0, f"--peak-tflops must be 0 (from the device name) or more, not {self.peak_tflops}")
@@ -120,9 +123,9 @@ class TrainConfig(ModelSpecs, RunConfig, OptimConfig, TokenizerSpec, DecoderSpec
 
     def changed_from(self, recorded):
         """The fields that change the numbers and differ from `recorded` (meta "args"; a field
-        that a run of older code did not record had its default then)."""
-        defaults = {f.name: f.default for f in fields(self)}
-        return sorted(k for k in field_names(*TRAINED_WITH) if recorded.get(k, defaults[k]) != getattr(self, k))
+        that a run of older code did not record meant what spec.UNRECORDED says, or its default)."""
+        was = {**{f.name: f.default for f in fields(self)}, **with_unrecorded(recorded)}
+        return sorted(k for k in field_names(*TRAINED_WITH) if was[k] != getattr(self, k))
 
 
 @dataclass
@@ -160,6 +163,7 @@ class EvalConfig(ProbeSettings):
     retrieval_pool: Optional[int] = field(default=None, metadata={
         "help": "training texts searched by the retrieval control (default: all of the training split; 0: skip it)"})
     length_penalty: float = field(default=1.0, metadata={"help": "beam score / length ** this"})
+    no_repeat_ngram: int = field(default=0, metadata={"help": "never write the same n-gram of decoder tokens twice (0: off)"})
     batch_size: int = field(default=256, metadata={"help": "sentences per batch"})
     encoder: Optional[str] = field(default=None, metadata={"help": "load the encoder from here instead of the recorded name"})
     representation: Optional[str] = field(default=None, metadata={
@@ -175,6 +179,7 @@ class EvalConfig(ProbeSettings):
         check(self.split in (None, "train", "validation", "test", "all"),
               f"--split must be train, validation, test or all, not {self.split!r}")
         check(self.num_beams >= 1 and self.batch_size >= 1, "--num-beams and --batch-size must be at least 1")
+        check(self.no_repeat_ngram == 0 or self.no_repeat_ngram >= 2, "--no-repeat-ngram must be 0 (off) or 2 or more")
         _check_rerank(self.rerank, self.num_beams)
         check(self.retrieval_pool is None or self.retrieval_pool >= 0, "--retrieval-pool cannot be negative")
         check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from recon.errors import check
 from recon.speed import transformer_flops_per_token
 
-CONDITIONS = ("prefix", "prefix+add")
+CONDITIONS = ("prefix", "prefix+add", "prefix+add-zero")
 DECODERS = {}  # decoder_type -> class; a new decoder class registers itself with @register_decoder
 
 
@@ -37,12 +37,13 @@ class DecoderSpec:
     n_layer: int = field(default=4, metadata={"help": "decoder layers"})
     n_head: int = field(default=4, metadata={"help": "decoder attention heads"})
     dropout: float = field(default=0.1, metadata={"help": "decoder dropout"})
-    num_prefix: int = field(default=1, metadata={"help": "prefix embeddings the vector is projected to"})
+    num_prefix: int = field(default=4, metadata={"help": "prefix embeddings the vector is projected to"})
     max_target_len: int = field(default=64, metadata={"help": "longest decoder output, in decoder tokens"})
     condition: str = field(default="prefix", metadata={
-        "help": "how the vector reaches the decoder: prefix (--num-prefix embeddings before [BOS]) or "
-                "prefix+add (also a projection of it added to every position, as Optimus does)"})
-    bow_weight: float = field(default=0.0, metadata={
+        "help": "how the vector reaches the decoder: prefix (--num-prefix embeddings before [BOS]), "
+                "prefix+add (also a projection of it added to every position, as Optimus does), or "
+                "prefix+add-zero (the same projection initialised to zero: it starts as a no-op)"})
+    bow_weight: float = field(default=1.0, metadata={
         "help": "weight of an auxiliary bag-of-words loss: predict the target's tokens from the vector alone "
                 "(Zhao et al. 2017); 0: off"})
 
@@ -142,7 +143,7 @@ class Decoder(nn.Module):
         self.register_buffer("vector_std", torch.ones(vector_dim))
         self.prefix = nn.Linear(vector_dim, num_prefix * d_model)
         # optional paths of the vector: added at every position; a bag-of-words head
-        self.add = nn.Linear(vector_dim, d_model) if spec.condition == "prefix+add" else None
+        self.add = nn.Linear(vector_dim, d_model) if spec.condition.startswith("prefix+add") else None
         self.bow = nn.Linear(vector_dim, d_model) if spec.bow_weight > 0 else None
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(num_prefix + max_target_len + 1, d_model)  # prefix, [BOS], tokens
@@ -153,6 +154,8 @@ class Decoder(nn.Module):
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if name.endswith(("proj.weight", "mlp.2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+        if spec.condition == "prefix+add-zero":  # a standardised vector is large: start without it
+            nn.init.zeros_(self.add.weight)
 
     @staticmethod
     def _init_weights(module):

@@ -68,17 +68,30 @@ class ValidText:
         return torch.stack([new_due, lo, hi], -1)
 
 
+def ban_repeats_(logits, history, n):
+    """Set to -inf, in place, every token that would complete an n-gram already in `history`:
+    logits (b, V), history (b, t) of the tokens written so far (HF's no_repeat_ngram_size)."""
+    t = history.shape[1]
+    if n < 1 or t < n:
+        return
+    windows = history.unfold(1, n - 1, 1)[:, :t - n + 1]  # (b, t-n+1, n-1); n >= 2
+    hit = (windows == history[:, t - n + 1:][:, None]).all(-1)  # (b, t-n+1): this window ends like history
+    rows, starts = hit.nonzero(as_tuple=True)
+    logits[rows, history[rows, starts + n - 1]] = float("-inf")
+
+
 def _strip(ids, eos_id):
     ids = ids.tolist()
     return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
 @torch.no_grad()
-def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None):
+def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no_repeat_ngram=0):
     """(B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS]).
 
     Every 8 tokens the finished rows are dropped from the batch and the cache, so a batch of
-    mixed lengths costs about its mean length, not its longest. valid: a ValidText, or None."""
+    mixed lengths costs about its mean length, not its longest. valid: a ValidText, or None;
+    no_repeat_ngram: never write an n-gram of tokens twice (0: off)."""
     B, device = vectors.shape[0], vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
     cache = decoder.new_cache(B, device, _cache_dtype(device))
@@ -91,6 +104,8 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None):
         logits = decoder(vectors, tokens, cache)
         for t in range(max_new_tokens):
             last = logits[:, -1]  # (b, V)
+            if no_repeat_ngram:
+                ban_repeats_(last, out[rows, :t], no_repeat_ngram)
             if valid:
                 valid.mask_(last, state, max_new_tokens - 1 - t)
             nxt = last.argmax(-1).masked_fill(done, eos_id)  # (b,)
@@ -116,14 +131,14 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None):
 
 @torch.no_grad()
 def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.0, max_new_tokens=None,
-                return_all=False, valid=None):
+                return_all=False, valid=None, no_repeat_ngram=0):
     """(B, Dv) vectors -> list of B token-id lists, the best beam of each.
 
     Beams that emit [EOS] are frozen (their score no longer changes); at the end each beam's
     sum of log-probabilities is divided by length ** length_penalty, length counting [EOS].
     Every 8 tokens the sentences whose beams have all ended leave the batch and the cache.
     return_all: also return every final beam, best first, as a list of B lists of (ids, score).
-    valid: a ValidText, or None.
+    valid: a ValidText, or None; no_repeat_ngram: never write an n-gram of tokens twice (0: off).
     """
     B, K, device = vectors.shape[0], num_beams, vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
@@ -150,6 +165,8 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
             b = len(rows)
             logp = logits[:, -1].float().log_softmax(-1).view(b, K, -1)  # (b, K, V)
             V = logp.shape[-1]
+            if no_repeat_ngram:
+                ban_repeats_(logp.view(b * K, V), seqs.view(b * K, -1), no_repeat_ngram)
             if valid:
                 valid.mask_(logp.view(b * K, V), state.view(b * K, 3), max_new_tokens - 1 - t)
             # a finished beam may only "continue" with EOS at no cost (in place: no (b, K, V) copies)

@@ -71,33 +71,32 @@ def cosine(a, b):
     return F.cosine_similarity(a.float(), b.float().to(a.device), dim=-1).cpu()
 
 
-def decode(model, vectors, num_beams, length_penalty, batch_size, rerank):
-    """Predictions for `vectors`; with rerank="embedding" each example keeps the beam whose
-    re-encoded vector is closest to its own. Returns (predictions, plain-beam predictions or None).
-    Under torchrun each process decodes its shard and all get every prediction back."""
+def decode(model, vectors, rerank="none", **gen):
+    """Predictions for `vectors` (gen: generate_from_vectors' settings); with rerank="embedding"
+    each example keeps the beam whose re-encoded vector is closest to its own. Returns
+    (predictions, plain-beam predictions or None). Under torchrun each process decodes its shard
+    and all get every prediction back."""
     def shard(v):
-        preds, plain = _decode(model, v, num_beams, length_penalty, batch_size, rerank)
+        preds, plain = _decode(model, v, rerank, gen)
         return list(zip(preds, plain or [None] * len(preds)))
     pairs = sharded(shard, vectors)
     return [p for p, _ in pairs], ([b for _, b in pairs] if rerank == "embedding" else None)
 
 
-def _decode(model, vectors, num_beams, length_penalty, batch_size, rerank):
+def _decode(model, vectors, rerank, gen):
     if rerank != "embedding":
-        return model.generate_from_vectors(vectors, num_beams=num_beams, length_penalty=length_penalty,
-                                           batch_size=batch_size), None
-    best, beams = model.generate_from_vectors(vectors, num_beams=num_beams, length_penalty=length_penalty,
-                                              batch_size=batch_size, return_all=True)
+        return model.generate_from_vectors(vectors, **gen), None
+    best, beams = model.generate_from_vectors(vectors, return_all=True, **gen)
     flat = [text for row in beams for text, _ in row]
     cand = model.decoder.standardize(model.encode(flat))  # (N*K, D)
-    target = model.decoder.standardize(vectors).repeat_interleave(num_beams, dim=0)
-    cand_cos = cosine(cand, target).view(len(beams), num_beams)
+    target = model.decoder.standardize(vectors).repeat_interleave(gen["num_beams"], dim=0)
+    cand_cos = cosine(cand, target).view(len(beams), gen["num_beams"])
     reranked = [row[i][0] for row, i in zip(beams, cand_cos.argmax(-1).tolist())]
     return reranked, best
 
 
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
-             pool_texts=None, pool_vectors=None, log=print):
+             pool_texts=None, pool_vectors=None, no_repeat_ngram=0, log=print):
     """Score `model` on `texts`; lengths: encoder-token length of each text.
 
     pool_texts: the training texts for the retrieval control and the overlap check (none: skipped);
@@ -109,7 +108,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         raise ValueError("nothing to evaluate: the chosen split holds no text")
     if rerank not in ("none", "embedding"):
         raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
-    gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size)
+    gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram)
     t0 = time.time()
 
     # under torchrun each process encodes and decodes its shard, and all get the whole result back
@@ -165,7 +164,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         **overlap,
         "reference_repeated_3gram": 100 * sum(map(repeats_ngram, texts)) / len(texts),
         "decoding": {"strategy": "beam" if num_beams > 1 else "greedy", "num_beams": num_beams,
-                     "length_penalty": length_penalty, "rerank": rerank,
+                     "length_penalty": length_penalty, "rerank": rerank, "no_repeat_ngram": no_repeat_ngram,
                      "max_new_tokens": model.config.max_target_len + 1},
         "controls": {"random": "Gaussian vectors with the mean and covariance of the evaluated vectors",
                      "shuffled": "each text decoded from another evaluated text's vector",

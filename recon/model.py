@@ -18,7 +18,7 @@ from recon.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, resolve
 from recon.decoder import DecoderSpec
 from recon.decoding import ValidText, beam_search, greedy
 from recon.encoder import EncoderSpec, fingerprint, set_trainable
-from recon.spec import ModelSpecs
+from recon.spec import ModelSpecs, with_unrecorded
 from recon.tokenizer import load_decoder_tokenizer
 
 __all__ = ["CheckpointError", "ReconConfig", "ReconModel", "resolve_checkpoint"]
@@ -56,6 +56,7 @@ class ReconConfig(ModelSpecs, DecoderSpec, EncoderSpec):
             raise CheckpointError(f"{path} is corrupt ({e}); restore it or use another checkpoint") from None
         if "scratch_size" in d:  # written before the specs (commit bacd761 and earlier)
             d["scratch_d_model"], d["scratch_layers"], d["scratch_heads"] = d.pop("scratch_size")
+        d = with_unrecorded(d)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -126,10 +127,11 @@ class ReconModel(nn.Module):
 
     @torch.no_grad()
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
-                              return_all=False):
+                              return_all=False, no_repeat_ngram=0):
         """(N, vector_dim) vectors from anywhere -> list of N strings.
 
         return_all (beam search): also return every beam, best first, as N lists of (text, score).
+        no_repeat_ngram: never write the same n-gram of decoder tokens twice (0: off).
         """
         vectors = torch.as_tensor(vectors)
         if vectors.dim() == 1:
@@ -148,13 +150,15 @@ class ReconModel(nn.Module):
                 v = vectors[start:start + batch_size].to(self.device, torch.float32)
                 if return_all:  # every beam decoded to text only when asked for
                     ids, all_ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty,
-                                               max_new_tokens, return_all=True, valid=valid)
+                                               max_new_tokens, return_all=True, valid=valid,
+                                               no_repeat_ngram=no_repeat_ngram)
                     beams.extend([(self.tokenizer.decode(x), s) for x, s in row] for row in all_ids)
                 elif num_beams > 1:
                     ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty, max_new_tokens,
-                                      valid=valid)
+                                      valid=valid, no_repeat_ngram=no_repeat_ngram)
                 else:
-                    ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens, valid=valid)
+                    ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens, valid=valid,
+                                 no_repeat_ngram=no_repeat_ngram)
                 out.extend(self.tokenizer.decode(x) for x in ids)
         return (out, beams) if return_all else out
 

@@ -8,6 +8,16 @@ from recon.decoder import DecoderSpec
 from recon.encoder import EncoderSpec
 
 
+# what a field meant before it existed: a checkpoint or run written then holds no value for it,
+# and must be read as it was trained, whatever the default is now
+UNRECORDED = {"decoder_type": "transformer", "condition": "prefix", "bow_weight": 0.0, "num_prefix": 1}
+
+
+def with_unrecorded(recorded):
+    """A recorded config or args dict, with the meaning of the fields it predates filled in."""
+    return {**UNRECORDED, **recorded}
+
+
 def part(spec_cls, config):
     """The spec_cls part of a config that inherits it (validated again by the spec)."""
     return spec_cls(**{f.name: getattr(config, f.name) for f in fields(spec_cls)})

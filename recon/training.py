@@ -203,6 +203,7 @@ def final_evaluation(cfg, run, step, log):
     metrics = evaluate_split(run.model, run.corpus, split, out, log=log,
                              info={"checkpoint": cfg.output_dir, "step": step, "data": cfg.data},
                              num_beams=cfg.num_beams, batch_size=cfg.eval_batch_size, seed=cfg.seed, rerank=cfg.rerank,
+                             no_repeat_ngram=cfg.no_repeat_ngram,
                              pool_texts=run.corpus.texts("train"), pool_vectors=run.vectors["train"])
     log(f"\n{split} split ({metrics['num_examples']} sentences, report in {out}/report.md):\n{headline_table(metrics)}")
     return metrics

@@ -142,7 +142,7 @@ def test_a_crash_during_save_leaves_the_previous_checkpoint(tiny_encoder_dir, da
 
 def test_resume_refuses_other_settings_and_empty_folders(tiny_encoder_dir, data, tmp_path, capsys):
     run = tmp_path / "run"
-    base = argv(tiny_encoder_dir, data, run, "--max-steps", "10", "--d-model", "32", "--n-head", "2")
+    base = argv(tiny_encoder_dir, data, run, "--max-steps", "10", "--d-model", "32", "--n-head", "2", "--lr", "0.001")
     assert train_script.main(base) == 0
     assert train_script.main(base + ["--lr", "0.5", "--resume"]) == 2
     assert "lr 0.001 -> 0.5" in capsys.readouterr().err

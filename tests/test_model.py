@@ -224,12 +224,14 @@ def test_decoder_overfits_a_handful_of_sentences(tiny_model):
     assert tiny_model.reconstruct(texts) == [t.lower() for t in texts]  # uncased encoder vocabulary
 
 
-def test_the_vector_added_at_every_position_survives_the_cache_and_the_beams():
+@pytest.mark.parametrize("condition", ["prefix+add", "prefix+add-zero"])
+def test_the_vector_added_at_every_position_survives_the_cache_and_the_beams(condition):
     """--condition prefix+add: cached greedy equals a full forward per step, and beam search over
     a batch (rows leaving it, beams reordered) equals each sentence alone."""
     torch.manual_seed(6)
-    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, condition="prefix+add"),
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, condition=condition),
                   16, 40).eval()
+    assert (dec.add.weight == 0).all() == (condition == "prefix+add-zero")
     with torch.no_grad():
         for p in dec.parameters():
             p.normal_(0, 0.3)

@@ -20,6 +20,7 @@ from recon import ReconModel
 from recon.checkpoint import RunFolderBusy, RunLock
 from recon.config import TrainConfig, parse
 from recon.decoder import Decoder, register_decoder
+from recon.spec import with_unrecorded
 from recon.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +59,7 @@ def test_a_run_of_the_old_code_resumes_to_the_same_weights(in_root, tmp_path, na
     shutil.copytree(os.path.join(OLD, name), run)
     shutil.rmtree(run / "checkpoint-40")
     args = json.loads((run / "checkpoint-20" / "meta.json").read_text())["args"]  # the old code's flags
-    train(TrainConfig(**{**args, "output_dir": str(run), "resume": "auto"}), log=lambda *a: None)
+    train(TrainConfig(**{**with_unrecorded(args), "output_dir": str(run), "resume": "auto"}), log=lambda *a: None)
     new = load_file(run / "checkpoint-40" / "model.safetensors")
     old = load_file(os.path.join(OLD, name, "checkpoint-40", "model.safetensors"))
     assert new.keys() == old.keys()
