@@ -110,10 +110,11 @@ def load_data(cfg, encoder, log):
 def decoder_vocabulary(cfg, train_texts, encoder, resume_from):
     if resume_from:
         return load_decoder_tokenizer(cfg.decoder_tokenizer, resume_from)
+    spec = part(TokenizerSpec, cfg)
     if cfg.decoder_tokenizer == "sentencepiece":  # trained once, on rank 0, and handed to the others
-        proto = SentencePieceTokenizer.train(train_texts, cfg.vocab_size).proto if dist.is_main() else None
+        proto = spec.build(train_texts, encoder.tokenizer).proto if dist.is_main() else None
         return SentencePieceTokenizer(dist.broadcast_object(proto))
-    return part(TokenizerSpec, cfg).build(train_texts, encoder.tokenizer)
+    return spec.build(train_texts, encoder.tokenizer)
 
 
 def decoder_targets(tokenizer, texts, max_len):
