@@ -40,7 +40,7 @@ def _check_rerank(rerank, num_beams):
 class OptimConfig:
     """How the model is trained: everything here changes the numbers, so a resume keeps it."""
 
-    max_steps: int = field(default=1200, metadata={"help": "optimizer steps (0: use --epochs)"})
+    max_steps: int = field(default=1100, metadata={"help": "optimizer steps (0: use --epochs)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training split, when --max-steps is 0"})
     batch_size: int = field(default=64, metadata={"help": "sentences per optimizer step"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the decoder"})
@@ -86,8 +86,9 @@ class RunConfig:
     rerank: str = field(default="none", metadata={
         "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (needs beams)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
-    no_repeat_ngram: int = field(default=0, metadata={
-        "help": "final evaluation: never write the same n-gram of decoder tokens twice (0: off)"})
+    no_repeat_ngram: int = field(default=3, metadata={
+        "help": "final evaluation: never write the same n-gram of decoder tokens twice (0: off; the report "
+                "gives the share of references this makes unreachable)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a different run already in --output-dir"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
         "help": "where a frozen encoder's vectors are kept for later runs ('' : no cache)"})
@@ -163,7 +164,9 @@ class EvalConfig(ProbeSettings):
     retrieval_pool: Optional[int] = field(default=None, metadata={
         "help": "training texts searched by the retrieval control (default: all of the training split; 0: skip it)"})
     length_penalty: float = field(default=1.0, metadata={"help": "beam score / length ** this"})
-    no_repeat_ngram: int = field(default=0, metadata={"help": "never write the same n-gram of decoder tokens twice (0: off)"})
+    no_repeat_ngram: int = field(default=3, metadata={
+        "help": "never write the same n-gram of decoder tokens twice (0: off; the report gives the share of "
+                "references this makes unreachable)"})
     batch_size: int = field(default=256, metadata={"help": "sentences per batch"})
     encoder: Optional[str] = field(default=None, metadata={"help": "load the encoder from here instead of the recorded name"})
     representation: Optional[str] = field(default=None, metadata={

@@ -2,8 +2,11 @@
 
 The vector is the only thing it sees of the input: a learned projection turns it into
 `num_prefix` embeddings that sit before the [BOS] token; everything after is the decoder's own
-output. Pre-LayerNorm GPT blocks, PyTorch's scaled_dot_product_attention, tied input/output
-embeddings, and a key/value cache for generation.
+output. Two more paths from the vector: a bag-of-words head (what tokens the sentence holds,
+trained by its own loss) whose log-probabilities are added to the logits at every position, and
+a learned per-token penalty on what was already written (coverage). Pre-LayerNorm GPT blocks,
+PyTorch's scaled_dot_product_attention, tied input/output embeddings, and a key/value cache for
+generation.
 """
 
 import math
@@ -46,6 +49,14 @@ class DecoderSpec:
     bow_weight: float = field(default=1.0, metadata={
         "help": "weight of an auxiliary bag-of-words loss: predict the target's tokens from the vector alone "
                 "(Zhao et al. 2017); 0: off"})
+    bow_prior: bool = field(default=True, metadata={
+        "help": "add the bag-of-words head's log-probabilities (what the vector says the sentence holds), "
+                "scaled by a learned gate per position, to the decoder's logits at every position"})
+    bow_hidden: int = field(default=0, metadata={
+        "help": "the bag-of-words head: 0, a linear map of the vector; N, one hidden layer of N units (GELU)"})
+    coverage: bool = field(default=True, metadata={
+        "help": "subtract from each token's logit a learned penalty of that token times the times it was "
+                "already written (coverage, after See et al. 2017): a decoder that can learn not to repeat itself"})
 
     def __post_init__(self):
         for name in ("d_model", "n_layer", "n_head", "num_prefix", "max_target_len"):
@@ -54,6 +65,7 @@ class DecoderSpec:
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
         check(self.condition in CONDITIONS, f"--condition must be one of {CONDITIONS}, not {self.condition!r}")
         check(self.bow_weight >= 0, f"--bow-weight cannot be negative, not {self.bow_weight}")
+        check(self.bow_hidden >= 0, f"--bow-hidden must be 0 (linear) or more, not {self.bow_hidden}")
 
     def build(self, vector_dim, vocab_size):
         check(self.decoder_type in DECODERS,
@@ -70,19 +82,17 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # how many positions are filled
         self._spare = None  # beam search reorders into a second buffer, then swaps
-        self.cond = None  # (B, D): what the decoder adds at every position, kept for later steps
+        self.rows = {}  # name -> (B, ...): what the first call computed from the vectors, for later steps
 
     def select(self, index):
         """Keep only these rows of the batch (finished sequences leave it)."""
         self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
         self._spare = None
-        if self.cond is not None:
-            self.cond = self.cond.index_select(0, index)
+        self.rows = {name: t.index_select(0, index) for name, t in self.rows.items()}
 
     def reorder(self, index):
         """Beam search: row i of the batch continues row index[i]."""
-        if self.cond is not None:
-            self.cond = self.cond.index_select(0, index)
+        self.rows = {name: t.index_select(0, index) for name, t in self.rows.items()}
         if self._spare is None:
             self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
         # into preallocated memory: a fresh tensor per step costs more (page faults) than the copy
@@ -144,7 +154,12 @@ class Decoder(nn.Module):
         self.prefix = nn.Linear(vector_dim, num_prefix * d_model)
         # optional paths of the vector: added at every position; a bag-of-words head
         self.add = nn.Linear(vector_dim, d_model) if spec.condition.startswith("prefix+add") else None
-        self.bow = nn.Linear(vector_dim, d_model) if spec.bow_weight > 0 else None
+        self.bow = None
+        if spec.bow_weight > 0 or spec.bow_prior:  # maps the vector to the space of the token embeddings
+            self.bow = nn.Linear(vector_dim, d_model) if not spec.bow_hidden else nn.Sequential(
+                nn.Linear(vector_dim, spec.bow_hidden), nn.GELU(), nn.Linear(spec.bow_hidden, d_model))
+        self.prior_gate = nn.Linear(d_model, 1) if spec.bow_prior else None
+        self.coverage = nn.Parameter(torch.zeros(vocab_size)) if spec.coverage else None
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(num_prefix + max_target_len + 1, d_model)  # prefix, [BOS], tokens
         self.drop = nn.Dropout(dropout)
@@ -156,6 +171,9 @@ class Decoder(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
         if spec.condition == "prefix+add-zero":  # a standardised vector is large: start without it
             nn.init.zeros_(self.add.weight)
+        if self.prior_gate is not None:  # start as the bag of words plus an untrained language model
+            nn.init.zeros_(self.prior_gate.weight)
+            nn.init.ones_(self.prior_gate.bias)
 
     @staticmethod
     def _init_weights(module):
@@ -166,9 +184,18 @@ class Decoder(nn.Module):
 
     @torch.no_grad()
     def set_vector_stats(self, vectors):
-        """Standardise inputs with the mean and std of these (N, Dv) training vectors."""
+        """Standardise inputs with the mean and std of these (N, Dv) training vectors.
+
+        A dimension that barely varies is divided by a tenth of the median std, not by its own:
+        all-MiniLM-L6-v2's [CLS] has three dimensions that are always 0 (std 1e-33), and a
+        fine-tuned encoder that moves one of them by 0.1 would otherwise send the decoder values of
+        1e5 (with a frozen encoder they stay 0 either way)."""
         self.vector_mean.copy_(vectors.float().mean(0))
-        self.vector_std.copy_(vectors.float().std(0).clamp(min=1e-6) if len(vectors) > 1 else torch.ones_like(self.vector_std))
+        if len(vectors) > 1:
+            std = vectors.float().std(0)
+            self.vector_std.copy_(std.clamp(min=max(0.1 * float(std.median()), 1e-6)))
+        else:
+            self.vector_std.fill_(1.0)
 
     def standardize(self, vectors):
         """(N, Dv) vectors in the decoder's input space: minus the training mean, over the training
@@ -204,17 +231,19 @@ class Decoder(nn.Module):
         input_ids: (B, T) decoder tokens starting with [BOS]; may be None on a first cached call.
         Returns (B, T, V) logits, one row per input token (the prefix positions are dropped).
         """
-        parts, cond = [], None
+        parts, rows = [], {}
         if vectors is not None:
             B = vectors.shape[0]
             z = self.standardize(vectors)
             parts.append(self.prefix(z).view(B, self.num_prefix, self.d_model))  # (B, k, D)
             if self.add is not None:
-                cond = self.add(z)  # (B, D)
-                if cache is not None:
-                    cache.cond = cond
+                rows["cond"] = self.add(z)  # (B, D)
+            if self.prior_gate is not None:
+                rows["prior"] = self.bow_logprobs(z)  # (B, V)
+            if cache is not None:
+                cache.rows = rows
         elif cache is not None:
-            cond = cache.cond
+            rows = cache.rows
         if input_ids is not None:
             parts.append(self.tok_emb(input_ids))  # (B, T, D)
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, k+T, D)
@@ -223,8 +252,8 @@ class Decoder(nn.Module):
             raise ValueError(f"sequence of {start + x.shape[1]} positions exceeds the decoder's {self.max_positions}")
         pos = torch.arange(start, start + x.shape[1], device=x.device)
         x = x + self.pos_emb(pos)
-        if cond is not None:
-            x = x + cond[:, None]
+        if "cond" in rows:
+            x = x + rows["cond"][:, None]
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
@@ -233,12 +262,38 @@ class Decoder(nn.Module):
         if vectors is not None:
             x = x[:, self.num_prefix:]  # only token positions predict tokens
         x = self.ln_f(x)
-        return F.linear(x, self.tok_emb.weight)  # tied input/output embeddings: (B, T, V)
+        logits = F.linear(x, self.tok_emb.weight)  # tied input/output embeddings: (B, T, V)
+        if "prior" in rows:  # what the vector says the sentence holds, as much as each position wants
+            logits = logits + self.prior_gate(x) * rows["prior"][:, None].to(logits.dtype)
+        if self.coverage is not None and input_ids is not None:
+            logits = self.penalise_written(logits, input_ids, cache)
+        return logits
+
+    def penalise_written(self, logits, input_ids, cache):
+        """--coverage: logits (B, T, V) minus each token's learned penalty times how often it occurs
+        in the inputs up to each position ([BOS] and the tokens written so far, counted on from what
+        the cache has seen). Scattered from (B, T, T), not counted in a (B, T, V) tensor."""
+        B, T = input_ids.shape
+        seen = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # position t: inputs 0..t
+        amount = self.coverage[input_ids][:, None, :] * seen  # (B, T, T): column s, the penalty of input s
+        logits = logits.scatter_add(2, input_ids[:, None, :].expand(B, T, T), -amount.to(logits.dtype))
+        if cache is not None:
+            before = cache.rows.get("written")  # (B, V) counts from earlier calls
+            if before is None:
+                before = torch.zeros(B, logits.shape[-1], device=logits.device)
+            else:
+                logits = logits - (self.coverage * before)[:, None].to(logits.dtype)
+            cache.rows["written"] = before.scatter_add(1, input_ids, torch.ones_like(input_ids, dtype=before.dtype))
+        return logits
+
+    def bow_logprobs(self, z):
+        """(B, V) log-probabilities of the bag-of-words head for standardised vectors z."""
+        return F.linear(self.bow(z), self.tok_emb.weight).float().log_softmax(-1)
 
     def bow_loss(self, vectors, targets, ignore_id):
         """Summed negative log-likelihood of every target token under one distribution over the
         vocabulary predicted from the vector alone (Zhao et al. 2017's bag-of-words loss)."""
-        logp = F.linear(self.bow(self.standardize(vectors)), self.tok_emb.weight).float().log_softmax(-1)  # (B, V)
+        logp = self.bow_logprobs(self.standardize(vectors))  # (B, V)
         picked = logp.gather(1, targets.clamp(min=0))  # (B, T)
         return -(picked * (targets != ignore_id)).sum()
 

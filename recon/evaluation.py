@@ -110,7 +110,6 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
     gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram)
     t0 = time.time()
-
     # under torchrun each process encodes and decodes its shard, and all get the whole result back
     def encode(xs):
         return sharded(model.encode, xs)
@@ -163,6 +162,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     metrics.update({
         **overlap,
         "reference_repeated_3gram": 100 * sum(map(repeats_ngram, texts)) / len(texts),
+        **unreachable_under_ban(model, texts, no_repeat_ngram),
         "decoding": {"strategy": "beam" if num_beams > 1 else "greedy", "num_beams": num_beams,
                      "length_penalty": length_penalty, "rerank": rerank, "no_repeat_ngram": no_repeat_ngram,
                      "max_new_tokens": model.config.max_target_len + 1},
@@ -175,6 +175,17 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         "by_length": by_length(rows, list(controls)),
     })
     return metrics, rows
+
+
+def unreachable_under_ban(model, texts, n):
+    """With --no-repeat-ngram n: the share of references that repeat an n-gram of decoder tokens,
+    which the ban makes impossible to write exactly (the ceiling it puts on exact match)."""
+    if not n:
+        return {}
+    def repeats(ids):
+        grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+        return len(grams) != len(set(grams))
+    return {"reference_unreachable_no_repeat": 100 * sum(map(repeats, model.tokenizer.encode(texts))) / len(texts)}
 
 
 def _mean(xs):

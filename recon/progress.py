@@ -35,6 +35,7 @@ def progress(iterable=None, **kwargs):
     """tqdm(iterable, **kwargs), as lines every LOG_INTERVAL seconds when not in a terminal."""
     if not in_terminal():
         kwargs = {**kwargs, "file": _Lines(sys.stderr), "mininterval": LOG_INTERVAL, "maxinterval": LOG_INTERVAL,
+                  "miniters": 1,  # look at the clock every step: tqdm's adaptive count printed lines late, in pairs
                   "dynamic_ncols": False,
                   "bar_format": "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"}
     return tqdm(iterable, **kwargs)
@@ -48,5 +49,9 @@ def quiet_libraries():
 
 
 def say(*args):
-    """print() that does not break a progress bar in a terminal."""
-    tqdm.write(" ".join(str(a) for a in args))
+    """print() that does not break a progress bar in a terminal (in a log there is no bar to
+    redraw: tqdm.write would add a stale copy of the last progress line after the message)."""
+    if in_terminal():
+        tqdm.write(" ".join(str(a) for a in args))
+    else:
+        print(*args, flush=True)

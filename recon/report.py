@@ -30,9 +30,10 @@ def headline_table(metrics):
             continue
         cells = [f"{metrics[f'control_{c}_{key}']:.2f}" for c in controls]
         lines.append(f"| {label} | {metrics[key]:.2f} | " + " | ".join(cells) + " |")
-    if "reference_repeated_3gram" in metrics:
-        lines.append(f"| references with a repeated word 3-gram % | {metrics['reference_repeated_3gram']:.2f} | "
-                     + " | ".join("" for _ in controls) + " |")
+    for key, label in (("reference_repeated_3gram", "references with a repeated word 3-gram %"),
+                       ("reference_unreachable_no_repeat", "references the no-repeat ban makes unreachable %")):
+        if key in metrics:
+            lines.append(f"| {label} | {metrics[key]:.2f} | " + " | ".join("" for _ in controls) + " |")
     for key, label in (("cosine", "cosine(target, re-encoded output)"),
                        ("cosine_standardized", "the same, standardised vectors")):
         if key in metrics:
@@ -95,6 +96,8 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
         decoding += f", {d['num_beams']} beams, length penalty {d['length_penalty']}"
         if d.get("rerank") == "embedding":
             decoding += ", the beam whose re-encoded vector is closest to the target kept"
+    if d.get("no_repeat_ngram"):
+        decoding += f", no {d['no_repeat_ngram']}-gram of decoder tokens written twice"
     decoding += f"; at most {d['max_new_tokens']} tokens. BLEU signature: `{metrics['sacrebleu_signature']}`."
     notes = []
     if "beam_without_rerank_bleu" in metrics:

@@ -25,10 +25,16 @@ def test_memorise_64_wikipedia_sentences(tmp_path):
             "--d-model", "128", "--n-layer", "2", "--n-head", "4", "--dropout", "0", "--vocab-size", "600", "--max-target-len", "128",
             "--eval-steps", "300", "--cache-dir", ""]
     assert train_script.main(argv) == 0
-    ev = tmp_path / "ev"
+    ev = tmp_path / "ev"  # the decoder as it is: without the default ban on repeated 3-grams
     assert evaluate_script.main(["--checkpoint", str(out), "--data", str(data), "--split", "all",
-                                 "--output-dir", str(ev)]) == 0
+                                 "--no-repeat-ngram", "0", "--output-dir", str(ev)]) == 0
     m = json.loads((ev / "metrics.json").read_text())
     assert m["num_examples"] == 64
     assert m["exact_match"] >= 90.0
     assert m["control_random_exact_match"] <= 5.0 and m["control_random_bleu"] < m["bleu"] / 2
+    # the ban (on by default) puts the sentences that repeat a 3-gram of decoder tokens out of reach
+    assert evaluate_script.main(["--checkpoint", str(out), "--data", str(data), "--split", "all",
+                                 "--output-dir", str(tmp_path / "ban")]) == 0
+    ban = json.loads((tmp_path / "ban" / "metrics.json").read_text())
+    assert ban["decoding"]["no_repeat_ngram"] == 3 and ban["reference_unreachable_no_repeat"] > 0
+    assert ban["exact_match"] <= 100 - ban["reference_unreachable_no_repeat"] + 1e-9

@@ -224,14 +224,15 @@ def test_decoder_overfits_a_handful_of_sentences(tiny_model):
     assert tiny_model.reconstruct(texts) == [t.lower() for t in texts]  # uncased encoder vocabulary
 
 
-@pytest.mark.parametrize("condition", ["prefix+add", "prefix+add-zero"])
-def test_the_vector_added_at_every_position_survives_the_cache_and_the_beams(condition):
-    """--condition prefix+add: cached greedy equals a full forward per step, and beam search over
-    a batch (rows leaving it, beams reordered) equals each sentence alone."""
+@pytest.mark.parametrize("condition,bow_prior,coverage", [
+    ("prefix+add", False, False), ("prefix+add-zero", False, False), ("prefix", True, False), ("prefix+add", True, True)])
+def test_what_the_vector_adds_at_every_position_survives_the_cache_and_the_beams(condition, bow_prior, coverage):
+    """--condition prefix+add, --bow-prior and --coverage: cached greedy equals a full forward per
+    step, and beam search over a batch (rows leaving it, beams reordered) equals each sentence alone."""
     torch.manual_seed(6)
-    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, condition=condition),
-                  16, 40).eval()
-    assert (dec.add.weight == 0).all() == (condition == "prefix+add-zero")
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, condition=condition,
+                              bow_prior=bow_prior, coverage=coverage), 16, 40).eval()
+    assert dec.add is None or (dec.add.weight == 0).all() == (condition == "prefix+add-zero")
     with torch.no_grad():
         for p in dec.parameters():
             p.normal_(0, 0.3)
@@ -250,6 +251,35 @@ def test_the_vector_added_at_every_position_survives_the_cache_and_the_beams(con
     assert fast == slow
     alone = [beam_search(dec, vecs[i:i + 1], 2, 3, 3, max_new_tokens=12)[0] for i in range(5)]
     assert beam_search(dec, vecs, 2, 3, 3, max_new_tokens=12) == alone
+
+
+def test_the_bag_of_words_prior_starts_as_the_heads_log_probabilities():
+    """--bow-prior: an untrained decoder's logits are its language model's plus the bag-of-words
+    head's log-probabilities (gate 1 everywhere); with the gate at 0 they are the language model's."""
+    torch.manual_seed(8)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, bow_prior=True), 16, 40).eval()
+    v, ids = torch.randn(3, 16), torch.randint(4, 40, (3, 5))
+    with torch.no_grad():
+        with_prior = dec(v, ids)
+        dec.prior_gate.bias.zero_()
+        without = dec(v, ids)
+    prior = dec.bow_logprobs(dec.standardize(v))  # (B, V)
+    torch.testing.assert_close(with_prior, without + prior[:, None])
+    assert (with_prior.argmax(-1) != without.argmax(-1)).any()
+
+
+def test_coverage_penalises_each_token_by_the_times_it_was_written():
+    torch.manual_seed(9)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, coverage=True), 16, 40).eval()
+    v, ids = torch.randn(1, 16), torch.tensor([[2, 7, 7, 9]])
+    with torch.no_grad():
+        plain = dec(v, ids)
+        dec.coverage[7], dec.coverage[9] = 1.5, -0.5
+        penalised = dec(v, ids)
+    want = plain.clone()
+    want[0, 1:, 7] -= 1.5 * torch.tensor([1, 2, 2])  # 7 written once by position 1, twice by 2 and 3
+    want[0, 3, 9] += 0.5
+    torch.testing.assert_close(penalised, want)
 
 
 def test_the_bag_of_words_loss_is_the_targets_negative_log_likelihood():
