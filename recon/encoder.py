@@ -78,6 +78,9 @@ class EncoderSpec:
         "help": "longest text, in encoder tokens: longer texts are dropped from the data (or truncated, --too-long)"})
     finetune_encoder: bool = field(default=False, metadata={"help": "train the encoder jointly (default: frozen)"})
     finetune_layers: int = field(default=0, metadata={"help": "with --finetune-encoder: train only the top N layers (0: all)"})
+    encoder_dropout: bool = field(default=False, metadata={
+        "help": "a trained encoder runs with its dropout in training steps; default off: the vectors of training "
+                "are then the vectors of evaluation (with dropout a fine-tuned MiniLM's [CLS] is another vector)"})
     encoder_init: str = field(default="pretrained", metadata={
         "help": "pretrained weights, or random: the same architecture with random weights (frozen unless fine-tuned)"})
     cls_init: str = field(default="token", metadata={

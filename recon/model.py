@@ -103,8 +103,8 @@ class ReconModel(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        if not self.trains_encoder:
-            self.encoder.eval()  # a frozen encoder never runs with dropout
+        if not (self.trains_encoder and self.config.encoder_dropout):
+            self.encoder.eval()  # no dropout: a frozen encoder, and a trained one unless --encoder-dropout
         return self
 
     @contextmanager

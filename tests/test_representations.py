@@ -107,14 +107,23 @@ def test_finetune_top_layers_only(bert4):
         set_trainable(enc, True, top_layers=5)
 
 
-def test_a_trained_encoder_encodes_without_dropout(tiny_encoder_dir):
-    spec = EncoderSpec(tiny_encoder_dir, finetune_encoder=True)
+@pytest.mark.parametrize("encoder_dropout", [False, True])
+def test_a_trained_encoder_encodes_without_dropout(tiny_encoder_dir, encoder_dropout):
+    spec = EncoderSpec(tiny_encoder_dir, finetune_encoder=True, encoder_dropout=encoder_dropout)
     enc = spec.build()
     model = ReconModel.from_encoder(enc, EncoderVocabTokenizer(enc.tokenizer), spec,
                                     DecoderSpec(d_model=32, n_layer=1, n_head=2)).train()
     texts = sentences(4)
-    torch.testing.assert_close(model.encode(texts), model.encode(texts), rtol=0, atol=0)
-    assert model.training and model.encoder.training  # its mode is given back
+    evaluated = model.encode(texts)
+    torch.testing.assert_close(evaluated, model.encode(texts), rtol=0, atol=0)
+    assert model.training and model.encoder.training == encoder_dropout  # its mode is given back
+    batch = model.encoder.tokenize(texts)
+    trained = model.encoder(batch["input_ids"], batch["attention_mask"])  # what a training step sees
+    assert trained.requires_grad
+    if encoder_dropout:  # dropout on in training: the vectors of training are not those of evaluation
+        assert not torch.allclose(trained, evaluated, atol=1e-3)
+    else:  # by default the step is trained on the vectors it is evaluated on
+        torch.testing.assert_close(trained, evaluated, rtol=1e-4, atol=1e-5)
 
 
 def test_random_init_keeps_the_architecture_and_changes_the_weights(tiny_encoder_dir):
