@@ -16,6 +16,7 @@ from recon.cache import DEFAULT_CACHE_DIR
 from recon.checkpoint import load_meta, resolve_checkpoint
 from recon.config import EvalConfig, ProbeSettings, parse
 from recon.data import DataConfig, DataError, describe
+from recon.device import keep_freed_memory
 from recon.errors import ReconError, print_error
 from recon.evaluation import evaluate_split
 from recon.model import ReconModel
@@ -43,6 +44,7 @@ def training_texts(cfg, trained_args, corpus, model, say):
 
 def main(argv=None):
     quiet_libraries()
+    keep_freed_memory()
     try:
         cfg = parse(EvalConfig, argv)
         folder = resolve_checkpoint(cfg.checkpoint)

@@ -19,6 +19,7 @@ import sys
 
 from recon import distributed
 from recon.config import TrainConfig, parse
+from recon.device import keep_freed_memory
 from recon.errors import ReconError, print_error
 from recon.progress import quiet_libraries
 from recon.training import TrainingInterrupted, train
@@ -26,6 +27,7 @@ from recon.training import TrainingInterrupted, train
 
 def main(argv=None):
     quiet_libraries()
+    keep_freed_memory()
     try:
         train(parse(TrainConfig, argv))
     except ReconError as e:

@@ -27,6 +27,7 @@ from recon.batching import Batches, pad_batch
 from recon.data import DataConfig
 from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy
+from recon.device import keep_freed_memory
 from recon.device import autocast
 from recon.encoder import EncoderSpec
 from recon.model import ReconModel
@@ -79,6 +80,7 @@ def timed(fn, device, repeat=1):
 
 
 def main(argv=None):
+    keep_freed_memory()  # for both methods alike
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sentences", type=int, default=2048, help="training sentences (from the default corpus)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per method (after 3 warm-up steps)")

@@ -23,6 +23,7 @@ import yaml
 
 from recon.checkpoint import list_checkpoints
 from recon.config import ConfigError, TrainConfig
+from recon.device import keep_freed_memory
 from recon.errors import ReconError
 
 COLUMNS = ("bleu", "exact_match", "token_f1", "cosine", "cosine_standardized", "control_random_bleu", "control_shuffled_bleu",
@@ -193,6 +194,7 @@ def main(argv=None):
     parser.add_argument("config", help="a sweep YAML/JSON file (see recon/sweep.py)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     try:
         spec = load_sweep(args.config)
         if args.dry_run:

@@ -2,6 +2,8 @@
 length bucketing (--bucket-pool)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,27 @@ def test_padding_is_measured_and_bucketing_lowers_it(tmp_path, tiny_encoder_dir,
     assert meta0["padding_fraction"] == pytest.approx(meta1["padding_fraction_unbucketed"])
     assert meta1["padding_fraction"] < meta0["padding_fraction"] / 2
     assert 0 <= log1[-1]["padding"] < log0[-1]["padding"]
+
+
+FAULTS = """
+import resource, sys, torch
+from recon.device import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+torch.empty(25_000_000).fill_(1.0)  # 100 MB, freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.empty(25_000_000).fill_(1.0)
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keep_freed_memory_stops_large_tensors_being_faulted_in_again():
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
+        kept, faults = out.stdout.split()
+        return kept, int(faults)
+    (_, plain), (kept, kept_faults) = run("plain"), run("keep")
+    assert kept == "True"
+    assert plain > 100_000  # each 100 MB block mapped and faulted in afresh: 24k pages a time
+    assert kept_faults < plain / 10
