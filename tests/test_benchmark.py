@@ -24,3 +24,14 @@ def test_benchmark_table(tmp_path, capsys):
     assert rows["encode corpus once"]["seconds"] > 0
     assert 0 <= rows["training padding % of positions"]["recon"] < rows["training padding % of positions"]["baseline"]
     assert "| training tokens/s |" in capsys.readouterr().out
+
+
+def test_allocator_benchmark_measures_both_processes(capsys):
+    import allocator
+    assert allocator.main(["--steps", "2"]) == 0  # the default step: 61 MB logits
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| as Python") or line.startswith("| keep_freed")]
+    assert len(rows) == 2
+    plain, kept = (float(r.split("|")[5].replace(",", "")) for r in rows)  # page faults per step
+    assert kept < plain / 10  # as Python starts, each of a step's blocks over 32 MB is faulted in afresh
+    assert "step time ratio" in out
