@@ -340,6 +340,7 @@ def main(argv=None):
     from recon.checkpoint import resolve_checkpoint
     from recon.config import ProbeConfig, ProbeSettings, parse
     from recon.data import DataConfig
+    from recon.device import keep_freed_memory
     from recon.errors import ReconError, print_error
     from recon.model import ReconModel
     from recon.progress import quiet_libraries
