@@ -330,7 +330,6 @@ def probe_checkpoint(folder, model, settings, output_dir, cache_dir="", batch_si
     """The probes on a checkpoint's vectors of its own training data, its decoder beside them."""
     from recon.checkpoint import load_meta
     from recon.data import DataConfig
-    from recon.device import keep_freed_memory
     data = DataConfig.from_meta(load_meta(folder).get("args", {}))[0]
     return probe_and_report(model.encoder, model.config.encoder_spec, data, settings, output_dir, cache_dir,
                             batch_size, model, folder, seed, log)
