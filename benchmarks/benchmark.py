@@ -27,8 +27,7 @@ from recon.batching import Batches, pad_batch
 from recon.data import DataConfig
 from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy
-from recon.device import keep_freed_memory
-from recon.device import autocast
+from recon.device import autocast, keep_freed_memory
 from recon.encoder import EncoderSpec
 from recon.model import ReconModel
 from recon.speed import padding_fraction, peak_flops, transformer_flops_per_token
