@@ -73,7 +73,8 @@ def list_checkpoints(run_dir):
 
 def resolve_checkpoint(path):
     """A checkpoint folder as given (anything with a config; loading says what else is missing),
-    or a run folder's newest complete checkpoint-N."""
+    or a run folder's chosen checkpoint: the best one of a run with early stopping (its newest
+    checkpoint's meta.json names it), else the newest complete checkpoint-N."""
     if os.path.isfile(os.path.join(path, CONFIG_FILE)):
         return path
     if not os.path.isdir(path):
@@ -81,7 +82,8 @@ def resolve_checkpoint(path):
     steps = list_checkpoints(path)
     if not steps:
         raise CheckpointError(f"{path} holds no checkpoint (no {CONFIG_FILE}, no checkpoint-N folder)")
-    return os.path.join(path, f"checkpoint-{steps[-1]}")
+    best = (load_meta(os.path.join(path, f"checkpoint-{steps[-1]}")).get("early_stopping") or {}).get("best_step")
+    return os.path.join(path, f"checkpoint-{best if best in steps else steps[-1]}")
 
 
 def _fsync_tree(folder):
@@ -92,8 +94,9 @@ def _fsync_tree(folder):
                 os.fsync(f.fileno())
 
 
-def save_checkpoint(run_dir, step, model, meta, trainer_state=None, keep=2):
-    """Write run_dir/checkpoint-<step> atomically; keep the newest `keep` checkpoints."""
+def save_checkpoint(run_dir, step, model, meta, trainer_state=None, keep=2, protect=()):
+    """Write run_dir/checkpoint-<step> atomically; keep the newest `keep` checkpoints, and those
+    of the steps in `protect`."""
     final = os.path.join(run_dir, f"checkpoint-{step}")
     tmp = os.path.join(run_dir, f".tmp-checkpoint-{step}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -112,7 +115,8 @@ def save_checkpoint(run_dir, step, model, meta, trainer_state=None, keep=2):
     else:
         os.rename(tmp, final)
     for stale in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(os.path.join(run_dir, f"checkpoint-{stale}"))
+        if stale not in protect:
+            shutil.rmtree(os.path.join(run_dir, f"checkpoint-{stale}"))
     return final
 
 

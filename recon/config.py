@@ -50,6 +50,11 @@ class OptimConfig:
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decay ends at this share of the peak"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, batching and sampling"})
+    early_stopping_patience: int = field(default=0, metadata={
+        "help": "stop when the validation loss (checked every --eval-steps) has not improved for this many checks; "
+                "the best checkpoint is kept, evaluated and loaded from the run folder (0: off)"})
+    early_stopping_min_delta: float = field(default=0.0, metadata={
+        "help": "a validation loss counts as better only when it is at least this much below the best"})
     bucket_pool: int = field(default=50, metadata={
         "help": "length bucketing: sort each pool of this many shuffled batches by length before cutting "
                 "it into batches (less padding); 0: plain shuffled batches"})
@@ -61,6 +66,8 @@ class OptimConfig:
         check(self.max_steps > 0 or self.epochs > 0, "give --max-steps or --epochs a positive value")
         check(self.lr > 0 and self.encoder_lr > 0, "learning rates must be positive")
         check(0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], not {self.min_lr_ratio}")
+        check(self.early_stopping_patience >= 0 and self.early_stopping_min_delta >= 0,
+              "--early-stopping-patience and --early-stopping-min-delta cannot be negative")
 
 
 @dataclass
@@ -96,6 +103,10 @@ class RunConfig:
         "nargs": "?", "const": "auto",
         "help": "continue a run: --resume (or --resume auto) from the newest checkpoint in --output-dir, "
                 "or --resume DIR from that checkpoint"})
+    extend: bool = field(default=False, metadata={
+        "help": "with --resume: train a run past the end of its schedule, to a larger --max-steps (or --epochs); the "
+                "added steps get a schedule segment of their own (--warmup-steps up to --lr, cosine down to "
+                "--min-lr-ratio), recorded in meta.json"})
 
     def __post_init__(self):
         for name in ("eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):
@@ -106,12 +117,16 @@ class RunConfig:
         _check_rerank(self.rerank, self.num_beams)
         check(self.peak_tflops >= 0, f"--peak-tflops must be 0 (from the device name) or more, not {self.peak_tflops}")
         check(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; choose one")
+        check(not self.extend or self.resume, "--extend continues a run: give --resume (or --resume DIR) too")
         if self.output_dir is None:
             self.output_dir = os.path.join("checkpoints", self.run_name)
 
 
 # what a resumed run must share with the run it continues: every field that changes the numbers
 TRAINED_WITH = (DataConfig, EncoderSpec, DecoderSpec, TokenizerSpec, OptimConfig)
+# what --extend may change: the length and shape of the added schedule segment, and when to stop
+EXTENDABLE = ("max_steps", "epochs", "lr", "warmup_steps", "min_lr_ratio", "early_stopping_patience",
+              "early_stopping_min_delta")
 
 
 @dataclass
@@ -121,6 +136,8 @@ class TrainConfig(ModelSpecs, RunConfig, OptimConfig, TokenizerSpec, DecoderSpec
     def __post_init__(self):
         for spec in TRAINED_WITH + (RunConfig,):
             spec.__post_init__(self)
+        check(not self.early_stopping_patience or self.validation_fraction > 0,
+              "--early-stopping-patience watches the validation loss: give --validation-fraction above 0")
 
     def changed_from(self, recorded):
         """The fields that change the numbers and differ from `recorded` (meta "args"; a field

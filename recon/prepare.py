@@ -19,6 +19,7 @@ from recon.cache import cached_encode, encoder_cache
 from recon.checkpoint import (RunLock, clear_run_dir, holds_a_run, list_checkpoints, load_meta, resolve_checkpoint,
                               resumable)
 from recon.data import Corpus, DataConfig, describe
+from recon.config import EXTENDABLE
 from recon.errors import ConfigError, ReconError
 from recon.model import ReconModel
 from recon.progress import progress
@@ -82,11 +83,15 @@ def find_resume(cfg):
         raise ConfigError(f"--resume: {folder} has no trainer state; it can be evaluated or used, not resumed")
     meta = load_meta(folder)
     changed = cfg.changed_from(meta["args"])
+    if cfg.extend:
+        changed = [k for k in changed if k not in EXTENDABLE]
     if changed:
+        schedule_only = all(k in EXTENDABLE for k in changed)
         raise ConfigError(
             f"--resume: {folder} was trained with other settings: "
             + ", ".join(f"{k} {meta['args'].get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
-            + "; resume with the original flags, or start a new run"
+            + ("; to train past the end of its schedule add --extend" if schedule_only else
+               "; resume with the original flags, or start a new run")
         )
     return folder, meta
 

@@ -91,8 +91,10 @@ class Trainer:
     batches(step) -> Batch; step_fn(**batch.inputs) -> this process's summed token loss.
     Hooks:
       log(record)            every check: a dict (step, train_loss, lr, tokens_per_second, ...)
-      evaluate(record) -> dict every eval_every steps and at the end: merged into that check's record
+      evaluate(record) -> dict every eval_every steps and at the end: merged into that check's record;
+                             `best_so_far: True` in it saves a checkpoint at this step
       save(step) -> folder   every save_every steps (0: never), at the end, and on SIGINT/SIGTERM
+      stop_early(record) -> bool after each evaluation: True saves and ends the loop (self.stopped_early)
     Raises TrainingDiverged on a non-finite loss, TrainingInterrupted after a signal's save.
     """
 
@@ -103,6 +105,8 @@ class Trainer:
         self.eval_every, self.save_every, self.peak_flops = eval_every, save_every, peak_flops
         self.step, self.tokens_seen = start, tokens_seen
         self.log = self.evaluate = self.save = lambda *a: {}
+        self.stop_early = lambda record: False
+        self.stopped_early = False
         self.t_start = t_start or time.time()  # `elapsed` in the records counts from here
 
     def state_dict(self):
@@ -143,14 +147,20 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_second']:,.0f}",
                                 lr=f"{record['lr']:.2e}", refresh=False,  # shown at the bar's next update
                                 **({"mfu": f"{100 * record['mfu']:.1f}%"} if "mfu" in record else {}))
+                early = False
                 if done % self.eval_every == 0 or done == self.max_steps:
                     record.update(self.evaluate(record) or {})
+                    early = done < self.max_steps and self.stop_early(record)
+                    at_save = at_save or bool(record.get("best_so_far"))
                 self.log(record)
-                if at_save or stopping:
+                if at_save or stopping or early:
                     folder = self.save(done)
                 if stopping:
                     bar.close()
                     raise TrainingInterrupted(stop.signum or signal.SIGTERM, folder)
+                if early:
+                    self.stopped_early = True
+                    break
         bar.close()
 
     def check(self, train_loss, window):

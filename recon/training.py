@@ -11,7 +11,6 @@ rank 0 alone writes, evaluation is sharded.
 
 import contextlib
 import json
-import math
 import os
 import random
 import time
@@ -31,19 +30,11 @@ from recon.evaluation import evaluate_split
 from recon.prepare import claim_run_folder, on_rank0, prepare, set_seed
 from recon.progress import say
 from recon.report import headline_table
+from recon.schedule import EarlyStopping, lr_factor, run_schedule, total_steps
 from recon.speed import peak_flops
 from recon.trainer import Batch, Trainer, TrainingDiverged, TrainingInterrupted
 
 __all__ = ["TrainStep", "TrainingDiverged", "TrainingInterrupted", "train"]
-
-
-def lr_lambda(warmup, total, min_ratio):
-    def f(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
 
 
 def make_optimizer(model, cfg, device):
@@ -139,6 +130,11 @@ class RunHooks:
         self.val_texts = run.corpus.texts("validation")
         self.samples = (self.val_texts or run.corpus.texts("train"))[:3]
         self.last_val = None
+        self.saved = {}  # step -> folder written by this process
+        self.stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta,
+                                      run.resume_meta.get("early_stopping"))
+        if cfg.extend:  # more steps: the patience counts afresh, the best so far stays the one to beat
+            self.stopping.since_best, self.stopping.stopped_at = 0, None
 
     def restore(self, folder):
         run, trainer = self.run, self.trainer
@@ -164,29 +160,52 @@ class RunHooks:
     def evaluate(self, record):
         run, out = self.run, {}
         msg = f"step {record['step']}: train loss {record['train_loss']:.3f}"
+        improved = False
         if self.val_texts:
             self.last_val = out["val_loss"] = validation_loss(
                 run.model, run.vectors["validation"], run.targets["validation"], self.val_texts,
                 self.cfg.eval_batch_size, run.device)
             msg += f", validation loss {self.last_val:.3f}"
+            improved = self.stopping.update(record["step"], self.last_val)
+            if self.stopping.patience:
+                msg += (" (best so far)" if improved else
+                        f" (best {self.stopping.best:.3f} at step {self.stopping.best_step}; "
+                        f"{self.stopping.since_best}/{self.stopping.patience} checks without improvement)")
         if dist.is_main():
             self.log(msg)
             for ref, pred in zip(self.samples, run.model.reconstruct(self.samples)):
                 self.log(f"  original: {ref}\n  decoded:  {pred}")
+        if improved and self.stopping.patience:
+            out["best_so_far"] = True  # the loop saves this step: the best checkpoint is written when reached
         return out
 
+    def stop_early(self, record):
+        if self.stopping.should_stop:
+            self.stopping.stopped_at = record["step"]
+            self.log(f"early stopping at step {record['step']}: the validation loss has not improved on "
+                     f"{self.stopping.best:.4f} (step {self.stopping.best_step}) for {self.stopping.patience} checks")
+            return True
+        return False
+
     def save(self, step):
-        """Every process takes part (RNG states are gathered); rank 0 writes."""
+        """Every process takes part (RNG states are gathered); rank 0 writes. The best checkpoint
+        of an early-stopping run is kept whatever --save-total-limit says."""
+        if step in self.saved:  # the best checkpoint, written at this step's evaluation
+            return self.saved[step]
         states = dist.gather_objects(rng_state())
         self.meta.update(step=step, val_loss=self.last_val, tokens_seen=self.trainer.tokens_seen,
                          train_seconds=time.time() - self.trainer.t_start)
+        if self.stopping.patience:
+            self.meta["early_stopping"] = self.stopping.state()
         state = {**self.trainer.state_dict(), "rng": states[0],
                  **({"rng_per_rank": states} if dist.world_size() > 1 else {})}
         folder = os.path.join(self.cfg.output_dir, f"checkpoint-{step}")
         if dist.is_main():
+            keep = [self.stopping.best_step] if self.stopping.patience else []
             folder = save_checkpoint(self.cfg.output_dir, step, self.run.model, self.meta, state,
-                                     self.cfg.save_total_limit)
+                                     self.cfg.save_total_limit, protect=keep)
         dist.barrier()
+        self.saved[step] = folder
         return folder
 
     def diverged(self, error):
@@ -197,11 +216,11 @@ class RunHooks:
             + "lower --lr or raise --warmup-steps and start again")
 
 
-def final_evaluation(cfg, run, step, log):
+def final_evaluation(cfg, run, step, log, checkpoint=None):
     split = cfg.eval_split
     out = os.path.join(cfg.output_dir, f"eval-{split}")
     metrics = evaluate_split(run.model, run.corpus, split, out, log=log,
-                             info={"checkpoint": cfg.output_dir, "step": step, "data": cfg.data},
+                             info={"checkpoint": checkpoint or cfg.output_dir, "step": step, "data": cfg.data},
                              num_beams=cfg.num_beams, batch_size=cfg.eval_batch_size, seed=cfg.seed, rerank=cfg.rerank,
                              no_repeat_ngram=cfg.no_repeat_ngram,
                              pool_texts=run.corpus.texts("train"), pool_vectors=run.vectors["train"])
@@ -225,16 +244,24 @@ def train(cfg, log=say):
         run = prepare(cfg, device, log)
         lengths = [len(y) for y in run.targets["train"]]
         batches = Batches(lengths, cfg.batch_size, cfg.seed, cfg.bucket_pool)
-        max_steps = cfg.max_steps or max(1, int(cfg.epochs * batches.per_epoch))
+        max_steps = total_steps(vars(cfg), batches.per_epoch)
+        segments, extension = run_schedule(cfg, max_steps, run.resume_meta, batches.per_epoch)
         padding = {"padding_fraction": batches.padding(),
                    "padding_fraction_unbucketed": Batches(lengths, cfg.batch_size, cfg.seed).padding()}
         log(f"padding: {100 * padding['padding_fraction']:.1f}% of decoder positions"
             + (f" (bucketed in pools of {cfg.bucket_pool} batches; {100 * padding['padding_fraction_unbucketed']:.1f}% "
                "unbucketed)" if cfg.bucket_pool else ""))
         optimizer = make_optimizer(run.model, cfg, device)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, max_steps, cfg.min_lr_ratio))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(segments))
         meta = {"args": asdict(cfg), "git_commit": git_commit(), "data": run.corpus.stats,
-                "decoder_parameters": run.model.decoder_parameters(), "world_size": dist.world_size(), **padding}
+                "decoder_parameters": run.model.decoder_parameters(), "world_size": dist.world_size(), **padding,
+                "max_steps": max_steps, "schedule": segments,
+                "extensions": run.resume_meta.get("extensions", [])}
+        if extension:
+            meta["extensions"] = meta["extensions"] + [{**extension, "git_commit": meta["git_commit"],
+                                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+            log(f"extending the schedule from step {extension['from_step']} to {max_steps}: warmup "
+                f"{cfg.warmup_steps} steps to lr {cfg.lr:g}, cosine down to {cfg.min_lr_ratio:g} of it (recorded in meta.json)")
         if dist.world_size() > 1:  # the same weights everywhere (DDP checks), but each process its own dropout
             torch.manual_seed(cfg.seed + 1000 * dist.rank())
         trainer = Trainer(wrapped_step(run.model, cfg, device), step_batches(run, batches, cfg), optimizer, scheduler,
@@ -244,17 +271,29 @@ def train(cfg, log=say):
         hooks = RunHooks(cfg, run, trainer, meta, log)
         if run.resume_from:
             hooks.restore(run.resume_from)
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # the rate of the next step,
+                group["lr"] = base * lr_factor(segments)(trainer.step)  # which an extension changes
+            if hooks.stopping.stopped_at is not None:  # resumed without --extend: training is over
+                trainer.max_steps = trainer.step
+                log(f"this run stopped early at step {trainer.step}; --extend trains it further")
         if dist.is_main():
             with open(os.path.join(cfg.output_dir, "data.json"), "w") as f:
                 json.dump(run.corpus.stats, f, indent=2)
         trainer.log, trainer.evaluate, trainer.save = hooks.record, hooks.evaluate, hooks.save
+        trainer.stop_early = hooks.stop_early
         run.model.train()
         try:
             trainer.run()
         except TrainingDiverged as e:
             raise hooks.diverged(e) from None
-        log(f"trained {max_steps} steps in {time.time() - t_start:.0f}s; checkpoint in {cfg.output_dir}")
-        metrics = None if cfg.no_eval else final_evaluation(cfg, run, max_steps, log)
+        log(f"trained {trainer.step} steps in {time.time() - t_start:.0f}s; checkpoint in {cfg.output_dir}")
+        step, best = trainer.step, None
+        if hooks.stopping.patience and hooks.stopping.best_step not in (None, step):
+            step, best = hooks.stopping.best_step, os.path.join(cfg.output_dir, f"checkpoint-{hooks.stopping.best_step}")
+            run.model.load_weights(best)
+            log(f"the best checkpoint is step {step} (validation loss {hooks.stopping.best:.4f}): evaluated, "
+                "and what evaluate.py and ReconModel.from_pretrained load from the run folder")
+        metrics = None if cfg.no_eval else final_evaluation(cfg, run, step, log, best)
     log(f"total wall time {time.time() - t_start:.0f}s")
     dist.barrier()
     return run.model, cfg.output_dir, metrics
