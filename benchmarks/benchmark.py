@@ -94,16 +94,19 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile recon's training step, as train.py --compile")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", default="benchmark.json")
+    p.add_argument("--encoder", default=None, help="an encoder folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--data", default=None, help="a text file (default: the packaged Wikipedia summaries)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    enc_spec = EncoderSpec()  # the default: all-MiniLM-L6-v2 [CLS]
+    enc_spec = EncoderSpec(**({"encoder": args.encoder} if args.encoder else {}))  # default: all-MiniLM-L6-v2 [CLS]
     # one prefix slot and no auxiliary loss: the same work as the baseline's one cross-attention slot
     dec_spec = DecoderSpec(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, dropout=0.0,
                            max_target_len=args.max_new_tokens, num_prefix=1, bow_weight=0.0)
     encoder = enc_spec.build().to(device).eval()
-    corpus = DataConfig(max_texts=int(args.sentences * 1.6) + 64).build(encoder.count_tokens, enc_spec.max_length)
+    data = {"data": args.data} if args.data else {}
+    corpus = DataConfig(**data, max_texts=int(args.sentences * 1.6) + 64).build(encoder.count_tokens, enc_spec.max_length)
     texts = corpus.texts("train")[:args.sentences]
     tok = SentencePieceTokenizer.train(texts, args.vocab_size)
     targets = [ids[:args.max_new_tokens] + [tok.eos_id] for ids in tok.encode(texts)]

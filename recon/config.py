@@ -82,6 +82,9 @@ class RunConfig:
         "help": "the GPU's dense bf16 peak in TFLOP/s for the MFU log (0: known from the device name, H100/H200/A100...)"})
     output_dir: Optional[str] = field(default=None, metadata={"help": "run folder (default checkpoints/<run-name>)"})
     run_name: str = field(default="default", metadata={"help": "name of the run folder under checkpoints/"})
+    time_limit: float = field(default=0.0, metadata={
+        "help": "seconds after the run started (set-up included) past which it saves, stops and evaluates at the "
+                "next check, before its schedule ends (0: none): for a machine lent for a fixed time"})
     eval_steps: int = field(default=200, metadata={"help": "validation loss and samples every N steps"})
     save_steps: int = field(default=0, metadata={"help": "write a checkpoint every N steps (0: only at the end)"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept in the run folder"})
@@ -111,7 +114,7 @@ class RunConfig:
     def __post_init__(self):
         for name in ("eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        check(self.save_steps >= 0, "step counts cannot be negative")
+        check(self.save_steps >= 0 and self.time_limit >= 0, "step counts and --time-limit cannot be negative")
         check(self.no_repeat_ngram == 0 or self.no_repeat_ngram >= 2, "--no-repeat-ngram must be 0 (off) or 2 or more")
         check(self.eval_split in ("test", "validation"), f"--eval-split must be test or validation, not {self.eval_split!r}")
         _check_rerank(self.rerank, self.num_beams)

@@ -95,11 +95,13 @@ class Trainer:
                              `best_so_far: True` in it saves a checkpoint at this step
       save(step) -> folder   every save_every steps (0: never), at the end, and on SIGINT/SIGTERM
       stop_early(record) -> bool after each evaluation: True saves and ends the loop (self.stopped_early)
+    With time_limit, the first check past that many seconds evaluates, saves and ends the loop
+    (self.stopped_at_time_limit).
     Raises TrainingDiverged on a non-finite loss, TrainingInterrupted after a signal's save.
     """
 
     def __init__(self, step_fn, batches, optimizer, scheduler, parameters, max_steps, *, device, grad_clip=0.0,
-                 eval_every=1, save_every=0, peak_flops=None, start=0, tokens_seen=0, t_start=None):
+                 eval_every=1, save_every=0, peak_flops=None, start=0, tokens_seen=0, t_start=None, time_limit=0.0):
         self.step_fn, self.batches, self.optimizer, self.scheduler = step_fn, batches, optimizer, scheduler
         self.parameters, self.max_steps, self.device, self.grad_clip = list(parameters), max_steps, device, grad_clip
         self.eval_every, self.save_every, self.peak_flops = eval_every, save_every, peak_flops
@@ -108,6 +110,7 @@ class Trainer:
         self.stop_early = lambda record: False
         self.stopped_early = False
         self.t_start = t_start or time.time()  # `elapsed` in the records counts from here
+        self.time_limit, self.stopped_at_time_limit = time_limit, False  # seconds after t_start (0: none)
 
     def state_dict(self):
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -142,13 +145,16 @@ class Trainer:
                 # one process alone must not stop: under torchrun the signal is agreed at a check
                 if done % CHECK_EVERY and not at_save and not (dist.world_size() == 1 and stop.signum):
                     continue
-                loss, stopping = dist.all_sum([float(window.loss), float(bool(stop.signum))], self.device)
+                out_of_time = bool(self.time_limit) and time.time() - self.t_start > self.time_limit
+                loss, stopping, out_of_time = dist.all_sum(
+                    [float(window.loss), float(bool(stop.signum)), float(out_of_time)], self.device)
+                out_of_time = bool(out_of_time) and done < self.max_steps
                 record = self.check(loss / window.steps, window)
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_second']:,.0f}",
                                 lr=f"{record['lr']:.2e}", refresh=False,  # shown at the bar's next update
                                 **({"mfu": f"{100 * record['mfu']:.1f}%"} if "mfu" in record else {}))
                 early = False
-                if done % self.eval_every == 0 or done == self.max_steps:
+                if done % self.eval_every == 0 or done == self.max_steps or out_of_time:
                     record.update(self.evaluate(record) or {})
                     early = done < self.max_steps and self.stop_early(record)
                     at_save = at_save or bool(record.get("best_so_far"))
@@ -160,6 +166,10 @@ class Trainer:
                     raise TrainingInterrupted(stop.signum or signal.SIGTERM, folder)
                 if early:
                     self.stopped_early = True
+                    break
+                if out_of_time:
+                    self.stopped_at_time_limit = True
+                    self.save(done)
                     break
         bar.close()
 

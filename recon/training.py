@@ -190,13 +190,15 @@ class RunHooks:
     def save(self, step):
         """Every process takes part (RNG states are gathered); rank 0 writes. The best checkpoint
         of an early-stopping run is kept whatever --save-total-limit says."""
-        if step in self.saved:  # the best checkpoint, written at this step's evaluation
+        if step in self.saved and not self.trainer.stopped_at_time_limit:  # the best, written at its evaluation
             return self.saved[step]
         states = dist.gather_objects(rng_state())
         self.meta.update(step=step, val_loss=self.last_val, tokens_seen=self.trainer.tokens_seen,
                          train_seconds=time.time() - self.trainer.t_start)
         if self.stopping.patience:
             self.meta["early_stopping"] = self.stopping.state()
+        if self.trainer.stopped_at_time_limit:
+            self.meta["stopped_at_time_limit"] = step
         state = {**self.trainer.state_dict(), "rng": states[0],
                  **({"rng_per_rank": states} if dist.world_size() > 1 else {})}
         folder = os.path.join(self.cfg.output_dir, f"checkpoint-{step}")
@@ -267,7 +269,7 @@ def train(cfg, log=say):
         trainer = Trainer(wrapped_step(run.model, cfg, device), step_batches(run, batches, cfg), optimizer, scheduler,
                           run.model.parameters(), max_steps, device=device, grad_clip=cfg.grad_clip,
                           eval_every=cfg.eval_steps, save_every=cfg.save_steps,
-                          peak_flops=peak_flops(device, cfg.peak_tflops), t_start=t_start)
+                          peak_flops=peak_flops(device, cfg.peak_tflops), t_start=t_start, time_limit=cfg.time_limit)
         hooks = RunHooks(cfg, run, trainer, meta, log)
         if run.resume_from:
             hooks.restore(run.resume_from)
@@ -286,6 +288,9 @@ def train(cfg, log=say):
             trainer.run()
         except TrainingDiverged as e:
             raise hooks.diverged(e) from None
+        if trainer.stopped_at_time_limit:
+            log(f"stopped at step {trainer.step} of {max_steps}: --time-limit {cfg.time_limit:g} s reached "
+                "(the schedule had not ended; --resume continues it)")
         log(f"trained {trainer.step} steps in {time.time() - t_start:.0f}s; checkpoint in {cfg.output_dir}")
         step, best = trainer.step, None
         if hooks.stopping.patience and hooks.stopping.best_step not in (None, step):

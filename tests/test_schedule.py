@@ -116,3 +116,14 @@ def test_a_finished_run_continues_with_extend_and_records_it(tiny_encoder_dir, d
 
 def test_extend_needs_resume():
     assert train_script.main(["--extend"]) == 2
+
+
+def test_time_limit_stops_saves_and_evaluates(tiny_encoder_dir, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_script.main(run(tiny_encoder_dir, data, out, "--max-steps", "1000", "--eval-steps", "500",
+                                 "--time-limit", "0.001")) == 0
+    assert "stopped at step 10 of 1000: --time-limit" in capsys.readouterr().out
+    assert list_checkpoints(out) == [10] and load_meta(out / "checkpoint-10")["stopped_at_time_limit"] == 10
+    assert "val_loss" in log_records(out)[-1]  # the check it stopped at was evaluated
+    with open(out / "eval-test" / "metrics.json") as f:
+        assert json.load(f)["step"] == 10

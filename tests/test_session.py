@@ -1,0 +1,77 @@
+"""The GPU session script, end to end on the CPU with tiny settings: pack within the size limit,
+run each part as its own command, every result in one folder."""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import sentences
+from recon.session import SessionError, load_plan, main as session_main, pack, unpack
+
+
+@pytest.fixture
+def plan(tiny_encoder_dir, tmp_path):
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(sentences(300)) + "\n")
+    tiny = {"encoder": "pack", "data": "pack:texts.txt", "d_model": 32, "n_layer": 1, "n_head": 2, "vocab_size": 400,
+            "batch_size": 16, "max_steps": 20, "eval_steps": 10, "validation_fraction": 0.1, "test_fraction": 0.1,
+            "cache_dir": "", "device": "cpu"}
+    spec = {"budget_s": 400, "pack": {"encoder": tiny_encoder_dir, "data": [str(data)]}, "base": tiny,
+            "parts": [{"name": "runs", "limit_s": 200, "parallel": 2, "eval_s": 20,
+                       "runs": [{"run_name": "cls"}, {"run_name": "mean", "representation": "mean"}]},
+                      {"name": "sharing", "limit_s": 200, "side_by_side": {"count": 2, "flags": {"max_steps": 5}},
+                       "commands": ["{python} -c \"print(open('{pack:texts.txt}').readline())\" > {results}/first.txt"]}]}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_a_session_packs_runs_each_part_and_keeps_every_result(plan, tiny_encoder_dir, tmp_path, capsys):
+    packed, results = str(tmp_path / "pack"), str(tmp_path / "results")
+    assert session_main(["pack", plan, "--output", packed]) == 0
+    assert "MiB (limit 64 MiB)" in capsys.readouterr().out
+    # the encoder travels in fp16 and is restored to fp32: the weights are the fp16-rounded originals
+    files = unpack(packed, str(tmp_path / "work"))
+    original = load_file(os.path.join(tiny_encoder_dir, "model.safetensors"))
+    restored = load_file(str(tmp_path / "work" / "encoder" / "model.safetensors"))
+    assert restored.keys() == original.keys()
+    assert all(torch.equal(restored[k], original[k].half().float()) for k in original if original[k].is_floating_point())
+    assert open(files["texts.txt"]).read().splitlines() == sentences(300)
+    assert session_main(["plan", packed]) == 0
+    assert "in all 400 s of budget_s 400" in capsys.readouterr().out
+    assert session_main(["run", packed, "--part", "1", "--results", results]) == 0
+    for name in ("cls", "mean"):
+        folder = os.path.join(results, "1-runs", name)
+        metrics = json.load(open(os.path.join(folder, "eval-test", "metrics.json")))
+        assert metrics["num_examples"] > 0 and "control_random_bleu" in metrics
+        assert {"metrics.jsonl", "meta.json", "train.log"} <= set(os.listdir(folder))
+        assert not any(n.startswith("checkpoint-") for n in os.listdir(folder))  # weights stay behind
+    assert json.load(open(os.path.join(results, "1-runs", "mean", "meta.json")))["args"]["representation"] == "mean"
+    part = json.load(open(os.path.join(results, "1-runs", "part.json")))
+    assert part["parallel"] == 2 and all(r["returncode"] == 0 for r in part["runs"].values())
+    assert session_main(["run", packed, "--part", "2", "--results", results]) == 0
+    shared = json.load(open(os.path.join(results, "2-sharing", "part.json")))["side_by_side"]
+    assert shared["speedup"] > 0 and all(r["returncode"] == 0 for m in ("one after another", "side by side")
+                                         for r in shared[m]["runs"].values())
+    assert open(os.path.join(results, "2-sharing", "first.txt")).read().strip() == sentences(300)[0]
+    # a part run again skips what finished
+    assert session_main(["run", packed, "--part", "1", "--results", results]) == 0
+    again = json.load(open(os.path.join(results, "1-runs", "part.json")))
+    assert all(r == {"status": "already finished"} for r in again["runs"].values())
+
+
+def test_plans_and_packs_over_their_limits_are_refused(plan, tmp_path):
+    spec = yaml.safe_load(open(plan))
+    with pytest.raises(SessionError, match="over --limit-mib"):
+        pack(plan, str(tmp_path / "p"), limit_mib=0.01, log=lambda *a: None)
+    assert not os.path.exists(tmp_path / "p") and not os.path.exists(tmp_path / "p.tmp")
+    for change, message in (({"budget_s": 300}, "add up to 400 s, over the plan's budget_s 300"),
+                            ({"parts": [{**spec["parts"][0], "limit_s": 700}]}, "needs limit_s in")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump({**spec, **change}))
+        with pytest.raises(SessionError, match=message):
+            load_plan(str(bad))
