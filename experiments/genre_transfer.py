@@ -1,0 +1,105 @@
+"""Does a decoder trained on one genre read vectors of another? Held-out genres, at the default budget.
+
+    python -m recon.corpora --output data/corpus          # first: the corpus (Debian packages, optional)
+    python experiments/genre_transfer.py --hold-out quotations,technical --output-dir checkpoints/genre_transfer
+
+Trains one run with the default settings on a balanced mix of the corpus' genres (--per-genre
+sentences of each) less the held-out ones, then evaluates it and a Wikipedia-only run (--baseline,
+e.g. the default run) on --eval-per-genre sentences of every genre, drawn from the texts that train.py's hash split puts in the test split
+(so no run with the default split trained on them). A held-out genre is in neither run's training. The sample is drawn with --seed from data/corpus/<genre>.txt; what was drawn
+is written beside the results. Writes results.md and results.json to --output-dir.
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import evaluate as evaluate_script  # noqa: E402
+import train as train_script  # noqa: E402
+from recon.data import split_of  # noqa: E402
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def write(path, texts):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(t + "\n" for t in texts)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", default="data/corpus")
+    p.add_argument("--hold-out", default="quotations,technical", help="comma-separated genres left out of training")
+    p.add_argument("--per-genre", type=int, default=7000, help="training sentences drawn from each trained genre")
+    p.add_argument("--eval-per-genre", type=int, default=500, help="evaluation sentences drawn from each genre")
+    p.add_argument("--baseline", default="checkpoints/default", help="a run trained on the Wikipedia summaries")
+    p.add_argument("--output-dir", default="checkpoints/genre_transfer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("train_args", nargs="*", help="more train.py flags, after --")
+    args = p.parse_args(argv)
+    with open(os.path.join(args.corpus, "sources.json")) as f:
+        genres = sorted(json.load(f)["genres"])
+    held = args.hold_out.split(",")
+    assert set(held) <= set(genres), f"--hold-out names genres not in {genres}"
+    data = os.path.join(args.output_dir, "data")
+    os.makedirs(data, exist_ok=True)
+    rng = random.Random(args.seed)
+    train_texts, evals = [], {}
+    for g in genres:
+        texts = read(os.path.join(args.corpus, f"{g}.txt"))
+        rng.shuffle(texts)
+        # evaluated: texts of the test split by train.py's text hash (default fractions), so that no
+        # run trained with the default split has seen them, whatever file it was trained on
+        test = [t for t in texts if split_of(t, 0.02, 0.05) == "test"]
+        evals[g] = os.path.join(data, f"eval-{g}.txt")
+        write(evals[g], test[:args.eval_per_genre])
+        if g not in held:
+            train_texts += texts[:args.per_genre]  # its test-split texts stay out of training too
+    rng.shuffle(train_texts)
+    mix = os.path.join(data, "train-mix.txt")
+    write(mix, train_texts)
+    run = os.path.join(args.output_dir, "mix")
+    if not os.path.exists(os.path.join(run, "eval-validation", "metrics.json")):
+        flags = ["--data", mix, "--output-dir", run, "--eval-split", "validation", *args.train_args]
+        resume = ["--resume"] if os.path.isdir(run) and any(n.startswith("checkpoint-") for n in os.listdir(run)) else []
+        assert train_script.main(flags + resume) == 0
+    results = {}
+    for name, checkpoint in (("wikipedia only", args.baseline), ("mix", run)):
+        for g in genres:
+            out = os.path.join(args.output_dir, "eval", name.replace(" ", "-"), g)
+            if not os.path.exists(os.path.join(out, "metrics.json")):
+                assert evaluate_script.main(["--checkpoint", checkpoint, "--data", evals[g], "--output-dir", out,
+                                             "--retrieval-pool", "5000"]) == 0
+            with open(os.path.join(out, "metrics.json")) as f:
+                results[(name, g)] = json.load(f)
+    lines = ["| genre | in training of | run | BLEU | token F1 | random / shuffled / retrieval BLEU | "
+             "random / shuffled / retrieval F1 | std cosine | eval texts seen in training |",
+             "|---|---|---|---:|---:|---|---|---:|---:|"]
+    for g in genres:
+        trained = "wikipedia only, mix" if g == "encyclopedia" else ("neither" if g in held else "mix")
+        for name in ("wikipedia only", "mix"):
+            m = results[(name, g)]
+            ctrl = lambda k: " / ".join(f"{m.get(f'control_{c}_{k}', float('nan')):.2f}"  # noqa: E731
+                                         for c in ("random", "shuffled", "retrieval"))
+            lines.append(f"| {g} | {trained} | {name} | {m['bleu']:.2f} | {m['token_f1']:.2f} | {ctrl('bleu')} | "
+                         f"{ctrl('token_f1')} | {m['cosine_standardized']:.3f} | {m['overlap_texts_in_train']} |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+        f.write(f"Held out: {', '.join(held)}; {args.per_genre} training sentences per trained genre, "
+                f"{args.eval_per_genre} evaluated per genre, seed {args.seed}.\n\n{table}\n")
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump({f"{n}|{g}": {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
+                   for (n, g), m in results.items()}, f, indent=2)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
