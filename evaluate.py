@@ -4,6 +4,8 @@ CPU, the test split of the data the checkpoint was trained on:
     python evaluate.py --checkpoint checkpoints/default --output-dir checkpoints/default/eval
 Any other text (a .txt/.jsonl/.csv file; evaluates all of it by default), with beam search on a GPU:
     python evaluate.py --checkpoint checkpoints/default --data my.txt --num-beams 4 --device cuda --output-dir out/
+A corrector (train.py --base-model), 5 correction steps with a sequence beam of 4:
+    python evaluate.py --checkpoint checkpoints/corrector --correction-steps 5 --correction-beam 4 --output-dir out/
 Sharded over 8 GPUs (each process decodes every 8th text; rank 0 gathers them and writes):
     torchrun --standalone --nproc_per_node 8 evaluate.py --checkpoint checkpoints/default --device cuda --output-dir out/
 `python evaluate.py --help` lists every flag.
@@ -15,6 +17,7 @@ from recon import distributed
 from recon.cache import DEFAULT_CACHE_DIR
 from recon.checkpoint import load_meta, resolve_checkpoint
 from recon.config import EvalConfig, ProbeSettings, parse
+from recon.corrector import correction_table, evaluate_correction
 from recon.data import DataConfig, DataError, describe
 from recon.device import keep_freed_memory
 from recon.errors import ReconError, print_error
@@ -51,6 +54,9 @@ def main(argv=None):
         model = ReconModel.from_pretrained(folder, encoder=cfg.encoder, representation=cfg.representation,
                                            device=distributed.setup(cfg.device))
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
+        if model.base is None and (cfg.correction_steps or cfg.correction_beam > 1):
+            raise ReconError(f"{folder} is not a corrector: --correction-steps needs a checkpoint trained with "
+                             "`python train.py --base-model RUN_DIR`")
         meta = load_meta(folder)
         dcfg, same = DataConfig.from_meta(meta.get("args", {}), data=cfg.data, text_field=cfg.text_field,
                                           sentence_split=cfg.sentence_split)
@@ -65,10 +71,17 @@ def main(argv=None):
                                  max_examples=cfg.max_examples, num_beams=cfg.num_beams,
                                  length_penalty=cfg.length_penalty, batch_size=cfg.batch_size, seed=cfg.seed,
                                  no_repeat_ngram=cfg.no_repeat_ngram,
-                                 rerank=cfg.rerank,
+                                 rerank=cfg.rerank, correction_steps=cfg.correction_steps,
+                                 correction_beam=cfg.correction_beam,
                                  pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")
         say(headline_table(metrics))
+        if model.base is not None and distributed.is_main():
+            steps = model.correction_steps if cfg.correction_steps is None else cfg.correction_steps
+            say(f"\ncorrection, step by step, beside its ablations (correction.md in {cfg.output_dir}):")
+            result = evaluate_correction(model, corpus.texts(split)[:cfg.max_examples], steps, cfg.correction_beam,
+                                         cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say)
+            say(correction_table(result))
         if cfg.probes and distributed.is_main():
             probe_checkpoint(folder, model, part(ProbeSettings, cfg), cfg.output_dir, DEFAULT_CACHE_DIR,
                              cfg.batch_size, cfg.seed, say)

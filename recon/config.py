@@ -18,6 +18,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from recon.cache import DEFAULT_CACHE_DIR
+from recon.corrector import CORRECTOR_OWN, CorrectionSpec
 from recon.data import DataConfig
 from recon.decoder import DecoderSpec
 from recon.encoder import EncoderSpec
@@ -126,14 +127,17 @@ class RunConfig:
 
 
 # what a resumed run must share with the run it continues: every field that changes the numbers
-TRAINED_WITH = (DataConfig, EncoderSpec, DecoderSpec, TokenizerSpec, OptimConfig)
+TRAINED_WITH = (DataConfig, EncoderSpec, DecoderSpec, TokenizerSpec, OptimConfig, CorrectionSpec)
+# what a corrector takes from its base run (--base-model), so the command line leaves it unset
+FROM_BASE = (DataConfig, EncoderSpec, DecoderSpec, TokenizerSpec)
 # what --extend may change: the length and shape of the added schedule segment, and when to stop
 EXTENDABLE = ("max_steps", "epochs", "lr", "warmup_steps", "min_lr_ratio", "early_stopping_patience",
               "early_stopping_min_delta")
 
 
 @dataclass
-class TrainConfig(ModelSpecs, RunConfig, OptimConfig, TokenizerSpec, DecoderSpec, EncoderSpec, DataConfig):
+class TrainConfig(ModelSpecs, RunConfig, CorrectionSpec, OptimConfig, TokenizerSpec, DecoderSpec, EncoderSpec,
+                  DataConfig):
     """Every flag of train.py: the specs of the model's parts, how they are trained and run."""
 
     def __post_init__(self):
@@ -141,6 +145,13 @@ class TrainConfig(ModelSpecs, RunConfig, OptimConfig, TokenizerSpec, DecoderSpec
             spec.__post_init__(self)
         check(not self.early_stopping_patience or self.validation_fraction > 0,
               "--early-stopping-patience watches the validation loss: give --validation-fraction above 0")
+        check(self.base_model or self.decoder_type != "corrector",
+              "--decoder-type corrector corrects a base run: give --base-model RUN_DIR (it sets the type)")
+        if self.base_model and self.decoder_type != "corrector":  # not yet filled in from the base run
+            defaults = {f.name: f.default for f in fields(self)}
+            set_here = sorted(k for k in field_names(*FROM_BASE) - set(CORRECTOR_OWN) if getattr(self, k) != defaults[k])
+            check(not set_here, f"with --base-model the encoder, vocabulary, decoder shape and data are the base "
+                                f"run's; drop {set_here}")
 
     def changed_from(self, recorded):
         """The fields that change the numbers and differ from `recorded` (meta "args"; a field
@@ -193,6 +204,12 @@ class EvalConfig(ProbeSettings):
         "help": "the representation you expect; a checkpoint trained on another is refused"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda ..."})
     seed: int = field(default=0, metadata={"help": "seed of the random-vector control (and of the probes)"})
+    correction_steps: Optional[int] = field(default=None, metadata={
+        "help": "a corrector checkpoint: correct the base's output this many times (default 1), and write "
+                "correction.md/.json/.png: every step beside the no-feedback and random-target ablations"})
+    correction_beam: int = field(default=1, metadata={
+        "help": "a corrector: keep this many candidates per sentence at each step, those whose re-encoded "
+                "vectors are closest to the target (vec2text's sequence beam)"})
     probes: bool = field(default=False, metadata={
         "help": "also train the probes (recon/probes.py) on the checkpoint's vectors of its training data and set "
                 "its decoder beside them: probes.md in --output-dir"})
@@ -206,6 +223,8 @@ class EvalConfig(ProbeSettings):
         _check_rerank(self.rerank, self.num_beams)
         check(self.retrieval_pool is None or self.retrieval_pool >= 0, "--retrieval-pool cannot be negative")
         check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
+        check(self.correction_steps is None or self.correction_steps >= 0, "--correction-steps cannot be negative")
+        check(self.correction_beam >= 1, "--correction-beam must be at least 1")
 
 
 @dataclass

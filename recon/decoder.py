@@ -54,6 +54,9 @@ class DecoderSpec:
                 "scaled by a learned gate per position, to the decoder's logits at every position"})
     bow_hidden: int = field(default=0, metadata={
         "help": "the bag-of-words head: 0, a linear map of the vector; N, one hidden layer of N units (GELU)"})
+    corrector_init: str = field(default="zero", metadata={
+        "help": "a corrector's gate on what it reads of the hypothesis starts at zero (it begins as its base "
+                "decoder) or one (the hypothesis at full strength from the first step)"})
     coverage: bool = field(default=True, metadata={
         "help": "subtract from each token's logit a learned penalty of that token times the times it was "
                 "already written (coverage, after See et al. 2017): a decoder that can learn not to repeat itself"})
@@ -66,6 +69,7 @@ class DecoderSpec:
         check(self.condition in CONDITIONS, f"--condition must be one of {CONDITIONS}, not {self.condition!r}")
         check(self.bow_weight >= 0, f"--bow-weight cannot be negative, not {self.bow_weight}")
         check(self.bow_hidden >= 0, f"--bow-hidden must be 0 (linear) or more, not {self.bow_hidden}")
+        check(self.corrector_init in ("zero", "one"), f"--corrector-init must be zero or one, not {self.corrector_init!r}")
 
     def build(self, vector_dim, vocab_size):
         check(self.decoder_type in DECODERS,
@@ -113,23 +117,30 @@ class Block(nn.Module):
         self.dropout = dropout
         self.resid_drop = nn.Dropout(dropout)
 
-    def attention(self, x, cache, layer):
+    def attention(self, x, cache, layer, keep=None):
+        """keep: None, or (B, S) bools of the key positions that may be attended to (False: padding
+        inside the sequence, a corrector's short hypothesis), S covering every position so far."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        else:
-            start, end = cache.pos, cache.pos + T
+        start = cache.pos if cache is not None else 0
+        end = start + T
+        if cache is not None:
             cache.k[layer, :, :, start:end] = k
             cache.v[layer, :, :, start:end] = v
             k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+        drop = self.dropout if self.training and cache is None else 0.0
+        if keep is None:
             # the first call fills a block of positions (causal within it); later calls add one
             # position that may attend to everything before it
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and T > 1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and T > 1, dropout_p=drop)
+        else:
+            causal = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)  # (T, end)
+            mask = causal[None, None] & keep[:, None, None, :end]  # (B, 1, T, end)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.resid_drop(self.attention(self.ln1(x), cache, layer))
+    def forward(self, x, cache=None, layer=0, keep=None):
+        x = x + self.resid_drop(self.attention(self.ln1(x), cache, layer, keep))
         x = x + self.resid_drop(self.mlp(self.ln2(x)))
         return x
 
@@ -236,10 +247,7 @@ class Decoder(nn.Module):
             B = vectors.shape[0]
             z = self.standardize(vectors)
             parts.append(self.prefix(z).view(B, self.num_prefix, self.d_model))  # (B, k, D)
-            if self.add is not None:
-                rows["cond"] = self.add(z)  # (B, D)
-            if self.prior_gate is not None:
-                rows["prior"] = self.bow_logprobs(z)  # (B, V)
+            rows = self.vector_rows(z)
             if cache is not None:
                 cache.rows = rows
         elif cache is not None:
@@ -252,15 +260,30 @@ class Decoder(nn.Module):
             raise ValueError(f"sequence of {start + x.shape[1]} positions exceeds the decoder's {self.max_positions}")
         pos = torch.arange(start, start + x.shape[1], device=x.device)
         x = x + self.pos_emb(pos)
+        return self.run_blocks(x, rows, input_ids, cache, self.num_prefix if vectors is not None else 0)
+
+    def vector_rows(self, z):
+        """What later positions use of the standardised vectors z (B, Dv): the added condition, the
+        bag-of-words prior."""
+        rows = {}
+        if self.add is not None:
+            rows["cond"] = self.add(z)  # (B, D)
+        if self.prior_gate is not None:
+            rows["prior"] = self.bow_logprobs(z)  # (B, V)
+        return rows
+
+    def run_blocks(self, x, rows, input_ids, cache, n_prefix):
+        """The embedded positions x (B, P+T, D) through the blocks to logits (B, T, V) of the
+        token positions (the first n_prefix positions predict nothing)."""
         if "cond" in rows:
             x = x + rows["cond"][:, None]
         x = self.drop(x)
+        keep = rows.get("keep")
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = block(x, cache, i, keep)
         if cache is not None:
             cache.pos += x.shape[1]
-        if vectors is not None:
-            x = x[:, self.num_prefix:]  # only token positions predict tokens
+        x = x[:, n_prefix:]  # only token positions predict tokens
         x = self.ln_f(x)
         logits = F.linear(x, self.tok_emb.weight)  # tied input/output embeddings: (B, T, V)
         if "prior" in rows:  # what the vector says the sentence holds, as much as each position wants

@@ -96,7 +96,7 @@ def _decode(model, vectors, rerank, gen):
 
 
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
-             pool_texts=None, pool_vectors=None, no_repeat_ngram=0, log=print):
+             pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print):
     """Score `model` on `texts`; lengths: encoder-token length of each text.
 
     pool_texts: the training texts for the retrieval control and the overlap check (none: skipped);
@@ -109,6 +109,8 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     if rerank not in ("none", "embedding"):
         raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
     gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram)
+    if model.base is not None:  # a corrector: every output (controls too) is the base's, corrected
+        gen.update(correction_steps=correction_steps, correction_beam=correction_beam)
     t0 = time.time()
     # under torchrun each process encodes and decodes its shard, and all get the whole result back
     def encode(xs):
@@ -165,7 +167,9 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         **unreachable_under_ban(model, texts, no_repeat_ngram),
         "decoding": {"strategy": "beam" if num_beams > 1 else "greedy", "num_beams": num_beams,
                      "length_penalty": length_penalty, "rerank": rerank, "no_repeat_ngram": no_repeat_ngram,
-                     "max_new_tokens": model.config.max_target_len + 1},
+                     "max_new_tokens": model.config.max_target_len + 1,
+                     **({"correction_steps": model.correction_steps if correction_steps is None else correction_steps,
+                         "correction_beam": correction_beam} if model.base is not None else {})},
         "controls": {"random": "Gaussian vectors with the mean and covariance of the evaluated vectors",
                      "shuffled": "each text decoded from another evaluated text's vector",
                      "retrieval": "the training text with the closest vector by cosine (standardised)"},

@@ -36,6 +36,7 @@ class ReconConfig(ModelSpecs, DecoderSpec, EncoderSpec):
     pad_id: int
     decoder_tokenizer: str = "sentencepiece"
     encoder_fingerprint: dict = field(default_factory=dict)
+    base_model: str = ""  # a corrector's: the checkpoint of the base model it corrects
 
     def __post_init__(self):  # each part checks its own fields
         self.encoder_spec, self.decoder_spec
@@ -69,6 +70,17 @@ class ReconModel(nn.Module):
         self.tokenizer = decoder_tokenizer
         self.decoder = config.decoder_spec.build(config.vector_dim, config.vocab_size)
         set_trainable(self.encoder, self.trains_encoder, config.finetune_layers)
+        self.__dict__["_base"] = None  # a corrector's base model: not a submodule (its weights are its own)
+        self.correction_steps = 1  # a corrector's steps when none are asked for
+        self.folder = None  # the checkpoint it was loaded from
+
+    @property
+    def base(self):
+        """A corrector's base model (recon/corrector.py), whose output it corrects; else None."""
+        return self.__dict__["_base"]
+
+    def attach_base(self, base):
+        self.__dict__["_base"] = base
 
     @property
     def trains_encoder(self):
@@ -79,7 +91,7 @@ class ReconModel(nn.Module):
         return self.config.encoder_spec.saved_with_decoder
 
     @classmethod
-    def from_encoder(cls, encoder, decoder_tokenizer, encoder_spec, decoder_spec=None):
+    def from_encoder(cls, encoder, decoder_tokenizer, encoder_spec, decoder_spec=None, base_model=""):
         """A fresh model around an Encoder (built from encoder_spec) and a decoder vocabulary."""
         read = {"representation": encoder.representation, "layer": encoder.layer, "max_length": encoder.max_length,
                 "cls_init": encoder.cls_init}
@@ -91,6 +103,7 @@ class ReconModel(nn.Module):
             vector_dim=encoder.dim, vocab_size=t.vocab_size, bos_id=t.bos_id, eos_id=t.eos_id, pad_id=t.pad_id,
             decoder_tokenizer=t.kind,
             encoder_fingerprint=getattr(encoder, "base_fingerprint", None) or fingerprint(encoder.model),
+            base_model=base_model,
         )
         return cls(config, encoder, decoder_tokenizer)
 
@@ -127,11 +140,14 @@ class ReconModel(nn.Module):
 
     @torch.no_grad()
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
-                              return_all=False, no_repeat_ngram=0):
+                              return_all=False, no_repeat_ngram=0, correction_steps=None, correction_beam=1):
         """(N, vector_dim) vectors from anywhere -> list of N strings.
 
         return_all (beam search): also return every beam, best first, as N lists of (text, score).
         no_repeat_ngram: never write the same n-gram of decoder tokens twice (0: off).
+        correction_steps, correction_beam (a corrector checkpoint only): the base model's output,
+        corrected this many times (default self.correction_steps), keeping correction_beam
+        candidates per sentence by the cosine of their re-encoded vectors to the target.
         """
         vectors = torch.as_tensor(vectors)
         if vectors.dim() == 1:
@@ -141,6 +157,24 @@ class ReconModel(nn.Module):
                 f"vectors of shape {tuple(vectors.shape)} do not fit this model: it decodes "
                 f"(N, {self.config.vector_dim}) vectors ({self.config.representation} of {self.config.encoder})"
             )
+        if self.base is None:
+            if correction_steps:
+                raise ValueError("this model has no corrector: train one with `python train.py --base-model RUN_DIR` "
+                                 "and load that checkpoint to correct")
+            return self.decode_rows(vectors, num_beams, length_penalty, max_new_tokens, batch_size, return_all,
+                                    no_repeat_ngram)
+        if return_all:
+            raise ValueError("return_all is not available with correction; correction_beam keeps the closest candidates")
+        from recon.corrector import correct
+        steps = self.correction_steps if correction_steps is None else correction_steps
+        outputs, _ = correct(self, vectors, steps, correction_beam, batch_size=batch_size, num_beams=num_beams,
+                             no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty)
+        return outputs[-1]
+
+    @torch.no_grad()
+    def decode_rows(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
+                    return_all=False, no_repeat_ngram=0):
+        """The decoder's own inputs (N, ...) -> N strings: vectors, or a corrector's rows."""
         if return_all and num_beams == 1:
             raise ValueError("return_all needs num_beams > 1")
         c, out, beams = self.config, [], []
@@ -215,6 +249,18 @@ class ReconModel(nn.Module):
         """
         folder = resolve_checkpoint(path)
         config = ReconConfig.load(folder)
+        if config.base_model:  # a corrector: its base model first, whose encoder it shares
+            if not os.path.isdir(config.base_model):
+                raise CheckpointError(f"{folder} corrects the model in {config.base_model}, which is not there; "
+                                      "put the base run back at that path")
+            base = cls.from_pretrained(config.base_model, encoder=encoder, representation=representation, device=device)
+            self = cls(config, base.encoder, base.tokenizer)
+            self.attach_base(base)
+            self.folder = folder
+            self.load_weights(folder)
+            if device is not None:
+                self.to(device)
+            return self.eval()
         if representation is not None and representation != config.representation:
             raise CheckpointError(
                 f"{folder} decodes {config.representation!r} vectors, not {representation!r}; "
@@ -232,6 +278,7 @@ class ReconModel(nn.Module):
         except (OSError, RuntimeError) as e:
             raise CheckpointError(f"{folder}: the decoder vocabulary is missing or corrupt ({e})") from None
         self = cls(config, enc, dec_tok)
+        self.folder = folder
         self.load_weights(folder)
         if device is not None:
             self.to(device)

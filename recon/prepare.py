@@ -20,6 +20,7 @@ from recon.checkpoint import (RunLock, clear_run_dir, holds_a_run, list_checkpoi
                               resumable)
 from recon.data import Corpus, DataConfig, describe
 from recon.config import EXTENDABLE
+from recon.corrector import hypothesis_rows, warm_start
 from recon.errors import ConfigError, ReconError
 from recon.model import ReconModel
 from recon.progress import progress
@@ -37,6 +38,7 @@ class Prepared:
     train_ids: Optional[list]  # encoder input ids of the training texts, when the encoder runs in the step
     resume_from: Optional[str]  # the checkpoint this run continues
     resume_meta: dict
+    pool_vectors: Optional[torch.Tensor] = None  # a corrector's: every training text's vector (the retrieval pool)
 
 
 def on_rank0(fn):
@@ -124,7 +126,7 @@ def decoder_vocabulary(cfg, train_texts, encoder, resume_from):
 
 def decoder_targets(tokenizer, texts, max_len):
     """Token ids ending in [EOS], cut to max_len tokens; and how many were cut."""
-    ids = tokenizer.encode(texts)
+    ids = tokenizer.encode(texts) if texts else []  # an empty split (a fraction of 0) has no targets
     return [x[:max_len] + [tokenizer.eos_id] for x in ids], sum(len(x) > max_len for x in ids)
 
 
@@ -144,18 +146,27 @@ def frozen_vectors(cfg, model, texts, log):
 
 
 def prepare(cfg, device, log=print):
-    """Build the run `cfg` describes, in order (the caller holds the run folder's lock)."""
+    """Build the run `cfg` describes, in order (the caller holds the run folder's lock). A corrector
+    run (--base-model, its settings already the base's: corrector.adopt_base) shares the base's
+    encoder and vocabulary, starts from its decoder, and reads rows of its hypotheses."""
     resume_from, resume_meta = find_resume(cfg) if cfg.resume else (None, {})
-    encoder = cfg.encoder_spec.build()
+    base = ReconModel.from_pretrained(cfg.base_model, device=device) if cfg.base_model else None
+    encoder = base.encoder if base else cfg.encoder_spec.build()
     corpus = load_data(cfg, encoder, log)
     if resume_from and resume_meta["data"]["corpus_hash"] != corpus.stats["corpus_hash"]:
         raise ConfigError(f"--resume: the data is not what {resume_from} was trained on (corpus hash differs)")
     texts = {s: corpus.texts(s) for s in ("train", "validation")}
-    tokenizer = decoder_vocabulary(cfg, texts["train"], encoder, resume_from)
-    model = ReconModel.from_encoder(encoder, tokenizer, cfg.encoder_spec, cfg.decoder_spec).to(device)
+    tokenizer = base.tokenizer if base else decoder_vocabulary(cfg, texts["train"], encoder, resume_from)
+    model = ReconModel.from_encoder(encoder, tokenizer, cfg.encoder_spec, cfg.decoder_spec,
+                                    base_model=cfg.base_model or "").to(device)
+    if base:
+        model.attach_base(base)
+        warm_start(model.decoder, base.decoder)  # and with it the base's vector statistics
     world = dist.world_size()
     log(f"decoder: {model.decoder_parameters() / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size} "
         f"({tokenizer.kind}); device {device}" + (f", {world} processes (DDP)" if world > 1 else ""))
+    if base and cfg.hypotheses:  # a corrector learns from the hypotheses of the first N training texts
+        texts["train"] = texts["train"][:cfg.hypotheses]
     targets = {}
     for split, xs in texts.items():
         targets[split], cut = decoder_targets(tokenizer, xs, cfg.max_target_len)
@@ -163,15 +174,26 @@ def prepare(cfg, device, log=print):
             corpus.stats["train_targets_truncated"] = cut
             if cut:
                 log(f"{cut} training texts are longer than --max-target-len {cfg.max_target_len} decoder tokens: truncated")
-    vectors, train_ids = {"train": None, "validation": None}, None
+    vectors, train_ids, pool = {"train": None, "validation": None}, None, None
     if not model.trains_encoder and cfg.cls_init != "random-per-forward":  # frozen and deterministic
-        vectors.update(frozen_vectors(cfg, model, texts, log))
-        model.decoder.set_vector_stats(vectors["train"])
+        if base:  # every training text's vector (the retrieval control's pool); the first N are the corrector's
+            vectors.update(frozen_vectors(cfg, model, {**texts, "train": corpus.texts("train")}, log))
+            pool = vectors["train"]
+            vectors["train"] = pool[:len(texts["train"])]
+        else:
+            vectors.update(frozen_vectors(cfg, model, texts, log))
+        if base:  # the corrector reads rows: target vector, the base's hypothesis and its vector
+            for split in ("train", "validation"):
+                if texts[split]:
+                    vectors[split], _ = hypothesis_rows(base, model.decoder, vectors[split], texts[split], cfg.cache_dir,
+                                                        cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size)
+        else:
+            model.decoder.set_vector_stats(vectors["train"])
         vectors["train"] = vectors["train"].to(device)  # indexed on the device in every step
     else:  # the encoder runs in every step; standardise with the statistics it starts from
         model.decoder.set_vector_stats(encoder.encode(texts["train"][:4096], cfg.eval_batch_size))
         train_ids = encoder.token_ids(texts["train"])  # tokenised once, not in every step
-    return Prepared(device, corpus, model, targets, vectors, train_ids, resume_from, resume_meta)
+    return Prepared(device, corpus, model, targets, vectors, train_ids, resume_from, resume_meta, pool)
 
 
 def set_seed(seed):

@@ -1,6 +1,6 @@
 """A GPU session in one command per part: pack what the machine needs, run the plan, keep every result.
 
-    python -m recon.session pack experiments/gpu_session.yaml --output session_pack   # here: at most 64 MiB
+    python -m recon.session pack experiments/sessions/gpu.yaml --output session_pack   # here: at most 64 MiB
     python -m recon.session plan session_pack                                          # the parts and budgets
     python -m recon.session run session_pack --part 1 --results results/               # there: each part one command
 

@@ -12,7 +12,7 @@ from recon.encoder import EncoderSpec
 # and must be read as it was trained, whatever the default is now
 UNRECORDED = {"decoder_type": "transformer", "condition": "prefix", "bow_weight": 0.0, "num_prefix": 1,
               "bow_prior": False, "coverage": False, "bow_hidden": 0,
-              "encoder_dropout": True}
+              "encoder_dropout": True, "corrector_init": "one"}
 
 
 def with_unrecorded(recorded):

@@ -23,6 +23,7 @@ from recon import distributed as dist
 from recon.batching import Batches, pad_batch
 from recon.checkpoint import (git_commit, list_checkpoints, load_trainer_state, append_log, save_checkpoint,
                               truncate_log)
+from recon.corrector import adopt_base
 from recon.device import autocast, to_device
 from recon.encoder import SCRATCH
 from recon.errors import ConfigError
@@ -225,7 +226,8 @@ def final_evaluation(cfg, run, step, log, checkpoint=None):
                              info={"checkpoint": checkpoint or cfg.output_dir, "step": step, "data": cfg.data},
                              num_beams=cfg.num_beams, batch_size=cfg.eval_batch_size, seed=cfg.seed, rerank=cfg.rerank,
                              no_repeat_ngram=cfg.no_repeat_ngram,
-                             pool_texts=run.corpus.texts("train"), pool_vectors=run.vectors["train"])
+                             pool_texts=run.corpus.texts("train"),
+                             pool_vectors=run.vectors["train"] if run.pool_vectors is None else run.pool_vectors)
     log(f"\n{split} split ({metrics['num_examples']} sentences, report in {out}/report.md):\n{headline_table(metrics)}")
     return metrics
 
@@ -237,6 +239,8 @@ def train(cfg, log=say):
     writes files, and every process returns the same model and metrics.
     """
     t_start = time.time()
+    if cfg.base_model:
+        adopt_base(cfg)  # a corrector: the base run's encoder, vocabulary, decoder shape and data
     device = dist.setup(cfg.device)
     log = log if dist.is_main() else (lambda *a, **k: None)
     if cfg.batch_size < dist.world_size():

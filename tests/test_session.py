@@ -75,3 +75,17 @@ def test_plans_and_packs_over_their_limits_are_refused(plan, tmp_path):
         bad.write_text(yaml.safe_dump({**spec, **change}))
         with pytest.raises(SessionError, match=message):
             load_plan(str(bad))
+
+
+def test_the_shipped_plan_fits_the_lent_machine_and_names_real_flags():
+    from dataclasses import fields
+
+    from recon.config import TrainConfig
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "sessions")
+    for name in os.listdir(root):
+        plan = load_plan(os.path.join(root, name))  # limits: each part <= 600 s, all <= budget_s <= 1500 s
+        assert plan["budget_s"] <= 1500 and plan["command_limit_s"] <= 600
+        known = {f.name for f in fields(TrainConfig)}
+        for part in plan["parts"]:
+            for flags in [plan["base"], *part.get("runs", []), part.get("side_by_side", {}).get("flags", {})]:
+                assert set(flags) <= known, set(flags) - known

@@ -1,0 +1,335 @@
+"""Iterative correction (after vec2text, Morris et al. 2023): a decoder that reads the target
+vector, a hypothesis and the hypothesis's own re-encoded vector, and writes the text again; run in
+a loop, each step's output is the next step's hypothesis.
+
+    python train.py --base-model checkpoints/default --run-name corrector     # trains a corrector for that run
+    python evaluate.py --checkpoint checkpoints/corrector --correction-steps 5 --output-dir out/
+
+The corrector is a decoder class like any (registered as "corrector"). What it reads of a sentence
+is one row: [target vector | hypothesis vector | hypothesis token ids (as floats, -1 past the
+end)], so batched greedy and beam decoding run on it unchanged. Its prefix: `num_prefix` slots
+each from the target vector, the hypothesis vector and their difference (all standardised with the
+base's statistics), then the hypothesis's tokens with their own positions, then [BOS] and the text
+it writes. It starts from the base decoder's weights; what is new starts small. It is trained on
+the base model's greedy hypotheses for the training split (decoded and re-encoded once, cached).
+"""
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from recon.decoder import Decoder, register_decoder
+from recon.errors import ConfigError, check
+from recon.progress import progress
+
+
+CORRECTOR_OWN = ("corrector_init",)  # decoder fields a corrector run sets itself, not taken from the base
+
+
+@dataclass
+class CorrectionSpec:
+    """What a corrector run corrects: the base run whose hypotheses it reads."""
+
+    base_model: Optional[str] = field(default=None, metadata={
+        "help": "train a corrector for this run (folder or checkpoint) instead of a decoder: the encoder, "
+                "vocabulary, decoder shape and data are the base run's"})
+    hypotheses: int = field(default=8192, metadata={
+        "help": "the corrector learns from the base's hypotheses of this many training texts (decoded once "
+                "and cached; 0: all of the training split)"})
+    hypothesis_repeat_ngram: int = field(default=3, metadata={
+        "help": "the base's hypotheses for training are decoded greedily with this no-repeat n-gram ban "
+                "(as the evaluation decodes; 0: off)"})
+
+    def __post_init__(self):
+        check(self.hypotheses >= 0, "--hypotheses must be 0 (all) or more")
+        check(self.hypothesis_repeat_ngram == 0 or self.hypothesis_repeat_ngram >= 2,
+              "--hypothesis-repeat-ngram must be 0 (off) or 2 or more")
+
+
+@register_decoder("corrector")
+class Corrector(Decoder):
+    """A Decoder whose input row is [target vector | hypothesis vector | hypothesis ids]."""
+
+    def __init__(self, spec, vector_dim, vocab_size):
+        super().__init__(spec, vector_dim, vocab_size)
+        k, D = spec.num_prefix, spec.d_model
+        self.vector_dim, self.hyp_len = vector_dim, spec.max_target_len
+        self.hyp_prefix = nn.Linear(vector_dim, k * D)
+        self.diff_prefix = nn.Linear(vector_dim, k * D)
+        self.slot_pos = nn.Parameter(torch.zeros(2 * k, D))
+        self.hyp_pos = nn.Embedding(self.hyp_len, D)
+        self.hyp_segment = nn.Parameter(torch.zeros(D))
+        for m in (self.hyp_prefix, self.diff_prefix, self.hyp_pos):
+            self._init_weights(m)
+        # how much of the hypothesis reaches the decoder: 0 at first, so that a warm start begins as
+        # the base decoder (nearly: the new positions still take a share of attention)
+        self.hyp_gate = nn.Parameter(torch.zeros(())) if spec.corrector_init == "zero" else None
+
+    @property
+    def row_width(self):
+        return 2 * self.vector_dim + self.hyp_len
+
+    @property
+    def max_positions(self):  # the cache holds the slots, the hypothesis and the output
+        return self.pos_emb.num_embeddings + 2 * self.num_prefix + self.hyp_len
+
+    def rows(self, targets, hyp_vectors, hyp_ids):
+        """(N, row_width) inputs from target vectors, hypothesis vectors and hypothesis token ids."""
+        ids = torch.full((len(hyp_ids), self.hyp_len), -1.0)
+        for i, x in enumerate(hyp_ids):
+            x = x[:self.hyp_len]
+            ids[i, :len(x)] = torch.tensor(x, dtype=torch.float)
+        return torch.cat([targets.float().cpu(), hyp_vectors.float().cpu(), ids], dim=1)
+
+    def standardize(self, vectors):
+        """Vectors (N, Dv), or rows (N, row_width): their target vectors, standardised."""
+        return super().standardize(vectors[:, :self.vector_dim])
+
+    def bow_loss(self, rows, targets, ignore_id):
+        return super().bow_loss(rows[:, :self.vector_dim], targets, ignore_id)
+
+    def flops_per_token(self, target_len):
+        return super().flops_per_token(target_len) * (2 * target_len + 3 * self.num_prefix) / (target_len + self.num_prefix)
+
+    def forward(self, vectors=None, input_ids=None, cache=None):
+        k, D = self.num_prefix, self.d_model
+        parts, rows, n_prefix = [], {}, 0
+        if vectors is not None:
+            B, Dv = vectors.shape[0], self.vector_dim
+            zt, zh = self.standardize(vectors), super().standardize(vectors[:, Dv:2 * Dv])
+            ids = vectors[:, 2 * Dv:].long()  # (B, hyp_len), -1 past the end
+            H = max(1, int((ids >= 0).sum(1).max()))  # the batch's longest hypothesis
+            ids = ids[:, :H]
+            parts.append(self.prefix(zt).view(B, k, D) + self.pos_emb.weight[:k])  # (B, k, D)
+            slots = torch.cat([self.hyp_prefix(zh), self.diff_prefix(zt - zh)], 1).view(B, 2 * k, D)
+            hyp = self.tok_emb(ids.clamp(min=0)) + self.hyp_pos.weight[:H] + self.hyp_segment  # (B, H, D)
+            read = [slots + self.slot_pos, hyp * (ids >= 0)[..., None]]  # (B, 2k, D), (B, H, D)
+            parts += [self.hyp_gate * x for x in read] if self.hyp_gate is not None else read
+            n_prefix = 3 * k + H
+            rows = self.vector_rows(zt)
+            # attention never reads the padding after a short hypothesis: a sentence's output does
+            # not depend on the hypotheses batched with it
+            keep = torch.ones(B, self.max_positions if cache is not None else n_prefix + (
+                input_ids.shape[1] if input_ids is not None else 0), dtype=torch.bool, device=vectors.device)
+            keep[:, 3 * k:n_prefix] = ids >= 0
+            rows["keep"] = keep
+            if cache is not None:
+                cache.rows, cache.n_prefix = rows, n_prefix
+        elif cache is not None:
+            rows, n_prefix = cache.rows, cache.n_prefix
+        if input_ids is not None:  # [BOS] and the output, numbered as in the base decoder
+            start = cache.pos - n_prefix if cache is not None and vectors is None else 0
+            pos = torch.arange(k + start, k + start + input_ids.shape[1], device=input_ids.device)
+            parts.append(self.tok_emb(input_ids) + self.pos_emb(pos))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, 3k+H+T, D)
+        if (cache.pos if cache is not None else 0) + x.shape[1] > self.max_positions:
+            raise ValueError(f"sequence exceeds the corrector's {self.max_positions} positions")
+        return self.run_blocks(x, rows, input_ids, cache, n_prefix if vectors is not None else 0)
+
+
+def warm_start(corrector, base_decoder):
+    """The base decoder's weights into the corrector (everything but the corrector's own parts)."""
+    missing, unexpected = corrector.load_state_dict(base_decoder.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    return missing
+
+
+# ----------------------------------------------------------------------------------------------
+# hypotheses of the base model, for training
+
+
+def _file_hash(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def hypothesis_rows(base, corrector, vectors, texts, cache_dir, no_repeat_ngram, log, batch_size=256):
+    """The corrector's input rows for `texts` (their target vectors given): the base's greedy
+    hypotheses, re-encoded. Cached in cache_dir by the base's weights, the texts and the ban."""
+    from recon.checkpoint import WEIGHTS_FILE
+    from recon.data import text_hash
+    key = hashlib.sha256(f"{_file_hash(os.path.join(base.folder, WEIGHTS_FILE))}|{text_hash(texts)}|"
+                         f"{no_repeat_ngram}".encode()).hexdigest()[:24]
+    path = os.path.join(cache_dir, f"hypotheses-{key}.pt") if cache_dir else None
+    if path and os.path.exists(path):
+        stored = torch.load(path, weights_only=True)
+        log(f"{len(texts)} hypotheses of the base read from {path}")
+        return stored["rows"], stored["texts"]
+    t0, hyps = time.time(), []
+    chunk = 4 * batch_size
+    with progress(total=len(texts), desc="base hypotheses", leave=False) as bar:
+        for s in range(0, len(texts), chunk):
+            hyps += base.generate_from_vectors(vectors[s:s + chunk], batch_size=batch_size,
+                                               no_repeat_ngram=no_repeat_ngram)
+            bar.update(min(chunk, len(texts) - s))
+    rows = corrector.rows(vectors, base.encode(hyps, batch_size), base.tokenizer.encode(hyps))
+    log(f"{len(texts)} hypotheses of the base decoded and re-encoded in {time.time() - t0:.0f}s")
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save({"rows": rows, "texts": hyps}, tmp)
+        os.replace(tmp, path)
+    return rows, hyps
+
+
+def adopt_base(cfg):
+    """Set a corrector run's encoder, vocabulary, decoder shape and data to its base run's (the
+    command line may not set them: TrainConfig checks), and its decoder type to the corrector."""
+    import json
+    from dataclasses import fields
+
+    from recon.checkpoint import CONFIG_FILE, load_meta, resolve_checkpoint
+    from recon.data import DataConfig
+    from recon.decoder import DecoderSpec
+    from recon.encoder import EncoderSpec
+    from recon.tokenizer import TokenizerSpec
+    folder = resolve_checkpoint(cfg.base_model)
+    with open(os.path.join(folder, CONFIG_FILE)) as f:
+        config = json.load(f)
+    if config.get("decoder_type") == "corrector":
+        raise ConfigError(f"--base-model {cfg.base_model} is itself a corrector; give the run it corrects")
+    args = load_meta(folder).get("args", {})
+    if config.get("finetune_encoder") or config.get("encoder") == "scratch" or config.get("encoder_init") == "random":
+        raise ConfigError("--base-model: the corrector re-encodes with the base's encoder, which must be the "
+                          "frozen pretrained one (this base trains or replaces its encoder)")
+    for spec, source in ((EncoderSpec, config), (DecoderSpec, config), (TokenizerSpec, args), (DataConfig, args)):
+        for f in fields(spec):
+            if f.name in source and f.name not in CORRECTOR_OWN:
+                setattr(cfg, f.name, source[f.name])
+    cfg.decoder_type, cfg.base_model = "corrector", os.path.abspath(folder)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# correction at inference
+
+
+@torch.no_grad()
+def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_repeat_ngram=0, num_beams=1,
+            length_penalty=1.0, log=None):
+    """Correct the base's reconstructions of `vectors` (N, Dv) for `steps` steps.
+
+    model: a corrector ReconModel (model.base is the base). beam: keep this many candidates per
+    sentence, those whose re-encoded vectors are closest to the target (vec2text's sequence beam;
+    each step decodes every candidate with a beam of this width). feedback=False: the hypothesis
+    vector is replaced by the training mean (zero once standardised), the no-feedback ablation.
+    Returns (outputs per step, step 0 the base's; seconds per step).
+    """
+    base, dec = model.base, model.decoder
+    gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty)
+    t0 = time.time()
+    first = base.generate_from_vectors(vectors, num_beams=num_beams, **gen)
+    outputs, seconds, cands = [first], [time.time() - t0], [[h] for h in first]
+    target = dec.standardize(vectors).cpu()
+    for _ in range(steps):
+        t0 = time.time()
+        flat = [c for row in cands for c in row]
+        owner = torch.tensor([i for i, row in enumerate(cands) for _ in row])
+        hv = base.encode(flat, batch_size) if feedback else dec.vector_mean.cpu().expand(len(flat), -1)
+        rows = dec.rows(vectors.cpu()[owner], hv, model.tokenizer.encode(flat))
+        if beam == 1:
+            cands = [[x] for x in model.decode_rows(rows, **gen)]
+        else:
+            _, beams = model.decode_rows(rows, num_beams=beam, return_all=True, **gen)
+            pools = [list(row) for row in cands]  # the candidates so far compete with the new ones
+            for i, row in zip(owner.tolist(), beams):
+                pools[i] += [text for text, _ in row]
+            pools = [list(dict.fromkeys(p)) for p in pools]
+            texts = [t for p in pools for t in p]
+            z = dec.standardize(base.encode(texts, batch_size)).cpu()
+            who = torch.tensor([i for i, p in enumerate(pools) for _ in p])
+            sim = torch.nn.functional.cosine_similarity(z, target[who], dim=-1)
+            cands, at = [], 0
+            for p in pools:
+                order = sim[at:at + len(p)].argsort(descending=True)[:beam].tolist()
+                cands.append([p[j] for j in order])
+                at += len(p)
+        outputs.append([row[0] for row in cands])
+        seconds.append(time.time() - t0)
+        if log:
+            log(f"correction step {len(outputs) - 1}: {seconds[-1]:.1f}s")
+    return outputs, seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# reports: every step, beside the ablations
+
+
+def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_repeat_ngram=0, output_dir=None,
+                        log=print):
+    """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
+    for the corrector and two ablations: no feedback (the hypothesis vector replaced by the
+    training mean) and a random target (Gaussian vectors matched to the real ones). Writes
+    correction.json, correction.md and correction.png to output_dir. Returns the dict."""
+    import json
+
+    from recon.evaluation import cosine, matched_random_vectors
+    from recon.metrics import corpus_scores
+    vectors = model.encode(texts, batch_size)
+    target = model.decoder.standardize(vectors)
+    conditions = {"correction": dict(beam=beam), "no feedback": dict(beam=1, feedback=False),
+                  "random target": dict(beam=beam, vectors=matched_random_vectors(vectors, seed))}
+    result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
+              "conditions": {}}
+    for name, how in conditions.items():
+        how = dict(how)
+        v = how.pop("vectors", vectors)
+        outputs, seconds = correct(model, v, steps, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, **how)
+        curve = []
+        for step, preds in enumerate(outputs):
+            s = corpus_scores(preds, texts)
+            z = model.decoder.standardize(model.encode(preds, batch_size))
+            curve.append({"step": step, "bleu": s["bleu"], "exact_match": s["exact_match"],
+                          "token_f1": s["token_f1"], "cosine_standardized": float(cosine(z, target).mean()),
+                          "seconds": seconds[step], "seconds_per_sentence": seconds[step] / len(texts)})
+        result["conditions"][name] = {"curve": curve, "predictions": outputs[-1]}
+        last = curve[-1]
+        log(f"{name}: BLEU {curve[0]['bleu']:.2f} -> {last['bleu']:.2f}, exact match {last['exact_match']:.2f}%, "
+            f"standardised cosine {curve[0]['cosine_standardized']:.3f} -> {last['cosine_standardized']:.3f}")
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "correction.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        with open(os.path.join(output_dir, "correction.md"), "w") as f:
+            f.write(correction_table(result) + "\n")
+        plot_correction(result, os.path.join(output_dir, "correction.png"))
+    return result
+
+
+def correction_table(result):
+    lines = [f"Correction of {result['num_examples']} texts, {result['steps']} steps, sequence beam {result['beam']}; "
+             "step 0 is the base model's single pass.", "",
+             "| condition | step | BLEU | exact match % | token F1 | standardised cosine | s per sentence |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, c in result["conditions"].items():
+        for r in c["curve"]:
+            lines.append(f"| {name} | {r['step']} | {r['bleu']:.2f} | {r['exact_match']:.2f} | {r['token_f1']:.2f} | "
+                         f"{r['cosine_standardized']:.3f} | {r['seconds_per_sentence']:.4f} |")
+    return "\n".join(lines)
+
+
+def plot_correction(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name, c in result["conditions"].items():
+        steps = [r["step"] for r in c["curve"]]
+        for ax, key in zip(axes, ("bleu", "exact_match", "cosine_standardized")):
+            ax.plot(steps, [r[key] for r in c["curve"]], marker="o", label=name)
+    for ax, title in zip(axes, ("BLEU", "exact match %", "standardised cosine")):
+        ax.set_title(title)
+        ax.set_xlabel("correction step (0: base)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

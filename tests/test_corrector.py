@@ -1,0 +1,121 @@
+"""The corrector: a decoder class that reads the target vector, a hypothesis and its vector; trained
+for a base run with train.py --base-model, run in a loop by evaluate.py and ReconModel."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import evaluate as evaluate_script
+import train as train_script
+from conftest import sentences
+from recon import ReconModel
+from recon.corrector import Corrector
+from recon.decoder import DecoderSpec
+from recon.decoding import beam_search, greedy
+from recon.metrics import corpus_scores
+
+
+def test_the_corrector_reads_the_hypothesis_and_decodes_the_same_with_the_cache():
+    torch.manual_seed(3)
+    dec = Corrector(DecoderSpec(decoder_type="corrector", d_model=32, n_layer=2, n_head=2, dropout=0.0,
+                                max_target_len=12), 16, 40).eval()
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0, 0.3)
+    target, hyp = torch.randn(4, 16), torch.randn(4, 16)
+    hyps = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
+    rows = dec.rows(target, hyp, hyps)
+    assert rows.shape == (4, 16 + 16 + 12) and rows[1, 33:].eq(-1).all()
+    ids = torch.randint(4, 40, (4, 6))
+    with torch.no_grad():
+        base = dec(rows, ids)
+        other = dec(dec.rows(target, hyp, [[5, 6, 8], [8], [9, 10, 11, 12, 13], [14, 15]]), ids)
+        trimmed = dec(rows[:, :16 + 16 + 5], ids)  # ids past the longest hypothesis are never read
+    assert not torch.allclose(base[0], other[0]) and torch.allclose(base[1:], other[1:], atol=1e-5)
+    torch.testing.assert_close(base, trimmed)
+    fast = greedy(dec, rows, 2, 3, max_new_tokens=10)
+    slow = []
+    for r in rows:
+        out = [2]
+        for _ in range(10):
+            with torch.no_grad():
+                nxt = dec(r[None], torch.tensor([out]))[0, -1].argmax().item()
+            if nxt == 3:
+                break
+            out.append(nxt)
+        slow.append(out[1:])
+    assert fast == slow
+    assert beam_search(dec, rows, 2, 3, 3, max_new_tokens=10) == \
+        [beam_search(dec, rows[i:i + 1], 2, 3, 3, max_new_tokens=10)[0] for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_encoder_dir, tmp_path_factory):
+    """A base run stopped early (poor hypotheses) and a corrector trained for it on the same sentences."""
+    tmp = tmp_path_factory.mktemp("corrector")
+    data = tmp / "data.txt"
+    data.write_text("\n".join(sentences(16)) + "\n")
+    common = ["--cache-dir", str(tmp / "cache"), "--eval-steps", "1000"]
+    base = ["--encoder", tiny_encoder_dir, "--data", str(data), "--output-dir", str(tmp / "base"), "--d-model", "64",
+            "--n-layer", "2", "--n-head", "2", "--vocab-size", "400", "--decoder-tokenizer", "encoder",
+            "--validation-fraction", "0", "--test-fraction", "0", "--max-steps", "40", "--batch-size", "16",
+            "--dropout", "0", "--no-eval", *common]
+    assert train_script.main(base) == 0
+    corrector = ["--base-model", str(tmp / "base"), "--output-dir", str(tmp / "corr"), "--max-steps", "200",
+                 "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "20", "--no-eval", *common]
+    assert train_script.main(corrector) == 0
+    return tmp, base, corrector
+
+
+def test_a_corrector_trains_for_its_base_and_corrects_its_output(runs, capsys):
+    tmp, _, corrector = runs
+    model = ReconModel.from_pretrained(str(tmp / "corr"))
+    assert model.config.decoder_type == "corrector" and model.base is not None
+    assert model.config.base_model == str(tmp / "base" / "checkpoint-40")
+    texts = sentences(16)  # the training sentences: the base barely trained on them, the corrector longer
+    base_out = model.base.reconstruct(texts)
+    once = model.reconstruct(texts, correction_steps=1)
+    three = model.reconstruct(texts, correction_steps=3, correction_beam=2)
+    assert model.reconstruct(texts, correction_steps=0) == base_out
+    truth = [t.lower() for t in texts]  # the tiny encoder's vocabulary is uncased
+    bleu = lambda preds: corpus_scores(preds, truth)["bleu"]  # noqa: E731
+    assert bleu(once) > bleu(base_out) + 10 and bleu(three) > bleu(base_out) + 10, (bleu(base_out), bleu(once), bleu(three))
+    with pytest.raises(ValueError, match="this model has no corrector"):
+        model.base.reconstruct(texts, correction_steps=1)
+    # the hypotheses were decoded once: a second run reads them from the cache
+    capsys.readouterr()
+    again = [str(tmp / "corr2") if a == str(tmp / "corr") else "1" if a == "200" else a for a in corrector]
+    assert train_script.main(again) == 0
+    assert "hypotheses of the base read from" in capsys.readouterr().out
+
+
+def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys):
+    tmp, _, _ = runs
+    out = tmp / "ev"
+    assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(out), "--split", "train", "--correction-steps", "1", "--correction-beam", "2",
+                                 "--retrieval-pool", "0"]) == 0
+    result = json.loads((out / "correction.json").read_text())
+    assert set(result["conditions"]) == {"correction", "no feedback", "random target"}
+    curve = result["conditions"]["correction"]["curve"]
+    assert [r["step"] for r in curve] == [0, 1] and curve[1]["bleu"] > curve[0]["bleu"]
+    assert result["conditions"]["random target"]["curve"][1]["bleu"] < curve[1]["bleu"]
+    assert (out / "correction.png").stat().st_size > 0 and "| no feedback | 1 |" in (out / "correction.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["decoding"]["correction_steps"] == 1 and metrics["decoding"]["correction_beam"] == 2
+    assert metrics["bleu"] == pytest.approx(curve[1]["bleu"])  # the headline is the last step's
+    # a model that is not a corrector is refused, with what to do
+    assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev2"),
+                                 "--correction-steps", "2"]) == 2
+    assert "train.py --base-model" in capsys.readouterr().err
+
+
+def test_corrector_flags_that_cannot_work_are_refused(runs, capsys):
+    tmp, base, corrector = runs
+    assert train_script.main([*corrector, "--d-model", "32"]) == 2
+    assert "are the base run's; drop ['d_model']" in capsys.readouterr().err
+    assert train_script.main(["--decoder-type", "corrector"]) == 2
+    assert "give --base-model" in capsys.readouterr().err
+    assert train_script.main(["--base-model", str(tmp / "corr"), "--output-dir", str(tmp / "c3")]) == 2
+    assert "is itself a corrector" in capsys.readouterr().err
