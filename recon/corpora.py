@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from recon.data import normalize_whitespace, split_sentences, wiki_offline_path
-from recon.errors import ReconError
+from recon.errors import ReconError, print_error
 
 
 @dataclass
@@ -319,7 +319,7 @@ def main(argv=None):
     try:
         build(args.output, args.sources.split(",") if args.sources else None, args.root, args.min_words, args.max_words)
     except ReconError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     return 0
 

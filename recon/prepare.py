@@ -180,14 +180,13 @@ def prepare(cfg, device, log=print):
             vectors.update(frozen_vectors(cfg, model, {**texts, "train": corpus.texts("train")}, log))
             pool = vectors["train"]
             vectors["train"] = pool[:len(texts["train"])]
-        else:
-            vectors.update(frozen_vectors(cfg, model, texts, log))
-        if base:  # the corrector reads rows: target vector, the base's hypothesis and its vector
+            # the corrector reads rows: target vector, the base's hypothesis and its vector
             for split in ("train", "validation"):
                 if texts[split]:
                     vectors[split], _ = hypothesis_rows(base, model.decoder, vectors[split], texts[split], cfg.cache_dir,
                                                         cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size)
         else:
+            vectors.update(frozen_vectors(cfg, model, texts, log))
             model.decoder.set_vector_stats(vectors["train"])
         vectors["train"] = vectors["train"].to(device)  # indexed on the device in every step
     else:  # the encoder runs in every step; standardise with the statistics it starts from

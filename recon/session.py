@@ -32,7 +32,7 @@ import time
 
 import yaml
 
-from recon.errors import ReconError
+from recon.errors import ReconError, print_error
 
 MiB = 2 ** 20
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -331,7 +331,7 @@ def main(argv=None):
         else:
             run_part(args.pack, args.part, args.results, args.work, args.keep_weights)
     except ReconError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     return 0
 
