@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
@@ -26,6 +28,7 @@ def test_benchmark_table(tmp_path, capsys):
     assert "| training tokens/s |" in capsys.readouterr().out
 
 
+@pytest.mark.long  # two fresh processes timing the full-size default step
 def test_allocator_benchmark_measures_both_processes(capsys):
     import allocator
     assert allocator.main(["--steps", "2"]) == 0  # the default step: 61 MB logits

@@ -30,6 +30,7 @@ def data(tmp_path_factory):
     return path
 
 
+@pytest.mark.long  # about 2 minutes of inductor compiling on a 2-core CPU
 def test_compiled_training_gives_the_same_losses(tmp_path, tiny_encoder_dir, data):
     plain, _ = run(tiny_encoder_dir, data, tmp_path / "plain")
     compiled, meta = run(tiny_encoder_dir, data, tmp_path / "compiled", "--compile")
@@ -54,7 +55,8 @@ FAULTS = """
 import resource, sys, torch
 from recon.device import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
-torch.empty(25_000_000).fill_(1.0)  # 100 MB, freed at once
+for _ in range(10):  # settle: each distinct heap block the tensor lands in is faulted in once
+    torch.empty(25_000_000).fill_(1.0)  # 100 MB, freed at once
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     torch.empty(25_000_000).fill_(1.0)
@@ -71,4 +73,7 @@ def test_keep_freed_memory_stops_large_tensors_being_faulted_in_again():
     (_, plain), (kept, kept_faults) = run("plain"), run("keep")
     assert kept == "True"
     assert plain > 100_000  # each 100 MB block mapped and faulted in afresh: 24k pages a time
-    assert kept_faults < plain / 4  # kept: at most the first reuse or two fault (seen: none, or 1 in 10)
+    # kept: a small allocation between two uses can leave the freed block behind, so the tensor
+    # alternates between two or three heap blocks, each faulted in on its first use (CI once saw 3
+    # in the first 10 uses); after the settling uses, reuse faults nothing (seen: 0)
+    assert kept_faults < plain / 4
