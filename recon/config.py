@@ -41,7 +41,7 @@ def _check_rerank(rerank, num_beams):
 class OptimConfig:
     """How the model is trained: everything here changes the numbers, so a resume keeps it."""
 
-    max_steps: int = field(default=700, metadata={"help": "optimizer steps (0: use --epochs)"})
+    max_steps: int = field(default=1200, metadata={"help": "optimizer steps (0: use --epochs)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training split, when --max-steps is 0"})
     batch_size: int = field(default=64, metadata={"help": "sentences per optimizer step"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the decoder"})
@@ -56,6 +56,10 @@ class OptimConfig:
                 "the best checkpoint is kept, evaluated and loaded from the run folder (0: off)"})
     early_stopping_min_delta: float = field(default=0.0, metadata={
         "help": "a validation loss counts as better only when it is at least this much below the best"})
+    bow_epochs: float = field(default=0.0, metadata={
+        "help": "before the first step of a new run, fit the bag-of-words head alone on the training vectors "
+                "for this many passes (frozen encoders: the vectors are cached), so that its prior says what the "
+                "vector holds from the start (0: off)"})
     bucket_pool: int = field(default=50, metadata={
         "help": "length bucketing: sort each pool of this many shuffled batches by length before cutting "
                 "it into batches (less padding); 0: plain shuffled batches"})
@@ -65,6 +69,7 @@ class OptimConfig:
         check(self.bucket_pool >= 0, f"--bucket-pool must be 0 (off) or more, not {self.bucket_pool}")
         check(self.max_steps >= 0 and self.warmup_steps >= 0, "step counts cannot be negative")
         check(self.max_steps > 0 or self.epochs > 0, "give --max-steps or --epochs a positive value")
+        check(self.bow_epochs >= 0, f"--bow-epochs cannot be negative, not {self.bow_epochs}")
         check(self.lr > 0 and self.encoder_lr > 0, "learning rates must be positive")
         check(0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], not {self.min_lr_ratio}")
         check(self.early_stopping_patience >= 0 and self.early_stopping_min_delta >= 0,

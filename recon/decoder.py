@@ -39,7 +39,9 @@ class DecoderSpec:
     d_model: int = field(default=256, metadata={"help": "decoder width"})
     n_layer: int = field(default=4, metadata={"help": "decoder layers"})
     n_head: int = field(default=4, metadata={"help": "decoder attention heads"})
-    dropout: float = field(default=0.1, metadata={"help": "decoder dropout"})
+    dropout: float = field(default=0.0, metadata={
+        "help": "decoder dropout (0 by default: the CPU default sees each sentence about three times, and dropout "
+                "costs a fifth of a CPU step; keep 0.1 for runs of many passes)"})
     num_prefix: int = field(default=4, metadata={"help": "prefix embeddings the vector is projected to"})
     max_target_len: int = field(default=64, metadata={"help": "longest decoder output, in decoder tokens"})
     condition: str = field(default="prefix", metadata={
@@ -54,6 +56,14 @@ class DecoderSpec:
                 "scaled by a learned gate per position, to the decoder's logits at every position"})
     bow_hidden: int = field(default=0, metadata={
         "help": "the bag-of-words head: 0, a linear map of the vector; N, one hidden layer of N units (GELU)"})
+    bow_head: str = field(default="full", metadata={
+        "help": "the bag-of-words head's output: tied (into the space of the token embeddings, scored by them: "
+                "rank --d-model) or full (its own weights for every vocabulary token: a linear probe of full rank)"})
+    embedding_init: str = field(default="encoder", metadata={
+        "help": "the decoder's token embeddings (tied with its output layer) start from the encoder's input "
+                "embeddings (encoder): each decoder piece as the mean of the encoder's embeddings of its word "
+                "pieces, projected to --d-model by PCA (the vocabulary part of Rothe et al. 2020's warm start); "
+                "or random. A scratch or random-weight encoder's embeddings are random: a random start either way"})
     corrector_init: str = field(default="zero", metadata={
         "help": "a corrector's gate on what it reads of the hypothesis starts at zero (it begins as its base "
                 "decoder) or one (the hypothesis at full strength from the first step)"})
@@ -69,6 +79,9 @@ class DecoderSpec:
         check(self.condition in CONDITIONS, f"--condition must be one of {CONDITIONS}, not {self.condition!r}")
         check(self.bow_weight >= 0, f"--bow-weight cannot be negative, not {self.bow_weight}")
         check(self.bow_hidden >= 0, f"--bow-hidden must be 0 (linear) or more, not {self.bow_hidden}")
+        check(self.bow_head in ("tied", "full"), f"--bow-head must be tied or full, not {self.bow_head!r}")
+        check(self.embedding_init in ("random", "encoder"),
+              f"--embedding-init must be random or encoder, not {self.embedding_init!r}")
         check(self.corrector_init in ("zero", "one"), f"--corrector-init must be zero or one, not {self.corrector_init!r}")
 
     def build(self, vector_dim, vocab_size):
@@ -166,9 +179,11 @@ class Decoder(nn.Module):
         # optional paths of the vector: added at every position; a bag-of-words head
         self.add = nn.Linear(vector_dim, d_model) if spec.condition.startswith("prefix+add") else None
         self.bow = None
-        if spec.bow_weight > 0 or spec.bow_prior:  # maps the vector to the space of the token embeddings
-            self.bow = nn.Linear(vector_dim, d_model) if not spec.bow_hidden else nn.Sequential(
-                nn.Linear(vector_dim, spec.bow_hidden), nn.GELU(), nn.Linear(spec.bow_hidden, d_model))
+        self.bow_tied = spec.bow_head == "tied"
+        if spec.bow_weight > 0 or spec.bow_prior:  # tied: maps the vector to the space of the token embeddings
+            out = d_model if self.bow_tied else vocab_size
+            self.bow = nn.Linear(vector_dim, out) if not spec.bow_hidden else nn.Sequential(
+                nn.Linear(vector_dim, spec.bow_hidden), nn.GELU(), nn.Linear(spec.bow_hidden, out))
         self.prior_gate = nn.Linear(d_model, 1) if spec.bow_prior else None
         self.coverage = nn.Parameter(torch.zeros(vocab_size)) if spec.coverage else None
         self.tok_emb = nn.Embedding(vocab_size, d_model)
@@ -311,7 +326,25 @@ class Decoder(nn.Module):
 
     def bow_logprobs(self, z):
         """(B, V) log-probabilities of the bag-of-words head for standardised vectors z."""
-        return F.linear(self.bow(z), self.tok_emb.weight).float().log_softmax(-1)
+        h = self.bow(z)
+        return (F.linear(h, self.tok_emb.weight) if self.bow_tied else h).float().log_softmax(-1)
+
+    def bow_parameters(self):
+        """What the bag-of-words head alone is made of (a tied head scores with the token embeddings,
+        which are not its own)."""
+        return list(self.bow.parameters()) if self.bow is not None else []
+
+    @torch.no_grad()
+    def bow_recall(self, vectors, targets, ignore_id):
+        """Recall at |s| of the bag-of-words head: of each target's distinct tokens, the share among
+        its |s| most probable tokens (|s|: how many distinct tokens it has), averaged over targets."""
+        logp = self.bow_logprobs(self.standardize(vectors))  # (B, V)
+        recalls = []
+        for row, y in zip(logp, targets):
+            want = set(y[y != ignore_id].tolist())
+            top = set(row.topk(len(want)).indices.tolist()) if want else set()
+            recalls.append(len(want & top) / max(len(want), 1))
+        return sum(recalls) / max(len(recalls), 1)
 
     def bow_loss(self, vectors, targets, ignore_id):
         """Summed negative log-likelihood of every target token under one distribution over the
@@ -319,6 +352,20 @@ class Decoder(nn.Module):
         logp = self.bow_logprobs(self.standardize(vectors))  # (B, V)
         picked = logp.gather(1, targets.clamp(min=0))  # (B, T)
         return -(picked * (targets != ignore_id)).sum()
+
+    @torch.no_grad()
+    def init_token_embeddings(self, rows):
+        """--embedding-init encoder: rows (V, De) of the encoder's embedding space, NaN where a token
+        has none, become the token embeddings: centred, projected on their first d_model principal
+        axes (zero-padded if De is smaller) and scaled to the random initialisation's std; tokens
+        without a row keep their random start."""
+        found = ~rows.isnan().any(1)
+        x = rows[found] - rows[found].mean(0)
+        axes = torch.linalg.svd(x, full_matrices=False).Vh[:self.d_model]  # (min(De, D), De)
+        proj = torch.zeros(len(x), self.d_model)
+        proj[:, :len(axes)] = x @ axes.T
+        self.tok_emb.weight[found] = (proj * (0.02 / proj.std())).to(self.tok_emb.weight.dtype)
+        return int(found.sum())
 
     def new_cache(self, batch, device, dtype):
         return KVCache(self.n_layer, batch, self.n_head, self.max_positions, self.d_model // self.n_head, device, dtype)

@@ -124,6 +124,23 @@ def decoder_vocabulary(cfg, train_texts, encoder, resume_from):
     return spec.build(train_texts, encoder.tokenizer)
 
 
+@torch.no_grad()
+def encoder_rows(tokenizer, encoder):
+    """(V, De): for each decoder token, the mean of the encoder's input embeddings of the word pieces
+    its text tokenises to (the encoder's own vocabulary: its rows); NaN where it has no text."""
+    emb = encoder.model.get_input_embeddings().weight.detach().float().cpu()
+    texts = tokenizer.piece_texts()
+    if tokenizer.kind == "encoder":
+        ids = [[i] if t is not None else [] for i, t in enumerate(texts)]
+    else:
+        ids = encoder.tokenizer([t or "" for t in texts], add_special_tokens=False)["input_ids"]
+    rows = torch.full((len(texts), emb.shape[1]), float("nan"))
+    for i, (t, x) in enumerate(zip(texts, ids)):
+        if t is not None and x:
+            rows[i] = emb[x].mean(0)
+    return rows
+
+
 def decoder_targets(tokenizer, texts, max_len):
     """Token ids ending in [EOS], cut to max_len tokens; and how many were cut."""
     ids = tokenizer.encode(texts) if texts else []  # an empty split (a fraction of 0) has no targets
@@ -162,6 +179,9 @@ def prepare(cfg, device, log=print):
     if base:
         model.attach_base(base)
         warm_start(model.decoder, base.decoder)  # and with it the base's vector statistics
+    elif cfg.embedding_init == "encoder" and not resume_from:
+        n = model.decoder.init_token_embeddings(encoder_rows(tokenizer, encoder))
+        log(f"decoder token embeddings: {n} of {tokenizer.vocab_size} start from the encoder's input embeddings")
     world = dist.world_size()
     log(f"decoder: {model.decoder_parameters() / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size} "
         f"({tokenizer.kind}); device {device}" + (f", {world} processes (DDP)" if world > 1 else ""))

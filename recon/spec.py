@@ -11,7 +11,8 @@ from recon.encoder import EncoderSpec
 # what a field meant before it existed: a checkpoint or run written then holds no value for it,
 # and must be read as it was trained, whatever the default is now
 UNRECORDED = {"decoder_type": "transformer", "condition": "prefix", "bow_weight": 0.0, "num_prefix": 1,
-              "bow_prior": False, "coverage": False, "bow_hidden": 0,
+              "bow_prior": False, "coverage": False, "bow_hidden": 0, "bow_head": "tied",
+              "embedding_init": "random",
               "encoder_dropout": True, "corrector_init": "one"}
 
 

@@ -67,6 +67,12 @@ class SentencePieceTokenizer:
     def never_written(self):
         return [self.pad_id, self.bos_id, self.sp.unk_id()]
 
+    def piece_texts(self):
+        """For each id, the text its piece stands for ('▁' as a space), or None (bytes, specials)."""
+        sp = self.sp
+        return [None if sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i)
+                else (sp.id_to_piece(i).replace("\u2581", " ").strip() or None) for i in range(self.vocab_size)]
+
     def decode(self, ids):
         return self.sp.decode(list(ids))
 
@@ -99,6 +105,10 @@ class EncoderVocabTokenizer:
 
     def never_written(self):
         return [i for i in self.tok.all_special_ids if i != self.eos_id]
+
+    def piece_texts(self):
+        return [None if i in self.tok.all_special_ids else t for i, t in enumerate(self.tok.convert_ids_to_tokens(
+            list(range(self.vocab_size))))]
 
     def decode(self, ids):
         return self.tok.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True)

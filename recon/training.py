@@ -11,6 +11,7 @@ rank 0 alone writes, evaluation is sharded.
 
 import contextlib
 import json
+import math
 import os
 import random
 import time
@@ -89,6 +90,35 @@ def step_batches(run, batches, cfg):
         tokens, longest = sum(lengths[i] for i in idx), max(lengths[i] for i in idx)  # known on every process
         return Batch(inputs, tokens, len(idx) * longest, tokens * model.decoder.flops_per_token(longest))
     return batch
+
+
+def fit_bow_head(model, vectors, targets, cfg, log, val=None):
+    """--bow-epochs: train the decoder's bag-of-words head alone (AdamW at --lr, batches of 256) on
+    (N, Dv) training vectors and their targets, the rest of the decoder untouched. Returns the
+    head's recall at |s| on `val` (vectors, targets) before and after, when given."""
+    decoder, pad = model.decoder, model.config.pad_id
+    params = decoder.bow_parameters()
+    if not params or not cfg.bow_epochs:
+        return None
+    recall = (lambda: decoder.bow_recall(val[0], pad_batch(val[1], pad, val[0].device), pad)) if val else None
+    before = recall() if recall else None
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    n, batch = len(targets), 256
+    steps = max(1, round(cfg.bow_epochs * n / batch))
+    order = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(steps * batch / n))])
+    for step in range(steps):
+        idx = order[step * batch:(step + 1) * batch]
+        y = pad_batch([targets[i] for i in idx.tolist()], pad, vectors.device)
+        loss = decoder.bow_loss(vectors[idx.to(vectors.device)], y, pad) / (y != pad).sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    decoder.zero_grad(set_to_none=True)  # a tied head's loss also reached the token embeddings
+    after = recall() if recall else None
+    log(f"bag-of-words head fitted alone: {steps} steps of {batch} ({cfg.bow_epochs:g} passes)"
+        + (f"; validation recall at |s| {100 * before:.1f}% -> {100 * after:.1f}%" if recall else ""))
+    return {"steps": steps, "recall_before": before, "recall_after": after}
 
 
 @torch.no_grad()
@@ -282,6 +312,9 @@ def train(cfg, log=say):
             if hooks.stopping.stopped_at is not None:  # resumed without --extend: training is over
                 trainer.max_steps = trainer.step
                 log(f"this run stopped early at step {trainer.step}; --extend trains it further")
+        elif cfg.bow_epochs and run.vectors["train"] is not None:  # a new run on cached vectors
+            val = (run.vectors["validation"], run.targets["validation"]) if run.targets["validation"] else None
+            meta["bow_fit"] = fit_bow_head(run.model, run.vectors["train"], run.targets["train"], cfg, log, val)
         if dist.is_main():
             with open(os.path.join(cfg.output_dir, "data.json"), "w") as f:
                 json.dump(run.corpus.stats, f, indent=2)

@@ -284,8 +284,91 @@ def test_coverage_penalises_each_token_by_the_times_it_was_written():
 
 def test_the_bag_of_words_loss_is_the_targets_negative_log_likelihood():
     torch.manual_seed(7)
-    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, bow_weight=1.0), 16, 40)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, bow_weight=1.0, bow_head="tied"), 16, 40)
     v, y = torch.randn(2, 16), torch.tensor([[5, 6, 6, 3], [7, 3, 0, 0]])
     logp = torch.nn.functional.linear(dec.bow(dec.standardize(v)), dec.tok_emb.weight).log_softmax(-1)
     want = -(logp[0, 5] + 2 * logp[0, 6] + logp[0, 3] + logp[1, 7] + logp[1, 3])
     torch.testing.assert_close(dec.bow_loss(v, y, ignore_id=0), want)
+
+
+def test_a_full_bag_of_words_head_has_its_own_weight_for_every_token():
+    """--bow-head full: the head maps the vector straight to the vocabulary (full rank), without
+    the token embeddings; the prior and the loss read it the same way as a tied head."""
+    torch.manual_seed(10)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, bow_head="full"), 16, 40).eval()
+    assert dec.bow.weight.shape == (40, 16) and dec.bow_parameters() == list(dec.bow.parameters())
+    v, y = torch.randn(2, 16), torch.tensor([[5, 6, 3], [7, 3, 0]])
+    logp = dec.bow(dec.standardize(v)).log_softmax(-1)
+    torch.testing.assert_close(dec.bow_logprobs(dec.standardize(v)), logp)
+    torch.testing.assert_close(dec.bow_loss(v, y, ignore_id=0), -(logp[0, 5] + logp[0, 6] + logp[0, 3] + logp[1, 7] + logp[1, 3]))
+    with torch.no_grad():
+        dec.tok_emb.weight.normal_()  # the embeddings are not part of a full head
+    torch.testing.assert_close(dec.bow_logprobs(dec.standardize(v)), logp)
+    with pytest.raises(ValueError, match="--bow-head must be tied or full"):
+        DecoderSpec(bow_head="wide")
+
+
+@pytest.mark.parametrize("bow_head", ["tied", "full"])
+def test_fitting_the_bag_of_words_head_alone_raises_its_recall_and_touches_nothing_else(bow_head):
+    """--bow-epochs: the head learns which tokens each vector's sentence holds (recall at |s| on
+    held-out vectors of the same rule rises well above a random head's), every other weight stays."""
+    from types import SimpleNamespace
+    from recon.training import fit_bow_head
+    torch.manual_seed(11)
+    V, Dv = 60, 24
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, bow_head=bow_head), Dv, V)
+    # each sentence: 4 of 50 content tokens; its vector: the sum of their random directions
+    directions = torch.randn(V, Dv)
+    targets = [torch.randperm(50)[:4].add(5).tolist() + [3] for _ in range(1200)]
+    vectors = torch.stack([directions[t[:4]].sum(0) for t in targets]) + 0.1 * torch.randn(len(targets), Dv)
+    dec.set_vector_stats(vectors[:1000])
+    model = SimpleNamespace(decoder=dec, config=SimpleNamespace(pad_id=0))
+    others = {k: v.clone() for k, v in dec.state_dict().items() if not k.startswith("bow.")}
+    cfg = SimpleNamespace(bow_epochs=30, lr=1e-2, seed=0)
+    fit = fit_bow_head(model, vectors[:1000], targets[:1000], cfg, log=lambda *a: None,
+                       val=(vectors[1000:], targets[1000:]))
+    assert fit["recall_before"] < 0.3 and fit["recall_after"] > {"tied": 0.4, "full": 0.8}[bow_head], fit
+    for k, v in dec.state_dict().items():
+        if not k.startswith("bow."):
+            assert torch.equal(v, others[k]), k
+    assert all(p.grad is None for p in dec.parameters())  # nothing left for the first training step
+
+
+@pytest.fixture
+def encoder_and_pieces(tiny_encoder_dir):
+    from recon.encoder import load_encoder
+    model, tok = load_encoder(tiny_encoder_dir)
+    return Encoder(model, tok, "cls", -1, max_length=16), SentencePieceTokenizer.train(sentences(200), vocab_size=300)
+
+
+def test_encoder_rows_are_the_mean_embeddings_of_each_pieces_word_pieces(encoder_and_pieces):
+    from recon.prepare import encoder_rows
+    encoder, spm_tok = encoder_and_pieces
+    rows, emb = encoder_rows(spm_tok, encoder), encoder.model.get_input_embeddings().weight
+    texts = spm_tok.piece_texts()
+    assert texts[spm_tok.pad_id] is None and rows[spm_tok.pad_id].isnan().all()
+    dot = texts.index(".")
+    torch.testing.assert_close(rows[dot], emb[encoder.tokenizer.convert_tokens_to_ids(".")].detach())
+    assert (~rows.isnan().any(1)).sum() > 20
+    own = EncoderVocabTokenizer(encoder.tokenizer)  # the encoder's vocabulary: its own rows
+    rows = encoder_rows(own, encoder)
+    fox = encoder.tokenizer.convert_tokens_to_ids("fox")
+    torch.testing.assert_close(rows[fox], emb[fox].detach())
+    assert rows[own.pad_id].isnan().all()
+
+
+def test_token_embeddings_keep_the_geometry_of_the_encoder_rows():
+    torch.manual_seed(12)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, embedding_init="encoder"), 16, 50)
+    rows = torch.randn(50, 16)
+    rows[:5] = float("nan")
+    start = dec.tok_emb.weight[:5].clone()
+    assert dec.init_token_embeddings(rows) == 45
+    e = dec.tok_emb.weight.detach()
+    assert torch.equal(e[:5], start)
+    x = rows[5:] - rows[5:].mean(0)
+    gram_rows, gram_emb = x @ x.T, e[5:] @ e[5:].T
+    torch.testing.assert_close(gram_emb / gram_emb.norm(), gram_rows / gram_rows.norm(), atol=1e-5, rtol=1e-4)
+    assert float(e[5:].std()) == pytest.approx(0.02, rel=1e-3)
+    with pytest.raises(ValueError, match="--embedding-init"):
+        DecoderSpec(embedding_init="glove")

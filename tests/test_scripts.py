@@ -103,3 +103,24 @@ def test_train_with_an_encoder_in_the_step(tiny_encoder_dir, tmp_path, mode):
     assert train_script.main(argv) == 0
     model = ReconModel.from_pretrained(str(tmp_path / "run"))
     assert model.trains_encoder and any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_a_run_can_fit_its_bag_of_words_head_first_and_start_from_the_encoders_embeddings(tmp_path, tiny_encoder_dir):
+    """--bow-epochs, --bow-head full and --embedding-init encoder through train.py: the fit is logged
+    and recorded in meta.json; a resumed run does not fit again."""
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(sentences(300)) + "\n")
+    out, lines = tmp_path / "run", []
+    argv = ["--encoder", tiny_encoder_dir, "--data", str(data), "--output-dir", str(out), "--max-steps", "4",
+            "--vocab-size", "400", "--no-eval", "--bow-epochs", "5", "--bow-head", "full", "--embedding-init", "encoder",
+            *TINY]
+    from recon.training import train
+    train(parse(TrainConfig, argv), log=lines.append)
+    meta = json.loads((out / "checkpoint-4" / "meta.json").read_text())
+    fit = meta["bow_fit"]
+    assert fit["steps"] == round(5 * meta["data"]["train_texts"] / 256) and fit["recall_after"] > fit["recall_before"]
+    assert meta["args"]["embedding_init"] == "encoder" and meta["args"]["bow_head"] == "full"
+    assert any(line.startswith("decoder token embeddings:") for line in lines)
+    lines.clear()
+    train(parse(TrainConfig, argv + ["--resume"]), log=lines.append)
+    assert not any("fitted alone" in line or "token embeddings" in line for line in lines)
