@@ -3,9 +3,9 @@
 CPU, the embedded default (all-MiniLM-L6-v2 [CLS], Wikipedia summaries):
     python train.py
 One GPU, a bigger decoder (bf16 autocast, fused AdamW; --compile for torch.compile):
-    python train.py --device cuda --d-model 512 --n-layer 8 --n-head 8 --batch-size 256 --max-steps 20000 --compile
+    python train.py --device cuda --d-model 512 --n-layer 8 --n-head 8 --dropout 0.1 --batch-size 256 --max-steps 20000 --compile
 Data-parallel on 8 GPUs (DDP over NCCL; --batch-size is the global batch, split over the processes):
-    torchrun --standalone --nproc_per_node 8 train.py --device cuda --d-model 512 --n-layer 8 --n-head 8 --batch-size 2048
+    torchrun --standalone --nproc_per_node 8 train.py --device cuda --d-model 512 --n-layer 8 --n-head 8 --dropout 0.1 --batch-size 2048
 The same on CPU processes (gloo), e.g. to check a set-up:
     torchrun --standalone --nproc_per_node 2 train.py --device cpu --max-steps 50
 Flags can also come from a file:

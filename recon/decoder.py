@@ -41,7 +41,7 @@ class DecoderSpec:
     n_head: int = field(default=4, metadata={"help": "decoder attention heads"})
     dropout: float = field(default=0.0, metadata={
         "help": "decoder dropout (0 by default: the CPU default sees each sentence about three times, and dropout "
-                "costs a fifth of a CPU step; keep 0.1 for runs of many passes)"})
+                "costs about a seventh of a CPU step; keep 0.1 for runs of many passes)"})
     num_prefix: int = field(default=4, metadata={"help": "prefix embeddings the vector is projected to"})
     max_target_len: int = field(default=64, metadata={"help": "longest decoder output, in decoder tokens"})
     condition: str = field(default="prefix", metadata={

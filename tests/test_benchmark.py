@@ -38,3 +38,12 @@ def test_allocator_benchmark_measures_both_processes(capsys):
     plain, kept = (float(r.split("|")[5].replace(",", "")) for r in rows)  # page faults per step
     assert kept < plain / 3  # as Python starts, each of a step's blocks over 32 MB is faulted in afresh (seen: 149k against 15k)
     assert "step time ratio" in out
+
+
+def test_decoder_step_benchmark_times_each_setting_beside_the_previous_default(capsys):
+    import decoder_step
+    assert decoder_step.main(["--steps", "1", "--rounds", "1", "--batch-size", "2", "--tokens", "3", "--vocab-size", "300",
+                              "--threads", "1"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert [r[0].strip() for r in rows] == list(decoder_step.SETTINGS)
+    assert rows[0][3].strip() == "1.00" and all(float(r[1]) > 0 for r in rows)

@@ -1,0 +1,91 @@
+"""What each decoder option costs a training step: the default decoder's step (forward, loss with
+the bag-of-words loss, backward, AdamW) timed in one process for several settings, each beside
+the previous default (dropout 0.1, tied bag-of-words head).
+
+    python benchmarks/decoder_step.py                # 64 sentences of 30 tokens, 8,000 tokens, torch's threads
+    python benchmarks/decoder_step.py --threads 1 --steps 20
+
+Random vectors and tokens: the cost does not depend on them. The token embeddings' starting values
+(--embedding-init) cost nothing per step and are not timed.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from recon.decoder import DecoderSpec
+from recon.device import keep_freed_memory
+
+SETTINGS = {  # name -> DecoderSpec fields
+    "previous default (dropout 0.1, tied head)": {"dropout": 0.1, "bow_head": "tied"},
+    "dropout 0, tied head": {"dropout": 0.0, "bow_head": "tied"},
+    "dropout 0.1, full head": {"dropout": 0.1, "bow_head": "full"},
+    "default (dropout 0, full head)": {},
+    "default, no prior, no coverage": {"bow_prior": False, "coverage": False},
+}
+
+
+def make_step(fields, args, vector_dim=384):
+    """One training step of the decoder these DecoderSpec fields describe, as a closure."""
+    torch.manual_seed(0)
+    decoder = DecoderSpec(**fields).build(vector_dim, args.vocab_size).train()
+    opt = torch.optim.AdamW(decoder.parameters(), lr=1e-3)
+    v = torch.randn(args.batch_size, vector_dim)
+    y = torch.randint(5, args.vocab_size, (args.batch_size, args.tokens))
+    inputs = torch.cat([torch.full((args.batch_size, 1), 2), y[:, :-1]], 1)  # [BOS] t1 .. t_{T-1}
+
+    def step():
+        logits = decoder(v, inputs)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") + decoder.bow_loss(v, y, 0)
+        (loss / y.numel()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def timed(step, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t0) / n
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=10, help="timed steps per setting and round (after 3 warm-up steps)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all settings, interleaved; the median is kept")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=30, help="target tokens per sentence")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:
+        p.error("--steps and --rounds must be at least 1")
+    keep_freed_memory()  # as train.py runs
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"decoder training step: {args.batch_size} sentences x {args.tokens} tokens, vocabulary {args.vocab_size}, "
+          f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds of {args.steps} steps\n")
+    print("| decoder | ms per step | tokens/s | time vs the previous default |")
+    print("|---|---:|---:|---:|")
+    steps = {name: make_step(fields, args) for name, fields in SETTINGS.items()}
+    for step in steps.values():  # warm-up: the allocator's pools and the thread pool settle here
+        timed(step, 3)
+    # interleaved rounds: a setting timed first or last gets no advantage from the machine's drift
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            times[name].append(timed(step, args.steps))
+    base = statistics.median(times[next(iter(steps))])
+    for name in steps:
+        s = statistics.median(times[name])
+        print(f"| {name} | {1000 * s:.0f} | {args.batch_size * args.tokens / s:,.0f} | {s / base:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
