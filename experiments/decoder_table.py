@@ -14,7 +14,7 @@ import sys
 from recon import ReconModel
 from recon.checkpoint import load_meta, resolve_checkpoint
 from recon.data import DataConfig
-from recon.probes import bow_task, words
+from recon.probes import bow_task, written_content
 
 COLUMNS = ("run", "steps", "val loss", "BLEU", "random", "shuffled", "token F1", "content recall %",
            "repeated 3-gram %", "cosine (std.)")
@@ -24,13 +24,8 @@ def content_recall(train_texts, references, predictions, vocab_size=10000, stop=
     """% of the references' content words (the vocab_size commonest training words, less the stop
     commonest) that the predictions write: the decoder side of recon.probes.decoder_vs_probe."""
     task = bow_task({"train": train_texts, "test": references}, vocab_size, stop)
-    index = {w: i for i, w in enumerate(task.classes)}
-    want = written = 0
-    for ids, pred in zip(task.labels["test"], predictions):
-        truth = {i for i in ids if i >= stop}
-        want += len(truth)
-        written += len(truth & {index[w] for w in words(pred) if w in index})
-    return 100 * written / max(want, 1)
+    pairs = list(written_content(task, predictions))
+    return 100 * sum(len(w) for _, w in pairs) / max(sum(len(t) for t, _ in pairs), 1)
 
 
 def row(run, train_texts_of):
@@ -54,10 +49,9 @@ def main(argv=None):
     corpora = {}
 
     def train_texts_of(run):  # the run's training split, rebuilt as evaluate.py rebuilds it
-        model = ReconModel.from_pretrained(run)
-        args = load_meta(resolve_checkpoint(run))["args"]
         key = json.load(open(os.path.join(run, "data.json")))["corpus_hash"]
         if key not in corpora:
+            model, args = ReconModel.from_pretrained(run), load_meta(resolve_checkpoint(run))["args"]
             corpora[key] = DataConfig.from_meta(args)[0].build(model.encoder.count_tokens, model.config.max_length)
         return corpora[key].texts("train")
 

@@ -95,6 +95,34 @@ def _decode(model, vectors, rerank, gen):
     return reranked, best
 
 
+def retrieval_control(model, texts, vectors, pool_texts, pool_vectors, encode):
+    """The nearest pool text of each evaluated vector (standardised cosine), and how much the
+    evaluated texts overlap the pool: (retrieved texts, overlap metrics)."""
+    if pool_vectors is None:
+        pool_vectors = encode(pool_texts)
+    idx = nearest(model.decoder.standardize(vectors), model.decoder.standardize(pool_vectors)).tolist()
+    retrieved = [pool_texts[i] for i in idx]
+    pool_set = set(pool_texts)
+    return retrieved, {"overlap_texts_in_train": sum(t in pool_set for t in texts),
+                       "overlap_ngram_nearest_train": 100 * sum(ngram_overlap(t, p) for t, p in
+                                                                zip(texts, retrieved)) / len(texts),
+                       "retrieval_pool_size": len(pool_texts)}
+
+
+def example_rows(texts, predictions, lengths, fidelity, fidelity_std, controls):
+    """One dict per example: reference, prediction, length, its scores and each control's."""
+    rows = []
+    for i, (text, pred, n) in enumerate(zip(texts, predictions, lengths)):
+        row = {"reference": text, "prediction": pred, "length": n, "length_bucket": bucket_name(n),
+               **example_scores(pred, text), "cosine": float(fidelity[i]),
+               "cosine_standardized": float(fidelity_std[i])}
+        for name, outs in controls.items():
+            row[f"control_{name}_prediction"] = outs[i]
+            row.update({f"control_{name}_{k}": v for k, v in example_scores(outs[i], text).items()})
+        rows.append(row)
+    return rows
+
+
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
              pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print):
     """Score `model` on `texts`; lengths: encoder-token length of each text.
@@ -131,26 +159,9 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         controls["shuffled"] = generate(vectors[derangement(len(texts), seed)])
     overlap = {}
     if pool_texts:
-        if pool_vectors is None:
-            pool_vectors = encode(pool_texts)
-        idx = nearest(model.decoder.standardize(vectors), model.decoder.standardize(pool_vectors)).tolist()
-        controls["retrieval"] = [pool_texts[i] for i in idx]
-        pool_set = set(pool_texts)
-        overlap = {"overlap_texts_in_train": sum(t in pool_set for t in texts),
-                   "overlap_ngram_nearest_train": 100 * sum(ngram_overlap(t, p) for t, p in
-                                                            zip(texts, controls["retrieval"])) / len(texts),
-                   "retrieval_pool_size": len(pool_texts)}
+        controls["retrieval"], overlap = retrieval_control(model, texts, vectors, pool_texts, pool_vectors, encode)
     log(f"evaluated {len(texts)} texts: encode {t_encode:.1f}s, decode {t_decode:.1f}s")
-
-    rows = []
-    for i, (text, pred, n) in enumerate(zip(texts, predictions, lengths)):
-        row = {"reference": text, "prediction": pred, "length": n, "length_bucket": bucket_name(n),
-               **example_scores(pred, text), "cosine": float(fidelity[i]),
-               "cosine_standardized": float(fidelity_std[i])}
-        for name, outs in controls.items():
-            row[f"control_{name}_prediction"] = outs[i]
-            row.update({f"control_{name}_{k}": v for k, v in example_scores(outs[i], text).items()})
-        rows.append(row)
+    rows = example_rows(texts, predictions, lengths, fidelity, fidelity_std, controls)
     metrics = {**corpus_scores(predictions, texts, [_scores(r) for r in rows]), "cosine": _mean(fidelity.tolist()),
                "cosine_standardized": _mean(fidelity_std.tolist())}
     for name, outs in controls.items():

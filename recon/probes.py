@@ -245,20 +245,27 @@ def run_task(task, x, hidden=512, epochs=10, seed=0, log=print):
     return out, kept
 
 
+def written_content(task, predictions, split="test"):
+    """Per text of `split` of the bag-of-words task: (its content words, those of them the prediction
+    writes), as sets of word ids; content words are in the task's vocabulary, outside its `stop`
+    commonest."""
+    stop, index = task.info["stop"], {w: i for i, w in enumerate(task.classes)}
+    for ids, pred in zip(task.labels[split], predictions):
+        truth = {i for i in ids if i >= stop}
+        yield truth, truth & {index[w] for w in words(pred) if w in index}
+
+
 def decoder_vs_probe(task, probe_logits, predictions):
     """On the test split of the bag-of-words task: the content words (in the probe's vocabulary,
     outside its `stop` commonest) that the probe recovers at |s| and that the decoder writes.
     predictions: the decoder's reconstruction of each test text, in order."""
-    stop, index = task.info["stop"], {w: i for i, w in enumerate(task.classes)}
     logits = probe_logits.clone()
-    logits[:, :stop] = float("-inf")
+    logits[:, :task.info["stop"]] = float("-inf")
     want = written = recovered = both = 0
-    for row, ids, pred in zip(logits, task.labels["test"], predictions):
-        truth = {i for i in ids if i >= stop}
+    for row, (truth, decoder) in zip(logits, written_content(task, predictions)):
         if not truth:
             continue
         probe = truth & set(row.topk(len(truth)).indices.tolist())
-        decoder = truth & {index[w] for w in words(pred) if w in index}
         want, written, recovered, both = want + len(truth), written + len(decoder), recovered + len(probe), both + len(probe & decoder)
     return {"content_words": want, "decoder_content_recall": 100 * written / max(want, 1),
             "probe_content_recall": 100 * recovered / max(want, 1),

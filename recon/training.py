@@ -107,10 +107,11 @@ def fit_bow_head(model, vectors, targets, cfg, log, val=None):
     n, batch = len(targets), 256
     steps = max(1, round(cfg.bow_epochs * n / batch))
     order = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(steps * batch / n))])
+    padded = pad_batch(targets, pad, vectors.device)  # (N, T) once; each batch takes its rows
     for step in range(steps):
-        idx = order[step * batch:(step + 1) * batch]
-        y = pad_batch([targets[i] for i in idx.tolist()], pad, vectors.device)
-        loss = decoder.bow_loss(vectors[idx.to(vectors.device)], y, pad) / (y != pad).sum()
+        idx = order[step * batch:(step + 1) * batch].to(vectors.device)
+        y = padded[idx]
+        loss = decoder.bow_loss(vectors[idx], y, pad) / (y != pad).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
