@@ -70,7 +70,7 @@ def main(argv=None):
                                  info={"checkpoint": folder, "step": meta.get("step"), "data": dcfg.data},
                                  max_examples=cfg.max_examples, num_beams=cfg.num_beams,
                                  length_penalty=cfg.length_penalty, batch_size=cfg.batch_size, seed=cfg.seed,
-                                 no_repeat_ngram=cfg.no_repeat_ngram,
+                                 no_repeat_ngram=cfg.no_repeat_ngram, no_repeat_match=cfg.no_repeat_match,
                                  rerank=cfg.rerank, correction_steps=cfg.correction_steps,
                                  correction_beam=cfg.correction_beam,
                                  pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
@@ -80,7 +80,8 @@ def main(argv=None):
             steps = model.correction_steps if cfg.correction_steps is None else cfg.correction_steps
             say(f"\ncorrection, step by step, beside its ablations (correction.md in {cfg.output_dir}):")
             result = evaluate_correction(model, corpus.texts(split)[:cfg.max_examples], steps, cfg.correction_beam,
-                                         cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say)
+                                         cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say,
+                                         no_repeat_match=cfg.no_repeat_match)
             say(correction_table(result))
         if cfg.probes and distributed.is_main():
             probe_checkpoint(folder, model, part(ProbeSettings, cfg), cfg.output_dir, DEFAULT_CACHE_DIR,

@@ -18,19 +18,22 @@ import torch
 import torch.nn.functional as F
 
 from recon.decoder import DecoderSpec
-from recon.device import keep_freed_memory
+from recon.device import autocast, cpu_has_bf16, keep_freed_memory
 
-SETTINGS = {  # name -> DecoderSpec fields
+SETTINGS = {  # name -> DecoderSpec fields, and the step's precision (fp32 unless given)
     "previous default (dropout 0.1, tied head)": {"dropout": 0.1, "bow_head": "tied"},
     "dropout 0, tied head": {"dropout": 0.0, "bow_head": "tied"},
     "dropout 0.1, full head": {"dropout": 0.1, "bow_head": "full"},
-    "default (dropout 0, full head)": {},
-    "default, no prior, no coverage": {"bow_prior": False, "coverage": False},
+    "default decoder (dropout 0, full head), fp32": {},
+    "default decoder, no prior, no coverage, fp32": {"bow_prior": False, "coverage": False},
+    "default decoder, bf16 autocast (--precision bf16)": {"precision": "bf16"},
 }
 
 
 def make_step(fields, args, vector_dim=384):
     """One training step of the decoder these DecoderSpec fields describe, as a closure."""
+    fields = dict(fields)
+    precision = fields.pop("precision", "fp32")
     torch.manual_seed(0)
     decoder = DecoderSpec(**fields).build(vector_dim, args.vocab_size).train()
     opt = torch.optim.AdamW(decoder.parameters(), lr=1e-3)
@@ -39,8 +42,9 @@ def make_step(fields, args, vector_dim=384):
     inputs = torch.cat([torch.full((args.batch_size, 1), 2), y[:, :-1]], 1)  # [BOS] t1 .. t_{T-1}
 
     def step():
-        logits = decoder(v, inputs)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") + decoder.bow_loss(v, y, 0)
+        with autocast(v.device, precision):
+            logits = decoder(v, inputs)  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") + decoder.bow_loss(v, y, 0)
         (loss / y.numel()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -69,7 +73,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"decoder training step: {args.batch_size} sentences x {args.tokens} tokens, vocabulary {args.vocab_size}, "
-          f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds of {args.steps} steps\n")
+          f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds of {args.steps} steps; "
+          f"this CPU {'multiplies' if cpu_has_bf16() else 'does not multiply'} bf16 natively "
+          f"(--precision auto: {'bf16' if cpu_has_bf16() else 'fp32'})\n")
     print("| decoder | ms per step | tokens/s | time vs the previous default |")
     print("|---|---:|---:|---:|")
     steps = {name: make_step(fields, args) for name, fields in SETTINGS.items()}

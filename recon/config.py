@@ -21,6 +21,7 @@ from recon.cache import DEFAULT_CACHE_DIR
 from recon.corrector import CORRECTOR_OWN, CorrectionSpec
 from recon.data import DataConfig
 from recon.decoder import DecoderSpec
+from recon.device import PRECISIONS
 from recon.encoder import EncoderSpec
 from recon.errors import ConfigError, check
 from recon.spec import ModelSpecs, field_names, with_unrecorded
@@ -41,7 +42,7 @@ def _check_rerank(rerank, num_beams):
 class OptimConfig:
     """How the model is trained: everything here changes the numbers, so a resume keeps it."""
 
-    max_steps: int = field(default=1200, metadata={"help": "optimizer steps (0: use --epochs)"})
+    max_steps: int = field(default=1500, metadata={"help": "optimizer steps (0: use --epochs)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training split, when --max-steps is 0"})
     batch_size: int = field(default=64, metadata={"help": "sentences per optimizer step"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the decoder"})
@@ -60,6 +61,10 @@ class OptimConfig:
         "help": "before the first step of a new run, fit the bag-of-words head alone on the training vectors "
                 "for this many passes (frozen encoders: the vectors are cached), so that its prior says what the "
                 "vector holds from the start (0: off)"})
+    precision: str = field(default="auto", metadata={
+        "help": "the training step's precision: auto (bf16 autocast where the hardware multiplies bf16 natively: "
+                "CUDA, or a CPU with AVX512-BF16 or AMX; fp32 elsewhere), bf16, fp32, or bf16-cuda-only (bf16 on "
+                "CUDA, fp32 on a CPU: runs before this flag). Evaluation and generation keep fp32 on a CPU"})
     bucket_pool: int = field(default=50, metadata={
         "help": "length bucketing: sort each pool of this many shuffled batches by length before cutting "
                 "it into batches (less padding); 0: plain shuffled batches"})
@@ -71,6 +76,7 @@ class OptimConfig:
         check(self.max_steps > 0 or self.epochs > 0, "give --max-steps or --epochs a positive value")
         check(self.bow_epochs >= 0, f"--bow-epochs cannot be negative, not {self.bow_epochs}")
         check(self.lr > 0 and self.encoder_lr > 0, "learning rates must be positive")
+        check(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
         check(0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], not {self.min_lr_ratio}")
         check(self.early_stopping_patience >= 0 and self.early_stopping_min_delta >= 0,
               "--early-stopping-patience and --early-stopping-min-delta cannot be negative")
@@ -105,6 +111,10 @@ class RunConfig:
     no_repeat_ngram: int = field(default=3, metadata={
         "help": "final evaluation: never write the same n-gram of decoder tokens twice (0: off; the report "
                 "gives the share of references this makes unreachable)"})
+    no_repeat_match: str = field(default="loose", metadata={
+        "help": "how --no-repeat-ngram compares n-grams: loose (decoder pieces as the metrics see words: case, "
+                "accents and punctuation ignored, so 'Sea' repeats 'sea' and 'a, b' repeats 'a b') or exact "
+                "(token ids, as runs before this flag did)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a different run already in --output-dir"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
         "help": "where a frozen encoder's vectors are kept for later runs ('' : no cache)"})
@@ -122,6 +132,8 @@ class RunConfig:
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         check(self.save_steps >= 0 and self.time_limit >= 0, "step counts and --time-limit cannot be negative")
         check(self.no_repeat_ngram == 0 or self.no_repeat_ngram >= 2, "--no-repeat-ngram must be 0 (off) or 2 or more")
+        check(self.no_repeat_match in ("loose", "exact"),
+              f"--no-repeat-match must be loose or exact, not {self.no_repeat_match!r}")
         check(self.eval_split in ("test", "validation"), f"--eval-split must be test or validation, not {self.eval_split!r}")
         _check_rerank(self.rerank, self.num_beams)
         check(self.peak_tflops >= 0, f"--peak-tflops must be 0 (from the device name) or more, not {self.peak_tflops}")
@@ -203,6 +215,10 @@ class EvalConfig(ProbeSettings):
     no_repeat_ngram: int = field(default=3, metadata={
         "help": "never write the same n-gram of decoder tokens twice (0: off; the report gives the share of "
                 "references this makes unreachable)"})
+    no_repeat_match: str = field(default="loose", metadata={
+        "help": "how --no-repeat-ngram compares n-grams: loose (decoder pieces as the metrics see words: case, "
+                "accents and punctuation ignored, so 'Sea' repeats 'sea' and 'a, b' repeats 'a b') or exact "
+                "(token ids, as runs before this flag did)"})
     batch_size: int = field(default=256, metadata={"help": "sentences per batch"})
     encoder: Optional[str] = field(default=None, metadata={"help": "load the encoder from here instead of the recorded name"})
     representation: Optional[str] = field(default=None, metadata={
@@ -225,6 +241,8 @@ class EvalConfig(ProbeSettings):
               f"--split must be train, validation, test or all, not {self.split!r}")
         check(self.num_beams >= 1 and self.batch_size >= 1, "--num-beams and --batch-size must be at least 1")
         check(self.no_repeat_ngram == 0 or self.no_repeat_ngram >= 2, "--no-repeat-ngram must be 0 (off) or 2 or more")
+        check(self.no_repeat_match in ("loose", "exact"),
+              f"--no-repeat-match must be loose or exact, not {self.no_repeat_match!r}")
         _check_rerank(self.rerank, self.num_beams)
         check(self.retrieval_pool is None or self.retrieval_pool >= 0, "--retrieval-pool cannot be negative")
         check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")

@@ -165,10 +165,11 @@ def hypothesis_rows(base, corrector, vectors, texts, cache_dir, no_repeat_ngram,
         return stored["rows"], stored["texts"]
     t0, hyps = time.time(), []
     chunk = 4 * batch_size
+    # the ban as the corrector's recorded --hypothesis-repeat-ngram meant it: on token ids
     with progress(total=len(texts), desc="base hypotheses", leave=False) as bar:
         for s in range(0, len(texts), chunk):
             hyps += base.generate_from_vectors(vectors[s:s + chunk], batch_size=batch_size,
-                                               no_repeat_ngram=no_repeat_ngram)
+                                               no_repeat_ngram=no_repeat_ngram, no_repeat_match="exact")
             bar.update(min(chunk, len(texts) - s))
     rows = corrector.rows(vectors, base.encode(hyps, batch_size), base.tokenizer.encode(hyps))
     log(f"{len(texts)} hypotheses of the base decoded and re-encoded in {time.time() - t0:.0f}s")
@@ -214,7 +215,7 @@ def adopt_base(cfg):
 
 @torch.no_grad()
 def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_repeat_ngram=0, num_beams=1,
-            length_penalty=1.0, log=None):
+            length_penalty=1.0, log=None, no_repeat_match="loose"):
     """Correct the base's reconstructions of `vectors` (N, Dv) for `steps` steps.
 
     model: a corrector ReconModel (model.base is the base). beam: keep this many candidates per
@@ -224,7 +225,8 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     Returns (outputs per step, step 0 the base's; seconds per step).
     """
     base, dec = model.base, model.decoder
-    gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty)
+    gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
+               length_penalty=length_penalty)
     t0 = time.time()
     first = base.generate_from_vectors(vectors, num_beams=num_beams, **gen)
     outputs, seconds, cands = [first], [time.time() - t0], [[h] for h in first]
@@ -264,7 +266,7 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
 
 
 def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_repeat_ngram=0, output_dir=None,
-                        log=print):
+                        log=print, no_repeat_match="loose"):
     """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
     for the corrector and two ablations: no feedback (the hypothesis vector replaced by the
     training mean) and a random target (Gaussian vectors matched to the real ones). Writes
@@ -278,11 +280,12 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     conditions = {"correction": dict(beam=beam), "no feedback": dict(beam=1, feedback=False),
                   "random target": dict(beam=beam, vectors=matched_random_vectors(vectors, seed))}
     result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
-              "conditions": {}}
+              "no_repeat_match": no_repeat_match, "conditions": {}}
     for name, how in conditions.items():
         how = dict(how)
         v = how.pop("vectors", vectors)
-        outputs, seconds = correct(model, v, steps, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, **how)
+        outputs, seconds = correct(model, v, steps, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
+                                   no_repeat_match=no_repeat_match, **how)
         curve = []
         for step, preds in enumerate(outputs):
             s = corpus_scores(preds, texts)

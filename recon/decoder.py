@@ -142,15 +142,27 @@ class Block(nn.Module):
             cache.v[layer, :, :, start:end] = v
             k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
         drop = self.dropout if self.training and cache is None else 0.0
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+            # under CPU bf16 autocast, attention alone stays fp32: PyTorch's CPU attention has a
+            # slower backward in bf16 than in fp32
+            with torch.autocast("cpu", enabled=False):
+                y = self._attend(q.float(), k.float(), v.float(), keep, start, end, drop)
+        else:
+            y = self._attend(q, k, v, keep, start, end, drop)
+        return self.proj(y)
+
+    @staticmethod
+    def _attend(q, k, v, keep, start, end, drop):
+        B, H, T, hd = q.shape
         if keep is None:
             # the first call fills a block of positions (causal within it); later calls add one
             # position that may attend to everything before it
             y = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and T > 1, dropout_p=drop)
         else:
-            causal = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)  # (T, end)
+            causal = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(start)  # (T, end)
             mask = causal[None, None] & keep[:, None, None, :end]  # (B, 1, T, end)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return y.transpose(1, 2).reshape(B, T, H * hd)
 
     def forward(self, x, cache=None, layer=0, keep=None):
         x = x + self.resid_drop(self.attention(self.ln1(x), cache, layer, keep))

@@ -68,9 +68,47 @@ class ValidText:
         return torch.stack([new_due, lo, hi], -1)
 
 
-def ban_repeats_(logits, history, n):
+def canonical_pieces(piece_texts):
+    """For each vocabulary id, the id of its text as the metrics see words (lowercased, accents and
+    punctuation stripped; see recon.metrics.normalize_loose), or -1 where nothing is left (punctuation,
+    bytes, specials): (V,) longs, for ban_repeats_'s `canon`."""
+    from recon.metrics import normalize_loose
+    ids, canon = {}, []
+    for text in piece_texts:
+        key = normalize_loose(text).replace(" ", "") if text else ""
+        canon.append(ids.setdefault(key, len(ids)) if key else -1)
+    return torch.tensor(canon)
+
+
+def ban_repeats_(logits, history, n, canon=None):
     """Set to -inf, in place, every token that would complete an n-gram already in `history`:
-    logits (b, V), history (b, t) of the tokens written so far (HF's no_repeat_ngram_size)."""
+    logits (b, V), history (b, t) of the tokens written so far (HF's no_repeat_ngram_size).
+
+    canon: None, or (V,) class ids (canonical_pieces): the n-grams are then of classes, with the
+    pieces of class -1 (punctuation) left out, so "Sea" repeats "sea" and "animals, and animals"
+    repeats "animals and animals"; a token is banned with every token of its class."""
+    if canon is None:
+        return _ban_ids_(logits, history, n)
+    if n < 2 or history.shape[1] < n:
+        return
+    c = canon[history]  # (b, t)
+    keep = c >= 0
+    # each row's classes without the -1s, moved to the front (a stable sort keeps their order)
+    c = c.gather(1, (~keep).to(torch.int8).argsort(dim=1, stable=True))
+    length = keep.sum(1)  # (b,)
+    t = c.shape[1]
+    last = c.gather(1, (length[:, None] - n + 1 + torch.arange(n - 1, device=c.device)).clamp(min=0))  # (b, n-1)
+    windows = c.unfold(1, n - 1, 1)[:, :t - n + 1]  # (b, t-n+1, n-1)
+    starts = torch.arange(t - n + 1, device=c.device)
+    hit = (windows == last[:, None]).all(-1) & (starts[None] + n - 1 < length[:, None])  # (b, t-n+1)
+    rows, at = hit.nonzero(as_tuple=True)
+    if len(rows):
+        banned = torch.zeros(logits.shape[0], int(canon.max()) + 1, dtype=torch.bool, device=logits.device)
+        banned[rows, c[rows, at + n - 1]] = True
+        logits.masked_fill_(banned[:, canon.clamp(min=0)] & (canon >= 0), float("-inf"))
+
+
+def _ban_ids_(logits, history, n):
     t = history.shape[1]
     if n < 1 or t < n:
         return
@@ -86,12 +124,13 @@ def _strip(ids, eos_id):
 
 
 @torch.no_grad()
-def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no_repeat_ngram=0):
+def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no_repeat_ngram=0, canon=None):
     """(B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS]).
 
     Every 8 tokens the finished rows are dropped from the batch and the cache, so a batch of
     mixed lengths costs about its mean length, not its longest. valid: a ValidText, or None;
-    no_repeat_ngram: never write an n-gram of tokens twice (0: off)."""
+    no_repeat_ngram: never write an n-gram of tokens twice (0: off); canon: compare them loosely
+    (see ban_repeats_)."""
     B, device = vectors.shape[0], vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
     cache = decoder.new_cache(B, device, _cache_dtype(device))
@@ -105,7 +144,7 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
         for t in range(max_new_tokens):
             last = logits[:, -1]  # (b, V)
             if no_repeat_ngram:
-                ban_repeats_(last, out[rows, :t], no_repeat_ngram)
+                ban_repeats_(last, out[rows, :t], no_repeat_ngram, canon)
             if valid:
                 valid.mask_(last, state, max_new_tokens - 1 - t)
             nxt = last.argmax(-1).masked_fill(done, eos_id)  # (b,)
@@ -131,14 +170,15 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
 
 @torch.no_grad()
 def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.0, max_new_tokens=None,
-                return_all=False, valid=None, no_repeat_ngram=0):
+                return_all=False, valid=None, no_repeat_ngram=0, canon=None):
     """(B, Dv) vectors -> list of B token-id lists, the best beam of each.
 
     Beams that emit [EOS] are frozen (their score no longer changes); at the end each beam's
     sum of log-probabilities is divided by length ** length_penalty, length counting [EOS].
     Every 8 tokens the sentences whose beams have all ended leave the batch and the cache.
     return_all: also return every final beam, best first, as a list of B lists of (ids, score).
-    valid: a ValidText, or None; no_repeat_ngram: never write an n-gram of tokens twice (0: off).
+    valid: a ValidText, or None; no_repeat_ngram: never write an n-gram of tokens twice (0: off);
+    canon: compare them loosely (see ban_repeats_).
     """
     B, K, device = vectors.shape[0], num_beams, vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
@@ -166,7 +206,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
             logp = logits[:, -1].float().log_softmax(-1).view(b, K, -1)  # (b, K, V)
             V = logp.shape[-1]
             if no_repeat_ngram:
-                ban_repeats_(logp.view(b * K, V), seqs.view(b * K, -1), no_repeat_ngram)
+                ban_repeats_(logp.view(b * K, V), seqs.view(b * K, -1), no_repeat_ngram, canon)
             if valid:
                 valid.mask_(logp.view(b * K, V), state.view(b * K, 3), max_new_tokens - 1 - t)
             # a finished beam may only "continue" with EOS at no cost (in place: no (b, K, V) copies)

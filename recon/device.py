@@ -3,9 +3,31 @@
 import torch
 
 
-def autocast(device):
-    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slow and changes the numbers)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+# --precision of the training step: auto is bf16 where the hardware multiplies bf16 natively (CUDA; a
+# CPU with AVX512-BF16 or AMX), fp32 elsewhere, where bf16 is emulated and slower than fp32;
+# bf16-cuda-only is what runs did before the flag existed
+PRECISIONS = ("auto", "bf16", "fp32", "bf16-cuda-only")
+
+
+def cpu_has_bf16():
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_precision(precision, device):
+    """The precision a training step runs in on `device`: bf16 or fp32."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()) else "fp32"
+    if precision == "bf16-cuda-only":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device, precision="bf16-cuda-only"):
+    """bf16 autocast in the given precision (resolve_precision); by default, on CUDA only: evaluation,
+    decoding and encoding keep full precision on the CPU, so their numbers do not depend on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
 
 
 def to_device(t, device):

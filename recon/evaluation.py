@@ -124,7 +124,8 @@ def example_rows(texts, predictions, lengths, fidelity, fidelity_std, controls):
 
 
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
-             pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print):
+             pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print,
+             no_repeat_match="loose"):
     """Score `model` on `texts`; lengths: encoder-token length of each text.
 
     pool_texts: the training texts for the retrieval control and the overlap check (none: skipped);
@@ -136,7 +137,8 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         raise ValueError("nothing to evaluate: the chosen split holds no text")
     if rerank not in ("none", "embedding"):
         raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
-    gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram)
+    gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
+               no_repeat_match=no_repeat_match)
     if model.base is not None:  # a corrector: every output (controls too) is the base's, corrected
         gen.update(correction_steps=correction_steps, correction_beam=correction_beam)
     t0 = time.time()
@@ -175,9 +177,10 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     metrics.update({
         **overlap,
         "reference_repeated_3gram": 100 * sum(map(repeats_ngram, texts)) / len(texts),
-        **unreachable_under_ban(model, texts, no_repeat_ngram),
+        **unreachable_under_ban(model, texts, no_repeat_ngram, no_repeat_match),
         "decoding": {"strategy": "beam" if num_beams > 1 else "greedy", "num_beams": num_beams,
                      "length_penalty": length_penalty, "rerank": rerank, "no_repeat_ngram": no_repeat_ngram,
+                     "no_repeat_match": no_repeat_match,
                      "max_new_tokens": model.config.max_target_len + 1,
                      **({"correction_steps": model.correction_steps if correction_steps is None else correction_steps,
                          "correction_beam": correction_beam} if model.base is not None else {})},
@@ -192,12 +195,18 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     return metrics, rows
 
 
-def unreachable_under_ban(model, texts, n):
-    """With --no-repeat-ngram n: the share of references that repeat an n-gram of decoder tokens,
-    which the ban makes impossible to write exactly (the ceiling it puts on exact match)."""
+def unreachable_under_ban(model, texts, n, match="exact"):
+    """With --no-repeat-ngram n: the share of references that repeat an n-gram of decoder tokens
+    (compared as --no-repeat-match says), which the ban makes impossible to write exactly (the
+    ceiling it puts on exact match)."""
     if not n:
         return {}
+    classes = model.piece_classes(match)
+    classes = classes.tolist() if classes is not None else None
+
     def repeats(ids):
+        if classes is not None:  # loose: the pieces' classes, punctuation (-1) left out
+            ids = [c for c in (classes[i] for i in ids) if c >= 0]
         grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
         return len(grams) != len(set(grams))
     return {"reference_unreachable_no_repeat": 100 * sum(map(repeats, model.tokenizer.encode(texts))) / len(texts)}

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from recon.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, resolve_checkpoint
 from recon.decoder import DecoderSpec
-from recon.decoding import ValidText, beam_search, greedy
+from recon.decoding import ValidText, beam_search, canonical_pieces, greedy
 from recon.encoder import EncoderSpec, fingerprint, set_trainable
 from recon.spec import ModelSpecs, with_unrecorded
 from recon.tokenizer import load_decoder_tokenizer
@@ -140,11 +140,14 @@ class ReconModel(nn.Module):
 
     @torch.no_grad()
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
-                              return_all=False, no_repeat_ngram=0, correction_steps=None, correction_beam=1):
+                              return_all=False, no_repeat_ngram=0, correction_steps=None, correction_beam=1,
+                              no_repeat_match="loose"):
         """(N, vector_dim) vectors from anywhere -> list of N strings.
 
         return_all (beam search): also return every beam, best first, as N lists of (text, score).
-        no_repeat_ngram: never write the same n-gram of decoder tokens twice (0: off).
+        no_repeat_ngram: never write the same n-gram of decoder tokens twice (0: off); no_repeat_match:
+        loose (tokens compared as the metrics compare words: case, accents and punctuation ignored)
+        or exact (token ids).
         correction_steps, correction_beam (a corrector checkpoint only): the base model's output,
         corrected this many times (default self.correction_steps), keeping correction_beam
         candidates per sentence by the cosine of their re-encoded vectors to the target.
@@ -162,37 +165,37 @@ class ReconModel(nn.Module):
                 raise ValueError("this model has no corrector: train one with `python train.py --base-model RUN_DIR` "
                                  "and load that checkpoint to correct")
             return self.decode_rows(vectors, num_beams, length_penalty, max_new_tokens, batch_size, return_all,
-                                    no_repeat_ngram)
+                                    no_repeat_ngram, no_repeat_match)
         if return_all:
             raise ValueError("return_all is not available with correction; correction_beam keeps the closest candidates")
         from recon.corrector import correct
         steps = self.correction_steps if correction_steps is None else correction_steps
         outputs, _ = correct(self, vectors, steps, correction_beam, batch_size=batch_size, num_beams=num_beams,
-                             no_repeat_ngram=no_repeat_ngram, length_penalty=length_penalty)
+                             no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
+                             length_penalty=length_penalty)
         return outputs[-1]
 
     @torch.no_grad()
     def decode_rows(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
-                    return_all=False, no_repeat_ngram=0):
+                    return_all=False, no_repeat_ngram=0, no_repeat_match="loose"):
         """The decoder's own inputs (N, ...) -> N strings: vectors, or a corrector's rows."""
         if return_all and num_beams == 1:
             raise ValueError("return_all needs num_beams > 1")
         c, out, beams = self.config, [], []
         valid = self.valid_text()
+        ban = dict(no_repeat_ngram=no_repeat_ngram, canon=self.piece_classes(no_repeat_match))
         with self._eval_mode():
             for start in range(0, len(vectors), batch_size):
                 v = vectors[start:start + batch_size].to(self.device, torch.float32)
                 if return_all:  # every beam decoded to text only when asked for
                     ids, all_ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty,
-                                               max_new_tokens, return_all=True, valid=valid,
-                                               no_repeat_ngram=no_repeat_ngram)
+                                               max_new_tokens, return_all=True, valid=valid, **ban)
                     beams.extend([(self.tokenizer.decode(x), s) for x, s in row] for row in all_ids)
                 elif num_beams > 1:
                     ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty, max_new_tokens,
-                                      valid=valid, no_repeat_ngram=no_repeat_ngram)
+                                      valid=valid, **ban)
                 else:
-                    ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens, valid=valid,
-                                 no_repeat_ngram=no_repeat_ngram)
+                    ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens, valid=valid, **ban)
                 out.extend(self.tokenizer.decode(x) for x in ids)
         return (out, beams) if return_all else out
 
@@ -201,6 +204,17 @@ class ReconModel(nn.Module):
         if getattr(self, "_valid", None) is None or self._valid.byte.device != self.device:
             self._valid = ValidText.for_tokenizer(self.tokenizer, self.device)
         return self._valid
+
+    def piece_classes(self, no_repeat_match):
+        """The repeat ban's classes of the vocabulary on the model's device: None for exact (token
+        ids), recon.decoding.canonical_pieces for loose (built once)."""
+        if no_repeat_match not in ("loose", "exact"):
+            raise ValueError(f"no_repeat_match must be loose or exact, not {no_repeat_match!r}")
+        if no_repeat_match == "exact":
+            return None
+        if getattr(self, "_classes", None) is None or self._classes.device != self.device:
+            self._classes = canonical_pieces(self.tokenizer.piece_texts()).to(self.device)
+        return self._classes
 
     def reconstruct(self, texts, **generate_kwargs):
         """list of str -> list of str: each text through its vector and back."""

@@ -97,7 +97,8 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
         if d.get("rerank") == "embedding":
             decoding += ", the beam whose re-encoded vector is closest to the target kept"
     if d.get("no_repeat_ngram"):
-        decoding += f", no {d['no_repeat_ngram']}-gram of decoder tokens written twice"
+        decoding += f", no {d['no_repeat_ngram']}-gram of decoder tokens written twice" + (
+            " (compared loosely: case, accents and punctuation ignored)" if d.get("no_repeat_match") == "loose" else "")
     decoding += f"; at most {d['max_new_tokens']} tokens. BLEU signature: `{metrics['sacrebleu_signature']}`."
     notes = []
     if "beam_without_rerank_bleu" in metrics:

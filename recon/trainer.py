@@ -101,11 +101,13 @@ class Trainer:
     """
 
     def __init__(self, step_fn, batches, optimizer, scheduler, parameters, max_steps, *, device, grad_clip=0.0,
-                 eval_every=1, save_every=0, peak_flops=None, start=0, tokens_seen=0, t_start=None, time_limit=0.0):
+                 eval_every=1, save_every=0, peak_flops=None, start=0, tokens_seen=0, t_start=None, time_limit=0.0,
+                 precision="bf16-cuda-only"):
         self.step_fn, self.batches, self.optimizer, self.scheduler = step_fn, batches, optimizer, scheduler
         self.parameters, self.max_steps, self.device, self.grad_clip = list(parameters), max_steps, device, grad_clip
         self.eval_every, self.save_every, self.peak_flops = eval_every, save_every, peak_flops
         self.step, self.tokens_seen = start, tokens_seen
+        self.precision = precision  # of the training step (recon.device.resolve_precision)
         self.log = self.evaluate = self.save = lambda *a: {}
         self.stop_early = lambda record: False
         self.stopped_early = False
@@ -118,7 +120,7 @@ class Trainer:
 
     def train_step(self, batch):
         world = dist.world_size()
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             loss = self.step_fn(**batch.inputs)
         # this process's share of the global batch's mean token loss; DDP averages gradients
         # over processes, so scale back up by their number

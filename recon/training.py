@@ -25,7 +25,7 @@ from recon.batching import Batches, pad_batch
 from recon.checkpoint import (git_commit, list_checkpoints, load_trainer_state, append_log, save_checkpoint,
                               truncate_log)
 from recon.corrector import adopt_base
-from recon.device import autocast, to_device
+from recon.device import autocast, resolve_precision, to_device
 from recon.encoder import SCRATCH
 from recon.errors import ConfigError
 from recon.evaluation import evaluate_split
@@ -256,7 +256,7 @@ def final_evaluation(cfg, run, step, log, checkpoint=None):
     metrics = evaluate_split(run.model, run.corpus, split, out, log=log,
                              info={"checkpoint": checkpoint or cfg.output_dir, "step": step, "data": cfg.data},
                              num_beams=cfg.num_beams, batch_size=cfg.eval_batch_size, seed=cfg.seed, rerank=cfg.rerank,
-                             no_repeat_ngram=cfg.no_repeat_ngram,
+                             no_repeat_ngram=cfg.no_repeat_ngram, no_repeat_match=cfg.no_repeat_match,
                              pool_texts=run.corpus.texts("train"),
                              pool_vectors=run.vectors["train"] if run.pool_vectors is None else run.pool_vectors)
     log(f"\n{split} split ({metrics['num_examples']} sentences, report in {out}/report.md):\n{headline_table(metrics)}")
@@ -289,10 +289,12 @@ def train(cfg, log=say):
             + (f" (bucketed in pools of {cfg.bucket_pool} batches; {100 * padding['padding_fraction_unbucketed']:.1f}% "
                "unbucketed)" if cfg.bucket_pool else ""))
         optimizer = make_optimizer(run.model, cfg, device)
+        precision = resolve_precision(cfg.precision, device)
+        log(f"training step precision: {precision}" + (f" (--precision {cfg.precision})" if cfg.precision != precision else ""))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(segments))
         meta = {"args": asdict(cfg), "git_commit": git_commit(), "data": run.corpus.stats,
                 "decoder_parameters": run.model.decoder_parameters(), "world_size": dist.world_size(), **padding,
-                "max_steps": max_steps, "schedule": segments,
+                "max_steps": max_steps, "schedule": segments, "precision": precision,
                 "extensions": run.resume_meta.get("extensions", [])}
         if extension:
             meta["extensions"] = meta["extensions"] + [{**extension, "git_commit": meta["git_commit"],
@@ -304,7 +306,8 @@ def train(cfg, log=say):
         trainer = Trainer(wrapped_step(run.model, cfg, device), step_batches(run, batches, cfg), optimizer, scheduler,
                           run.model.parameters(), max_steps, device=device, grad_clip=cfg.grad_clip,
                           eval_every=cfg.eval_steps, save_every=cfg.save_steps,
-                          peak_flops=peak_flops(device, cfg.peak_tflops), t_start=t_start, time_limit=cfg.time_limit)
+                          peak_flops=peak_flops(device, cfg.peak_tflops), t_start=t_start, time_limit=cfg.time_limit,
+                          precision=precision)
         hooks = RunHooks(cfg, run, trainer, meta, log)
         if run.resume_from:
             hooks.restore(run.resume_from)

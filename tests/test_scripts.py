@@ -61,6 +61,21 @@ def test_evaluate_defaults_to_the_held_out_split(trained_run):
     assert m["bleu"] == pytest.approx(test["bleu"])  # same checkpoint, same split, same numbers
 
 
+def test_evaluate_repeat_ban_match_is_recorded_and_reported(trained_run, tmp_path):
+    tmp, data, out = trained_run
+    m = {}
+    for match in ("exact", "loose"):
+        assert evaluate_script.main(["--checkpoint", str(out), "--output-dir", str(tmp_path / match),
+                                     "--no-repeat-match", match]) == 0
+        m[match] = json.loads((tmp_path / match / "metrics.json").read_text())
+        assert m[match]["decoding"]["no_repeat_match"] == match
+    # loose leaves out what is not a word (punctuation, a lone word boundary, bytes): on this tiny
+    # vocabulary every reference repeats a 3-gram of token ids, far fewer one of words
+    assert m["loose"]["reference_unreachable_no_repeat"] < m["exact"]["reference_unreachable_no_repeat"]
+    assert "compared loosely" in (tmp_path / "loose" / "report.md").read_text()
+    assert "compared loosely" not in (tmp_path / "exact" / "report.md").read_text()
+
+
 def test_evaluate_new_file_defaults_to_all_of_it(trained_run, tmp_path):
     tmp, data, out = trained_run
     new = tmp_path / "new.jsonl"

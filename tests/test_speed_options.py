@@ -1,14 +1,19 @@
-"""The speed options change speed, not the numbers: --compile, and the padding bookkeeping of
-length bucketing (--bucket-pool)."""
+"""The speed options change speed, not the numbers (or, for --precision, only as far as bf16
+rounding goes): --compile, --precision, and the padding bookkeeping of length bucketing
+(--bucket-pool)."""
 
 import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
+import recon.decoder
 from conftest import sentences
-from recon.config import TrainConfig, parse
+from recon.config import ConfigError, TrainConfig, parse
+from recon.decoder import DecoderSpec
+from recon.device import autocast, resolve_precision
 from recon.training import train
 
 
@@ -37,6 +42,44 @@ def test_compiled_training_gives_the_same_losses(tmp_path, tiny_encoder_dir, dat
     assert meta["args"]["compile"] is True
     assert compiled[-1]["train_loss"] == pytest.approx(plain[-1]["train_loss"], rel=1e-3)
     assert compiled[-1]["val_loss"] == pytest.approx(plain[-1]["val_loss"], rel=1e-3)
+
+
+def test_precision_auto_is_bf16_only_where_the_hardware_multiplies_it(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr("recon.device.cpu_has_bf16", lambda: native)
+        assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+        assert resolve_precision("auto", cuda) == "bf16"
+        assert resolve_precision("bf16-cuda-only", cpu) == "fp32"  # what runs before the flag did
+        assert resolve_precision("fp32", cuda) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="--precision must be one of"):
+        parse(TrainConfig, ["--precision", "fp16"])
+
+
+def test_bf16_training_step_keeps_attention_in_fp32_on_the_cpu(monkeypatch):
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(recon.decoder.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: seen.append(q.dtype) or sdpa(q, k, v, **kw))
+    torch.manual_seed(0)
+    decoder = DecoderSpec(d_model=32, n_layer=2, n_head=2, embedding_init="random").build(16, 50)
+    v, y = torch.randn(4, 16), torch.randint(5, 50, (4, 7))
+    full = decoder(v, y)
+    with autocast(torch.device("cpu"), "bf16"):
+        low = decoder(v, y)
+    assert seen == [torch.float32] * 4  # 2 layers, fp32 then under autocast: attention never in bf16
+    assert low.dtype == torch.bfloat16  # the matrix products are
+    assert (low.float() - full).abs().max() < 0.05 * full.abs().max()
+    low.float().sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in decoder.parameters())
+
+
+def test_bf16_training_records_its_precision_and_tracks_fp32(tmp_path, tiny_encoder_dir, data):
+    full, meta32 = run(tiny_encoder_dir, data, tmp_path / "fp32", "--precision", "fp32")
+    low, meta16 = run(tiny_encoder_dir, data, tmp_path / "bf16", "--precision", "bf16")
+    assert (meta32["precision"], meta16["precision"]) == ("fp32", "bf16")
+    assert low[-1]["train_loss"] != full[-1]["train_loss"]  # it did run in bf16
+    assert low[-1]["val_loss"] == pytest.approx(full[-1]["val_loss"], rel=0.05)
 
 
 def test_padding_is_measured_and_bucketing_lowers_it(tmp_path, tiny_encoder_dir, data):

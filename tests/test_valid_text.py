@@ -6,7 +6,7 @@ import torch
 
 from conftest import sentences
 from recon.decoder import Decoder, DecoderSpec
-from recon.decoding import ValidText, beam_search, greedy
+from recon.decoding import ValidText, ban_repeats_, beam_search, canonical_pieces, greedy
 from recon.tokenizer import SentencePieceTokenizer
 
 
@@ -61,3 +61,22 @@ def test_the_constraint_changes_nothing_where_the_output_is_already_valid(byte_h
     free, kept = greedy(dec, vectors, tok.bos_id, tok.eos_id, 24), greedy(dec, vectors, tok.bos_id, tok.eos_id, 24, valid=valid)
     same = [a == b for a, b in zip(free, kept) if ok(a)]
     assert same and all(same)
+
+
+def test_loose_repeat_ban_ignores_case_and_punctuation():
+    texts = ["the", "Sea", "sea", ",", "and", "blue", None]  # None: a byte or special piece
+    canon = canonical_pieces(texts)
+    assert canon[1] == canon[2] and canon[3] == canon[6] == -1 and len(set(canon[[0, 1, 4, 5]].tolist())) == 4
+    # row 0: "the Sea and , the sea" -> the sea and the sea: "the sea" came before, followed by "and"
+    # row 1: "the , Sea , , the"    -> the sea the: "the" came before, followed by "sea"
+    history = torch.tensor([[0, 1, 4, 3, 0, 2], [0, 3, 1, 3, 3, 0]])
+    logits = torch.zeros(2, 7)
+    ban_repeats_(logits, history, 3, canon)
+    assert torch.isinf(logits[0]).nonzero().flatten().tolist() == [4]  # "and" again would repeat a 3-gram
+    assert not torch.isinf(logits[1]).any()  # "the sea" then "sea": no 3-gram complete yet
+    logits = torch.zeros(2, 7)
+    ban_repeats_(logits, history, 2, canon)
+    assert torch.isinf(logits[1]).nonzero().flatten().tolist() == [1, 2]  # both cases of "sea"; never ","
+    exact = torch.zeros(2, 7)
+    ban_repeats_(exact, history, 3)  # on token ids: "the sea" (0, 2) is not "the Sea" (0, 1)
+    assert not torch.isinf(exact).any()
