@@ -33,6 +33,16 @@ __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "ProbeConfi
 RERANKS = ("none", "embedding")
 
 
+NO_REPEAT_MATCH_HELP = ("how --no-repeat-ngram compares n-grams: loose (decoder pieces as the metrics see words: case, "
+                        "accents and punctuation ignored, so 'Sea' repeats 'sea' and 'a, b' repeats 'a b') or exact "
+                        "(token ids, as runs before this flag did)")
+
+
+def _check_no_repeat(ngram, match):
+    check(ngram == 0 or ngram >= 2, "--no-repeat-ngram must be 0 (off) or 2 or more")
+    check(match in ("loose", "exact"), f"--no-repeat-match must be loose or exact, not {match!r}")
+
+
 def _check_rerank(rerank, num_beams):
     check(rerank in RERANKS, f"--rerank must be none or embedding, not {rerank!r}")
     check(rerank == "none" or num_beams > 1, "--rerank embedding chooses among beams: give --num-beams 2 or more")
@@ -111,10 +121,7 @@ class RunConfig:
     no_repeat_ngram: int = field(default=3, metadata={
         "help": "final evaluation: never write the same n-gram of decoder tokens twice (0: off; the report "
                 "gives the share of references this makes unreachable)"})
-    no_repeat_match: str = field(default="loose", metadata={
-        "help": "how --no-repeat-ngram compares n-grams: loose (decoder pieces as the metrics see words: case, "
-                "accents and punctuation ignored, so 'Sea' repeats 'sea' and 'a, b' repeats 'a b') or exact "
-                "(token ids, as runs before this flag did)"})
+    no_repeat_match: str = field(default="loose", metadata={"help": NO_REPEAT_MATCH_HELP})
     overwrite: bool = field(default=False, metadata={"help": "replace a different run already in --output-dir"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
         "help": "where a frozen encoder's vectors are kept for later runs ('' : no cache)"})
@@ -131,9 +138,7 @@ class RunConfig:
         for name in ("eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         check(self.save_steps >= 0 and self.time_limit >= 0, "step counts and --time-limit cannot be negative")
-        check(self.no_repeat_ngram == 0 or self.no_repeat_ngram >= 2, "--no-repeat-ngram must be 0 (off) or 2 or more")
-        check(self.no_repeat_match in ("loose", "exact"),
-              f"--no-repeat-match must be loose or exact, not {self.no_repeat_match!r}")
+        _check_no_repeat(self.no_repeat_ngram, self.no_repeat_match)
         check(self.eval_split in ("test", "validation"), f"--eval-split must be test or validation, not {self.eval_split!r}")
         _check_rerank(self.rerank, self.num_beams)
         check(self.peak_tflops >= 0, f"--peak-tflops must be 0 (from the device name) or more, not {self.peak_tflops}")
@@ -215,10 +220,7 @@ class EvalConfig(ProbeSettings):
     no_repeat_ngram: int = field(default=3, metadata={
         "help": "never write the same n-gram of decoder tokens twice (0: off; the report gives the share of "
                 "references this makes unreachable)"})
-    no_repeat_match: str = field(default="loose", metadata={
-        "help": "how --no-repeat-ngram compares n-grams: loose (decoder pieces as the metrics see words: case, "
-                "accents and punctuation ignored, so 'Sea' repeats 'sea' and 'a, b' repeats 'a b') or exact "
-                "(token ids, as runs before this flag did)"})
+    no_repeat_match: str = field(default="loose", metadata={"help": NO_REPEAT_MATCH_HELP})
     batch_size: int = field(default=256, metadata={"help": "sentences per batch"})
     encoder: Optional[str] = field(default=None, metadata={"help": "load the encoder from here instead of the recorded name"})
     representation: Optional[str] = field(default=None, metadata={
@@ -240,9 +242,7 @@ class EvalConfig(ProbeSettings):
         check(self.split in (None, "train", "validation", "test", "all"),
               f"--split must be train, validation, test or all, not {self.split!r}")
         check(self.num_beams >= 1 and self.batch_size >= 1, "--num-beams and --batch-size must be at least 1")
-        check(self.no_repeat_ngram == 0 or self.no_repeat_ngram >= 2, "--no-repeat-ngram must be 0 (off) or 2 or more")
-        check(self.no_repeat_match in ("loose", "exact"),
-              f"--no-repeat-match must be loose or exact, not {self.no_repeat_match!r}")
+        _check_no_repeat(self.no_repeat_ngram, self.no_repeat_match)
         _check_rerank(self.rerank, self.num_beams)
         check(self.retrieval_pool is None or self.retrieval_pool >= 0, "--retrieval-pool cannot be negative")
         check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")

@@ -103,7 +103,8 @@ def ban_repeats_(logits, history, n, canon=None):
     hit = (windows == last[:, None]).all(-1) & (starts[None] + n - 1 < length[:, None])  # (b, t-n+1)
     rows, at = hit.nonzero(as_tuple=True)
     if len(rows):
-        banned = torch.zeros(logits.shape[0], int(canon.max()) + 1, dtype=torch.bool, device=logits.device)
+        # class ids are below the vocabulary size: (b, V) covers them without reading canon's max
+        banned = torch.zeros(logits.shape[0], canon.shape[0], dtype=torch.bool, device=logits.device)
         banned[rows, c[rows, at + n - 1]] = True
         logits.masked_fill_(banned[:, canon.clamp(min=0)] & (canon >= 0), float("-inf"))
 
