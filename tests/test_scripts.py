@@ -139,3 +139,24 @@ def test_a_run_can_fit_its_bag_of_words_head_first_and_start_from_the_encoders_e
     lines.clear()
     train(parse(TrainConfig, argv + ["--resume"]), log=lines.append)
     assert not any("fitted alone" in line or "token embeddings" in line for line in lines)
+
+
+def test_guidance_experiment_decodes_as_greedy_at_zero_and_restores_what_it_patched(trained_run, tmp_path):
+    import importlib.util
+    from recon.decoder import Decoder
+    from recon.decoding import greedy
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "guidance.py")
+    spec = importlib.util.spec_from_file_location("guidance", path)
+    guidance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guidance)
+    tmp, data, out = trained_run
+    model = ReconModel.from_pretrained(str(out))
+    c, vectors = model.config, model.encode(sentences(12))
+    plain = greedy(model.decoder, vectors, c.bos_id, c.eos_id)
+    assert guidance.guided_greedy(0.0)(model.decoder, vectors, c.bos_id, c.eos_id) == plain
+    assert guidance.guided_greedy(50.0)(model.decoder, vectors, c.bos_id, c.eos_id) != plain
+    run_blocks = Decoder.run_blocks
+    assert guidance.main(["--cfg", "0.5", "--prior-scale", "2", "--", "--checkpoint", str(out), "--output-dir",
+                          str(tmp_path / "g"), "--retrieval-pool", "0"]) == 0
+    assert json.loads((tmp_path / "g" / "metrics.json").read_text())["num_examples"] > 0
+    assert Decoder.run_blocks is run_blocks and guidance.recon.model.greedy is greedy
