@@ -125,7 +125,7 @@ class Corrector(Decoder):
         if input_ids is not None:  # [BOS] and the output, numbered as in the base decoder
             start = cache.pos - n_prefix if cache is not None and vectors is None else 0
             pos = torch.arange(k + start, k + start + input_ids.shape[1], device=input_ids.device)
-            parts.append(self.tok_emb(input_ids) + self.pos_emb(pos))
+            parts.append(self.embed_tokens(input_ids, cache) + self.pos_emb(pos))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, 3k+H+T, D)
         if (cache.pos if cache is not None else 0) + x.shape[1] > self.max_positions:
             raise ValueError(f"sequence exceeds the corrector's {self.max_positions} positions")

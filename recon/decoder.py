@@ -39,6 +39,7 @@ class DecoderSpec:
     d_model: int = field(default=256, metadata={"help": "decoder width"})
     n_layer: int = field(default=4, metadata={"help": "decoder layers"})
     n_head: int = field(default=4, metadata={"help": "decoder attention heads"})
+    d_ff: int = field(default=0, metadata={"help": "the feed-forward width of a decoder layer (0: 4 x --d-model)"})
     dropout: float = field(default=0.0, metadata={
         "help": "decoder dropout (0 by default: the CPU default sees each sentence about three times, and dropout "
                 "costs about a seventh of a CPU step; keep 0.1 for runs of many passes)"})
@@ -67,6 +68,16 @@ class DecoderSpec:
     corrector_init: str = field(default="zero", metadata={
         "help": "a corrector's gate on what it reads of the hypothesis starts at zero (it begins as its base "
                 "decoder) or one (the hypothesis at full strength from the first step)"})
+    word_dropout: float = field(default=0.0, metadata={
+        "help": "in training, replace each input token after [BOS] by a blank (a zero embedding) with this "
+                "probability, so that the decoder must take more of the sentence from the vector (Bowman et al. "
+                "2016); generation and validation losses see every token (0: off)"})
+    vector_noise: float = field(default=0.0, metadata={
+        "help": "in training, add Gaussian noise of this std to the standardised vector before the decoder reads "
+                "it (prefix and bag-of-words prior): neighbouring vectors must decode to the same sentence, a "
+                "regulariser of the vector's path alone (0: off)"})
+    warm_lr_ratio: float = field(default=0.1, metadata={
+        "help": "--decoder-type encoder-warm: the weights copied from the encoder train at this share of --lr"})
     coverage: bool = field(default=True, metadata={
         "help": "subtract from each token's logit a learned penalty of that token times the times it was "
                 "already written (coverage, after See et al. 2017): a decoder that can learn not to repeat itself"})
@@ -74,8 +85,12 @@ class DecoderSpec:
     def __post_init__(self):
         for name in ("d_model", "n_layer", "n_head", "num_prefix", "max_target_len"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        check(self.d_ff >= 0, f"--d-ff must be 0 (4 x --d-model) or more, not {self.d_ff}")
         check(self.d_model % self.n_head == 0, f"--d-model {self.d_model} must be divisible by --n-head {self.n_head}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), not {self.dropout}")
+        check(0 <= self.word_dropout < 1, f"--word-dropout must be in [0, 1), not {self.word_dropout}")
+        check(self.warm_lr_ratio > 0, f"--warm-lr-ratio must be positive, not {self.warm_lr_ratio}")
+        check(self.vector_noise >= 0, f"--vector-noise cannot be negative, not {self.vector_noise}")
         check(self.condition in CONDITIONS, f"--condition must be one of {CONDITIONS}, not {self.condition!r}")
         check(self.bow_weight >= 0, f"--bow-weight cannot be negative, not {self.bow_weight}")
         check(self.bow_hidden >= 0, f"--bow-hidden must be 0 (linear) or more, not {self.bow_hidden}")
@@ -119,14 +134,15 @@ class KVCache:
 
 
 class Block(nn.Module):
-    def __init__(self, d_model, n_head, dropout):
+    def __init__(self, d_model, n_head, dropout, d_ff=0):
         super().__init__()
+        d_ff = d_ff or 4 * d_model
         self.n_head = n_head
         self.ln1 = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
         self.dropout = dropout
         self.resid_drop = nn.Dropout(dropout)
 
@@ -182,6 +198,7 @@ class Decoder(nn.Module):
         self.num_prefix = num_prefix
         self.max_target_len = max_target_len
         self.bow_weight = spec.bow_weight
+        self.word_dropout, self.vector_noise = spec.word_dropout, spec.vector_noise
         self.d_model, self.n_layer, self.n_head = d_model, n_layer, n_head
         # vectors are standardised per dimension with statistics of the training vectors: a frozen
         # encoder's vectors share a large common component that would otherwise drown the rest
@@ -201,7 +218,7 @@ class Decoder(nn.Module):
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(num_prefix + max_target_len + 1, d_model)  # prefix, [BOS], tokens
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_model, n_head, dropout) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(Block(d_model, n_head, dropout, spec.d_ff) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
@@ -273,6 +290,8 @@ class Decoder(nn.Module):
         if vectors is not None:
             B = vectors.shape[0]
             z = self.standardize(vectors)
+            if self.training and self.vector_noise > 0 and cache is None:
+                z = z + self.vector_noise * torch.randn_like(z)
             parts.append(self.prefix(z).view(B, self.num_prefix, self.d_model))  # (B, k, D)
             rows = self.vector_rows(z)
             if cache is not None:
@@ -280,7 +299,7 @@ class Decoder(nn.Module):
         elif cache is not None:
             rows = cache.rows
         if input_ids is not None:
-            parts.append(self.tok_emb(input_ids))  # (B, T, D)
+            parts.append(self.embed_tokens(input_ids, cache))  # (B, T, D)
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, k+T, D)
         start = cache.pos if cache is not None else 0
         if start + x.shape[1] > self.max_positions:
@@ -288,6 +307,16 @@ class Decoder(nn.Module):
         pos = torch.arange(start, start + x.shape[1], device=x.device)
         x = x + self.pos_emb(pos)
         return self.run_blocks(x, rows, input_ids, cache, self.num_prefix if vectors is not None else 0)
+
+    def embed_tokens(self, input_ids, cache=None):
+        """(B, T, D) embeddings of input tokens; in training (a full sequence, no cache), --word-dropout
+        blanks each token after [BOS] with its probability. Coverage still counts the real tokens."""
+        x = self.tok_emb(input_ids)
+        if self.training and self.word_dropout > 0 and cache is None:
+            keep = torch.rand(input_ids.shape, device=input_ids.device) >= self.word_dropout
+            keep[:, 0] = True  # [BOS]
+            x = x * keep[..., None].to(x.dtype)
+        return x
 
     def vector_rows(self, z):
         """What later positions use of the standardised vectors z (B, Dv): the added condition, the
@@ -364,6 +393,12 @@ class Decoder(nn.Module):
         logp = self.bow_logprobs(self.standardize(vectors))  # (B, V)
         picked = logp.gather(1, targets.clamp(min=0))  # (B, T)
         return -(picked * (targets != ignore_id)).sum()
+
+    def init_from_encoder(self, encoder, rows):
+        """--embedding-init encoder, at the start of a run: what this decoder takes from the encoder
+        (here its token embeddings; rows: prepare.encoder_rows). Returns a line for the log."""
+        n = self.init_token_embeddings(rows)
+        return f"decoder token embeddings: {n} of {len(rows)} start from the encoder's input embeddings"
 
     @torch.no_grad()
     def init_token_embeddings(self, rows):

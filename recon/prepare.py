@@ -180,8 +180,7 @@ def prepare(cfg, device, log=print):
         model.attach_base(base)
         warm_start(model.decoder, base.decoder)  # and with it the base's vector statistics
     elif cfg.embedding_init == "encoder" and not resume_from:
-        n = model.decoder.init_token_embeddings(encoder_rows(tokenizer, encoder))
-        log(f"decoder token embeddings: {n} of {tokenizer.vocab_size} start from the encoder's input embeddings")
+        log(model.decoder.init_from_encoder(encoder, encoder_rows(tokenizer, encoder)))
     world = dist.world_size()
     log(f"decoder: {model.decoder_parameters() / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size} "
         f"({tokenizer.kind}); device {device}" + (f", {world} processes (DDP)" if world > 1 else ""))

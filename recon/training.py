@@ -40,7 +40,9 @@ __all__ = ["TrainStep", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 
 def make_optimizer(model, cfg, device):
-    groups = [{**g, "lr": cfg.lr} for g in model.decoder.optimizer_groups(cfg.weight_decay)]
+    # a decoder may ask for a share of --lr for some of its parameters (lr_scale: a warm start's copied layers)
+    groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": cfg.lr * g.get("lr_scale", 1.0)}
+              for g in model.decoder.optimizer_groups(cfg.weight_decay)]
     if model.trains_encoder:  # a pretrained encoder at its own rate; one from scratch at the decoder's
         lr = cfg.lr if model.config.encoder == SCRATCH else cfg.encoder_lr
         params = [p for p in model.encoder.parameters() if p.requires_grad]

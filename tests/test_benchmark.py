@@ -47,3 +47,14 @@ def test_decoder_step_benchmark_times_each_setting_beside_the_previous_default(c
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert [r[0].strip() for r in rows] == list(decoder_step.SETTINGS)
     assert rows[0][3].strip() == "1.00" and all(float(r[1]) > 0 for r in rows)
+
+
+def test_decoder_step_benchmark_times_only_the_settings_asked_for(capsys):
+    import decoder_step
+    args = ["--steps", "1", "--rounds", "1", "--batch-size", "2", "--tokens", "3", "--vocab-size", "300", "--threads", "1"]
+    assert decoder_step.main([*args, "--only", "encoder-warm"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert [r[0].strip() for r in rows] == [name for name in decoder_step.SETTINGS if "encoder-warm" in name]
+    assert len(rows) == 2 and rows[0][3].strip() == "1.00"
+    with pytest.raises(SystemExit):
+        decoder_step.main([*args, "--only", "no such setting"])

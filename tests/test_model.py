@@ -372,3 +372,40 @@ def test_token_embeddings_keep_the_geometry_of_the_encoder_rows():
     assert float(e[5:].std()) == pytest.approx(0.02, rel=1e-3)
     with pytest.raises(ValueError, match="--embedding-init"):
         DecoderSpec(embedding_init="glove")
+
+
+def test_word_dropout_blanks_training_inputs_after_bos_and_nothing_else():
+    """--word-dropout p: in training, each input token after [BOS] is a zero embedding with
+    probability p; [BOS] never is, and evaluation, validation and generation see every token."""
+    torch.manual_seed(11)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, word_dropout=0.4), 16, 40)
+    v, ids = torch.randn(64, 16), torch.randint(4, 40, (64, 20))
+    emb = dec.embed_tokens(ids)  # training mode
+    blank = (emb == 0).all(-1)
+    assert not blank[:, 0].any()
+    assert 0.35 < blank[:, 1:].float().mean() < 0.45
+    torch.testing.assert_close(emb[~blank], dec.tok_emb(ids)[~blank])
+    dec.eval()
+    torch.testing.assert_close(dec.embed_tokens(ids), dec.tok_emb(ids))
+    with torch.no_grad():
+        evaluated = dec(v, ids)
+        dec.word_dropout = 0.0
+        torch.testing.assert_close(evaluated, dec(v, ids))
+        dec.word_dropout = 0.4
+        dec.train()
+        trained = dec(v, ids)
+    torch.testing.assert_close(trained[:, 0], evaluated[:, 0])  # position 0 reads the prefix and [BOS] only
+    assert not torch.allclose(trained[:, 1:], evaluated[:, 1:])
+
+
+def test_vector_noise_moves_the_vector_in_training_only():
+    torch.manual_seed(12)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, vector_noise=0.5), 16, 40)
+    v, ids = torch.randn(4, 16), torch.randint(4, 40, (4, 6))
+    with torch.no_grad():
+        noisy_a, noisy_b = dec(v, ids), dec(v, ids)  # training mode: a new draw each time
+        dec.eval()
+        clean = dec(v, ids)
+        dec.vector_noise = 0.0
+        torch.testing.assert_close(clean, dec(v, ids))
+    assert not torch.allclose(noisy_a, noisy_b) and not torch.allclose(noisy_a, clean)
