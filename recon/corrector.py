@@ -45,8 +45,21 @@ class CorrectionSpec:
         "help": "the base's hypotheses for training are decoded greedily with this no-repeat n-gram ban "
                 "(as the evaluation decodes; 0: off)"})
 
+    hypothesis_noise: str = field(default="auto", metadata={
+        "help": "the base decodes the training hypotheses from its vectors plus Gaussian noise of this std "
+                "(standardised units), so that they are as wrong as its hypotheses of unseen text: the base "
+                "has learnt its training texts, and its clean hypotheses of them are far better than of any "
+                "other. auto: the std, of 0 to 2, at which the training hypotheses' token F1 is nearest the "
+                "validation split's (measured on 512 texts); a number: that std (0: clean)"})
+
     def __post_init__(self):
         check(self.hypotheses >= 0, "--hypotheses must be 0 (all) or more")
+        if self.hypothesis_noise != "auto":
+            try:
+                ok = float(self.hypothesis_noise) >= 0
+            except ValueError:
+                ok = False
+            check(ok, f"--hypothesis-noise must be auto or a std of 0 or more, not {self.hypothesis_noise!r}")
         check(self.hypothesis_repeat_ngram == 0 or self.hypothesis_repeat_ngram >= 2,
               "--hypothesis-repeat-ngram must be 0 (off) or 2 or more")
 
@@ -101,7 +114,7 @@ class Corrector(Decoder):
         parts, rows, n_prefix = [], {}, 0
         if vectors is not None:
             B, Dv = vectors.shape[0], self.vector_dim
-            zt, zh = self.standardize(vectors), super().standardize(vectors[:, Dv:2 * Dv])
+            zt, zh = self.noised(self.standardize(vectors), cache), super().standardize(vectors[:, Dv:2 * Dv])
             ids = vectors[:, 2 * Dv:].long()  # (B, hyp_len), -1 past the end
             H = max(1, int((ids >= 0).sum(1).max()))  # the batch's longest hypothesis
             ids = ids[:, :H]
@@ -151,28 +164,66 @@ def _file_hash(path):
     return h.hexdigest()[:16]
 
 
-def hypothesis_rows(base, corrector, vectors, texts, cache_dir, no_repeat_ngram, log, batch_size=256):
+def noised(base, vectors, noise, seed=0):
+    """vectors (N, Dv) plus Gaussian noise of std `noise` in the base's standardised units (a fixed
+    draw per seed: the same rows every time)."""
+    if not noise:
+        return vectors
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(vectors.shape, generator=g)
+    return vectors + noise * base.decoder.vector_std.cpu() * eps.to(vectors.device)
+
+
+def base_hypotheses(base, vectors, no_repeat_ngram, batch_size=256, desc="base hypotheses"):
+    hyps, chunk = [], 4 * batch_size
+    # the ban as the corrector's recorded --hypothesis-repeat-ngram meant it: on token ids
+    with progress(total=len(vectors), desc=desc, leave=False) as bar:
+        for s in range(0, len(vectors), chunk):
+            hyps += base.generate_from_vectors(vectors[s:s + chunk], batch_size=batch_size,
+                                               no_repeat_ngram=no_repeat_ngram, no_repeat_match="exact")
+            bar.update(min(chunk, len(vectors) - s))
+    return hyps
+
+
+NOISE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+def calibrate_noise(base, vectors, texts, target_f1, no_repeat_ngram, log, batch_size=256, n=512):
+    """--hypothesis-noise auto: the std of NOISE_GRID at which the base's hypotheses of the first n
+    training texts score the token F1 nearest target_f1 (its F1 on the validation split)."""
+    from recon.metrics import corpus_scores
+    vectors, texts, best = vectors[:n], texts[:n], None
+    for noise in NOISE_GRID:
+        f1 = corpus_scores(base_hypotheses(base, noised(base, vectors, noise), no_repeat_ngram, batch_size,
+                                           desc=f"noise {noise:g}"), texts)["token_f1"]
+        log(f"hypothesis noise {noise:g}: token F1 {f1:.2f} on {len(texts)} training texts (validation {target_f1:.2f})")
+        if best is None or abs(f1 - target_f1) < best[1]:
+            best = (noise, abs(f1 - target_f1))
+        if f1 < target_f1:  # F1 falls as the noise grows: the next std is only further away
+            break
+    return best[0]
+
+
+def hypothesis_rows(base, corrector, vectors, texts, cache_dir, no_repeat_ngram, log, batch_size=256, noise=0.0):
     """The corrector's input rows for `texts` (their target vectors given): the base's greedy
-    hypotheses, re-encoded. Cached in cache_dir by the base's weights, the texts and the ban."""
+    hypotheses (decoded from the vectors plus `noise`, see noised), re-encoded. Cached in cache_dir
+    by the base's weights, the texts, the ban and the noise. Returns (rows, hypothesis texts)."""
     from recon.checkpoint import WEIGHTS_FILE
     from recon.data import text_hash
-    key = hashlib.sha256(f"{_file_hash(os.path.join(base.folder, WEIGHTS_FILE))}|{text_hash(texts)}|"
-                         f"{no_repeat_ngram}".encode()).hexdigest()[:24]
+    what = f"{_file_hash(os.path.join(base.folder, WEIGHTS_FILE))}|{text_hash(texts)}|{no_repeat_ngram}"
+    what += f"|noise {noise:g}" if noise else ""  # clean hypotheses keep the key they always had
+    key = hashlib.sha256(what.encode()).hexdigest()[:24]
     path = os.path.join(cache_dir, f"hypotheses-{key}.pt") if cache_dir else None
     if path and os.path.exists(path):
         stored = torch.load(path, weights_only=True)
         log(f"{len(texts)} hypotheses of the base read from {path}")
         return stored["rows"], stored["texts"]
-    t0, hyps = time.time(), []
-    chunk = 4 * batch_size
-    # the ban as the corrector's recorded --hypothesis-repeat-ngram meant it: on token ids
-    with progress(total=len(texts), desc="base hypotheses", leave=False) as bar:
-        for s in range(0, len(texts), chunk):
-            hyps += base.generate_from_vectors(vectors[s:s + chunk], batch_size=batch_size,
-                                               no_repeat_ngram=no_repeat_ngram, no_repeat_match="exact")
-            bar.update(min(chunk, len(texts) - s))
+    t0 = time.time()
+    hyps = base_hypotheses(base, noised(base, vectors, noise), no_repeat_ngram, batch_size)
+    # the row's target is the clean vector: the noise only makes the hypothesis as wrong as on unseen text
     rows = corrector.rows(vectors, base.encode(hyps, batch_size), base.tokenizer.encode(hyps))
-    log(f"{len(texts)} hypotheses of the base decoded and re-encoded in {time.time() - t0:.0f}s")
+    log(f"{len(texts)} hypotheses of the base decoded" + (f" (noise {noise:g})" if noise else "")
+        + f" and re-encoded in {time.time() - t0:.0f}s")
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"

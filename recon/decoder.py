@@ -191,6 +191,8 @@ class Decoder(nn.Module):
     """What every decoder class answers: forward (logits for each input token), new_cache,
     max_target_len, set_vector_stats / standardize, optimizer_groups and flops_per_token."""
 
+    block_class = Block  # a subclass may change the layer (the warm start's is post-LayerNorm)
+
     def __init__(self, spec, vector_dim, vocab_size):
         super().__init__()
         d_model, n_layer, n_head, dropout, num_prefix, max_target_len = (
@@ -218,7 +220,7 @@ class Decoder(nn.Module):
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(num_prefix + max_target_len + 1, d_model)  # prefix, [BOS], tokens
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_model, n_head, dropout, spec.d_ff) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(self.block_class(d_model, n_head, dropout, spec.d_ff) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
@@ -289,9 +291,7 @@ class Decoder(nn.Module):
         parts, rows = [], {}
         if vectors is not None:
             B = vectors.shape[0]
-            z = self.standardize(vectors)
-            if self.training and self.vector_noise > 0 and cache is None:
-                z = z + self.vector_noise * torch.randn_like(z)
+            z = self.noised(self.standardize(vectors), cache)
             parts.append(self.prefix(z).view(B, self.num_prefix, self.d_model))  # (B, k, D)
             rows = self.vector_rows(z)
             if cache is not None:
@@ -307,6 +307,12 @@ class Decoder(nn.Module):
         pos = torch.arange(start, start + x.shape[1], device=x.device)
         x = x + self.pos_emb(pos)
         return self.run_blocks(x, rows, input_ids, cache, self.num_prefix if vectors is not None else 0)
+
+    def noised(self, z, cache=None):
+        """Standardised vectors z (B, Dv), with --vector-noise added in training (a full sequence, no cache)."""
+        if self.training and self.vector_noise > 0 and cache is None:
+            z = z + self.vector_noise * torch.randn_like(z)
+        return z
 
     def embed_tokens(self, input_ids, cache=None):
         """(B, T, D) embeddings of input tokens; in training (a full sequence, no cache), --word-dropout

@@ -20,8 +20,9 @@ from recon.checkpoint import (RunLock, clear_run_dir, holds_a_run, list_checkpoi
                               resumable)
 from recon.data import Corpus, DataConfig, describe
 from recon.config import EXTENDABLE
-from recon.corrector import hypothesis_rows, warm_start
-from recon.errors import ConfigError, ReconError
+from recon.corrector import calibrate_noise, hypothesis_rows, warm_start
+from recon.errors import ConfigError, ReconError, check
+from recon.metrics import corpus_scores
 from recon.model import ReconModel
 from recon.progress import progress
 from recon.spec import part
@@ -162,6 +163,26 @@ def frozen_vectors(cfg, model, texts, log):
     return vectors
 
 
+def hypotheses_for(cfg, base, model, texts, vectors, stats, log):
+    """A corrector run's rows of the training and validation splits: the base's hypotheses of the
+    validation texts as evaluation decodes them, of the training texts with --hypothesis-noise."""
+    rows, val_hyps = {}, None
+    if texts["validation"]:
+        rows["validation"], val_hyps = hypothesis_rows(base, model.decoder, vectors["validation"], texts["validation"],
+                                                       cfg.cache_dir, cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size)
+    noise = cfg.hypothesis_noise
+    if noise == "auto":
+        check(val_hyps is not None, "--hypothesis-noise auto matches the validation split's hypotheses, and it is "
+                                    "empty: give --hypothesis-noise a number, or a --validation-fraction above 0")
+        noise = calibrate_noise(base, vectors["train"], texts["train"], corpus_scores(val_hyps, texts["validation"])["token_f1"],
+                                cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size)
+        log(f"--hypothesis-noise auto: {noise:g}")
+    stats["hypothesis_noise"] = float(noise)  # what auto chose, in the run's data.json
+    rows["train"], _ = hypothesis_rows(base, model.decoder, vectors["train"], texts["train"], cfg.cache_dir,
+                                       cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size, noise=float(noise))
+    return rows["train"], rows.get("validation")
+
+
 def prepare(cfg, device, log=print):
     """Build the run `cfg` describes, in order (the caller holds the run folder's lock). A corrector
     run (--base-model, its settings already the base's: corrector.adopt_base) shares the base's
@@ -200,10 +221,7 @@ def prepare(cfg, device, log=print):
             pool = vectors["train"]
             vectors["train"] = pool[:len(texts["train"])]
             # the corrector reads rows: target vector, the base's hypothesis and its vector
-            for split in ("train", "validation"):
-                if texts[split]:
-                    vectors[split], _ = hypothesis_rows(base, model.decoder, vectors[split], texts[split], cfg.cache_dir,
-                                                        cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size)
+            vectors["train"], vectors["validation"] = hypotheses_for(cfg, base, model, texts, vectors, corpus.stats, log)
         else:
             vectors.update(frozen_vectors(cfg, model, texts, log))
             model.decoder.set_vector_stats(vectors["train"])

@@ -31,10 +31,10 @@ class PostLNBlock(Block):
 
 @register_decoder("encoder-warm")
 class WarmDecoder(Decoder):
+    block_class = PostLNBlock
+
     def __init__(self, spec, vector_dim, vocab_size):
         super().__init__(spec, vector_dim, vocab_size)
-        self.blocks = nn.ModuleList(PostLNBlock(spec.d_model, spec.n_head, spec.dropout, spec.d_ff) for _ in range(spec.n_layer))
-        self.blocks.apply(self._init_weights)
         self.emb_ln = nn.LayerNorm(spec.d_model)  # BERT normalises its embeddings before the first layer
         self.warm_lr_ratio = spec.warm_lr_ratio
         # the parameters copied from the encoder (--embedding-init encoder), by name: a resumed run,

@@ -11,7 +11,7 @@ import evaluate as evaluate_script
 import train as train_script
 from conftest import sentences
 from recon import ReconModel
-from recon.corrector import Corrector
+from recon.corrector import NOISE_GRID, Corrector, calibrate_noise, noised
 from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy
 from recon.metrics import corpus_scores
@@ -64,7 +64,7 @@ def runs(tiny_encoder_dir, tmp_path_factory):
             "--dropout", "0", "--no-eval", *common]
     assert train_script.main(base) == 0
     corrector = ["--base-model", str(tmp / "base"), "--output-dir", str(tmp / "corr"), "--max-steps", "200",
-                 "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "20", "--no-eval", *common]
+                 "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "20", "--no-eval", "--hypothesis-noise", "0", *common]
     assert train_script.main(corrector) == 0
     return tmp, base, corrector
 
@@ -74,6 +74,7 @@ def test_a_corrector_trains_for_its_base_and_corrects_its_output(runs, capsys):
     model = ReconModel.from_pretrained(str(tmp / "corr"))
     assert model.config.decoder_type == "corrector" and model.base is not None
     assert model.config.base_model == str(tmp / "base" / "checkpoint-40")
+    assert json.loads((tmp / "corr" / "data.json").read_text())["hypothesis_noise"] == 0.0
     texts = sentences(16)  # the training sentences: the base barely trained on them, the corrector longer
     base_out = model.base.reconstruct(texts)
     once = model.reconstruct(texts, correction_steps=1)
@@ -119,3 +120,40 @@ def test_corrector_flags_that_cannot_work_are_refused(runs, capsys):
     assert "give --base-model" in capsys.readouterr().err
     assert train_script.main(["--base-model", str(tmp / "corr"), "--output-dir", str(tmp / "c3")]) == 2
     assert "is itself a corrector" in capsys.readouterr().err
+    for bad in ("-0.5", "loud"):
+        assert train_script.main([*corrector, "--hypothesis-noise", bad]) == 2
+        assert "--hypothesis-noise must be auto or a std of 0 or more" in capsys.readouterr().err
+    # auto matches the validation split's hypotheses; this base has none
+    auto = [a for a in corrector if a not in ("--hypothesis-noise", "0")]
+    assert train_script.main([*auto, "--output-dir", str(tmp / "c4")]) == 2
+    assert "--hypothesis-noise auto matches the validation split" in capsys.readouterr().err
+
+
+class FakeBase:
+    """Writes its sentence when the vector is within 1 of the clean one (zeros), else a wrong one."""
+
+    def __init__(self, texts):
+        self.texts, self.decoder = texts, type("D", (), {"vector_std": torch.full((8,), 0.5)})()
+
+    def generate_from_vectors(self, vectors, **kw):
+        return [t if v.abs().max() < 1 else "nothing of the kind" for t, v in zip(self.texts, vectors)]
+
+
+def test_noise_is_in_standardised_units_and_the_same_every_time():
+    base, v = FakeBase([]), torch.zeros(1000, 8)
+    a, b = noised(base, v, 0.4), noised(base, v, 0.4)
+    assert torch.equal(a, b) and noised(base, v, 0) is v
+    assert a.std().item() == pytest.approx(0.4 * 0.5, rel=0.05)  # 0.4 of the base's std of 0.5
+
+
+def test_auto_noise_is_the_grid_std_whose_token_f1_is_nearest_the_validation_splits():
+    texts = [f"sentence number {i} about topic {i % 7}" for i in range(512)]
+    base, lines = FakeBase(texts), []
+    f1 = {}
+    for noise in NOISE_GRID:  # what each std gives (the fake's outputs depend on the draw alone)
+        f1[noise] = corpus_scores(base.generate_from_vectors(noised(base, torch.zeros(512, 8), noise)), texts)["token_f1"]
+    assert f1[0] == 100 and f1[2.0] < f1[1.0] < f1[0.5]
+    chosen = calibrate_noise(base, torch.zeros(512, 8), texts, f1[1.0] + 0.1, 0, lines.append)
+    assert chosen == 1.0
+    assert len(lines) == NOISE_GRID.index(1.0) + 1  # it stops at the first F1 below the target
+    assert calibrate_noise(base, torch.zeros(512, 8), texts, 100.0, 0, lines.append) == 0.0

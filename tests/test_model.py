@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModel
 
 from conftest import sentences
-from recon.decoder import Decoder, DecoderSpec
+import recon  # noqa: F401  (registers every decoder class)
+from recon.decoder import DECODERS, Decoder, DecoderSpec
 from recon.decoding import beam_search, greedy
 from recon.encoder import Encoder, EncoderError, EncoderSpec, load_encoder, pool
 from recon.model import CheckpointError, ReconModel
@@ -398,10 +399,15 @@ def test_word_dropout_blanks_training_inputs_after_bos_and_nothing_else():
     assert not torch.allclose(trained[:, 1:], evaluated[:, 1:])
 
 
-def test_vector_noise_moves_the_vector_in_training_only():
+@pytest.mark.parametrize("decoder_type", ["transformer", "corrector"])
+def test_vector_noise_moves_the_vector_in_training_only(decoder_type):
     torch.manual_seed(12)
-    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, vector_noise=0.5), 16, 40)
+    spec = DecoderSpec(decoder_type=decoder_type, d_model=32, n_layer=1, n_head=2, dropout=0.0, vector_noise=0.5,
+                       max_target_len=8)
+    dec = DECODERS[decoder_type](spec, 16, 40)
     v, ids = torch.randn(4, 16), torch.randint(4, 40, (4, 6))
+    if decoder_type == "corrector":  # its row: the target vector, a hypothesis's vector and ids
+        v = dec.rows(v, torch.randn(4, 16), [[5, 6], [7], [8, 9, 10], [11]])
     with torch.no_grad():
         noisy_a, noisy_b = dec(v, ids), dec(v, ids)  # training mode: a new draw each time
         dec.eval()

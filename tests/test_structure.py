@@ -163,3 +163,10 @@ def test_a_registered_decoder_class_trains_saves_and_loads(tiny_encoder_dir, tmp
     assert loaded.reconstruct(texts) == model.eval().reconstruct(texts)
     with pytest.raises(Exception, match="--decoder-type must be one of"):
         parse(TrainConfig, ["--decoder-type", "no-such-decoder"]).decoder_spec.build(4, 10)
+
+
+def test_import_recon_registers_every_decoder_class():
+    # a checkpoint of any class must load after `from recon import ReconModel` alone, in a fresh process
+    code = "import recon, recon.decoder as d; print(' '.join(sorted(d.DECODERS)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["corrector", "encoder-warm", "transformer"]
