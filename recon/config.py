@@ -150,6 +150,7 @@ class RunConfig:
 
 # what a resumed run must share with the run it continues: every field that changes the numbers
 TRAINED_WITH = (DataConfig, EncoderSpec, DecoderSpec, TokenizerSpec, OptimConfig, CorrectionSpec)
+CORRECTOR_ONLY = field_names(CorrectionSpec) - {"base_model"} | {"corrector_init"}
 # what a corrector takes from its base run (--base-model), so the command line leaves it unset
 FROM_BASE = (DataConfig, EncoderSpec, DecoderSpec, TokenizerSpec)
 # what --extend may change: the length and shape of the added schedule segment, and when to stop
@@ -179,7 +180,10 @@ class TrainConfig(ModelSpecs, RunConfig, CorrectionSpec, OptimConfig, TokenizerS
         """The fields that change the numbers and differ from `recorded` (meta "args"; a field
         that a run of older code did not record meant what spec.UNRECORDED says, or its default)."""
         was = {**{f.name: f.default for f in fields(self)}, **with_unrecorded(recorded)}
-        return sorted(k for k in field_names(*TRAINED_WITH) if was[k] != getattr(self, k))
+        names = field_names(*TRAINED_WITH)
+        if not self.base_model and not was["base_model"]:  # a plain run: what only a corrector reads cannot differ
+            names -= CORRECTOR_ONLY
+        return sorted(k for k in names if was[k] != getattr(self, k))
 
 
 @dataclass

@@ -308,7 +308,8 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
         outputs.append([row[0] for row in cands])
         seconds.append(time.time() - t0)
         if log:
-            log(f"correction step {len(outputs) - 1}: {seconds[-1]:.1f}s")
+            log(f"correction step {len(outputs) - 1} of {steps}: {seconds[-1]:.1f}s "
+                f"({seconds[-1] / max(len(vectors), 1):.4f}s a sentence)")
     return outputs, seconds
 
 
@@ -320,7 +321,7 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
                         log=print, no_repeat_match="loose"):
     """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
     for the corrector and two ablations: no feedback (the hypothesis vector replaced by the
-    training mean) and a random target (Gaussian vectors matched to the real ones). Writes
+    training mean; the same sequence beam) and a random target (Gaussian vectors matched to the real ones). Writes
     correction.json, correction.md and correction.png to output_dir. Returns the dict."""
     import json
 
@@ -328,7 +329,9 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     from recon.metrics import corpus_scores
     vectors = model.encode(texts, batch_size)
     target = model.decoder.standardize(vectors)
-    conditions = {"correction": dict(beam=beam), "no feedback": dict(beam=1, feedback=False),
+    # no feedback keeps the sequence beam: it takes away the corrector's input of the hypothesis's
+    # vector alone, not the choice among candidates by their vectors
+    conditions = {"correction": dict(beam=beam), "no feedback": dict(beam=beam, feedback=False),
                   "random target": dict(beam=beam, vectors=matched_random_vectors(vectors, seed))}
     result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
               "no_repeat_match": no_repeat_match, "conditions": {}}
@@ -336,7 +339,7 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
         how = dict(how)
         v = how.pop("vectors", vectors)
         outputs, seconds = correct(model, v, steps, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
-                                   no_repeat_match=no_repeat_match, **how)
+                                   no_repeat_match=no_repeat_match, log=lambda line: log(f"{name}: {line}"), **how)
         curve = []
         for step, preds in enumerate(outputs):
             s = corpus_scores(preds, texts)

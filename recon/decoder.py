@@ -65,9 +65,10 @@ class DecoderSpec:
                 "embeddings (encoder): each decoder piece as the mean of the encoder's embeddings of its word "
                 "pieces, projected to --d-model by PCA (the vocabulary part of Rothe et al. 2020's warm start); "
                 "or random. A scratch or random-weight encoder's embeddings are random: a random start either way"})
-    corrector_init: str = field(default="zero", metadata={
-        "help": "a corrector's gate on what it reads of the hypothesis starts at zero (it begins as its base "
-                "decoder) or one (the hypothesis at full strength from the first step)"})
+    corrector_init: str = field(default="one", metadata={
+        "help": "a corrector reads the hypothesis at full strength from the first step (one), or through a "
+                "learned gate that starts at zero (zero: it begins as its base decoder; in 600 steps at lr 3e-4 "
+                "the gate of the default run's corrector reached 0.002, and it read nothing)"})
     word_dropout: float = field(default=0.0, metadata={
         "help": "in training, replace each input token after [BOS] by a blank (a zero embedding) with this "
                 "probability, so that the decoder must take more of the sentence from the vector (Bowman et al. "

@@ -157,3 +157,16 @@ def test_auto_noise_is_the_grid_std_whose_token_f1_is_nearest_the_validation_spl
     assert chosen == 1.0
     assert len(lines) == NOISE_GRID.index(1.0) + 1  # it stops at the first F1 below the target
     assert calibrate_noise(base, torch.zeros(512, 8), texts, 100.0, 0, lines.append) == 0.0
+
+
+def test_a_plain_run_recorded_before_the_corrector_flags_resumes_and_an_old_corrector_is_read_as_trained():
+    from dataclasses import asdict
+
+    from recon.config import TrainConfig
+    recorded = {k: v for k, v in asdict(TrainConfig()).items() if k not in ("hypothesis_noise", "corrector_init")}
+    assert TrainConfig().changed_from(recorded) == []  # only a corrector reads them
+    # a corrector recorded before --hypothesis-noise was trained on clean hypotheses: resuming it with auto differs
+    old = TrainConfig(base_model="some-run")
+    assert "hypothesis_noise" in old.changed_from({**recorded, "base_model": "some-run"})
+    assert "hypothesis_noise" not in TrainConfig(base_model="some-run", hypothesis_noise="0").changed_from(
+        {**recorded, "base_model": "some-run"})
