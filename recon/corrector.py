@@ -2,7 +2,8 @@
 vector, a hypothesis and the hypothesis's own re-encoded vector, and writes the text again; run in
 a loop, each step's output is the next step's hypothesis.
 
-    python train.py --base-model checkpoints/default --run-name corrector     # trains a corrector for that run
+    python train.py --base-model checkpoints/default --run-name corrector \
+        --max-steps 600 --warmup-steps 50 --lr 1e-3 --hypotheses 0        # trains a corrector for that run
     python evaluate.py --checkpoint checkpoints/corrector --correction-steps 5 --output-dir out/
 
 The corrector is a decoder class like any (registered as "corrector"). What it reads of a sentence
