@@ -165,7 +165,7 @@ def _file_hash(path):
     return h.hexdigest()[:16]
 
 
-def noised(base, vectors, noise, seed=0):
+def noised_vectors(base, vectors, noise, seed=0):
     """vectors (N, Dv) plus Gaussian noise of std `noise` in the base's standardised units (a fixed
     draw per seed: the same rows every time)."""
     if not noise:
@@ -195,7 +195,7 @@ def calibrate_noise(base, vectors, texts, target_f1, no_repeat_ngram, log, batch
     from recon.metrics import corpus_scores
     vectors, texts, best = vectors[:n], texts[:n], None
     for noise in NOISE_GRID:
-        f1 = corpus_scores(base_hypotheses(base, noised(base, vectors, noise), no_repeat_ngram, batch_size,
+        f1 = corpus_scores(base_hypotheses(base, noised_vectors(base, vectors, noise), no_repeat_ngram, batch_size,
                                            desc=f"noise {noise:g}"), texts)["token_f1"]
         log(f"hypothesis noise {noise:g}: token F1 {f1:.2f} on {len(texts)} training texts (validation {target_f1:.2f})")
         if best is None or abs(f1 - target_f1) < best[1]:
@@ -207,7 +207,7 @@ def calibrate_noise(base, vectors, texts, target_f1, no_repeat_ngram, log, batch
 
 def hypothesis_rows(base, corrector, vectors, texts, cache_dir, no_repeat_ngram, log, batch_size=256, noise=0.0):
     """The corrector's input rows for `texts` (their target vectors given): the base's greedy
-    hypotheses (decoded from the vectors plus `noise`, see noised), re-encoded. Cached in cache_dir
+    hypotheses (decoded from the vectors plus `noise`, see noised_vectors), re-encoded. Cached in cache_dir
     by the base's weights, the texts, the ban and the noise. Returns (rows, hypothesis texts)."""
     from recon.checkpoint import WEIGHTS_FILE
     from recon.data import text_hash
@@ -220,7 +220,7 @@ def hypothesis_rows(base, corrector, vectors, texts, cache_dir, no_repeat_ngram,
         log(f"{len(texts)} hypotheses of the base read from {path}")
         return stored["rows"], stored["texts"]
     t0 = time.time()
-    hyps = base_hypotheses(base, noised(base, vectors, noise), no_repeat_ngram, batch_size)
+    hyps = base_hypotheses(base, noised_vectors(base, vectors, noise), no_repeat_ngram, batch_size)
     # the row's target is the clean vector: the noise only makes the hypothesis as wrong as on unseen text
     rows = corrector.rows(vectors, base.encode(hyps, batch_size), base.tokenizer.encode(hyps))
     log(f"{len(texts)} hypotheses of the base decoded" + (f" (noise {noise:g})" if noise else "")

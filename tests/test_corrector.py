@@ -11,7 +11,7 @@ import evaluate as evaluate_script
 import train as train_script
 from conftest import sentences
 from recon import ReconModel
-from recon.corrector import NOISE_GRID, Corrector, calibrate_noise, noised
+from recon.corrector import NOISE_GRID, Corrector, calibrate_noise, noised_vectors
 from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy
 from recon.metrics import corpus_scores
@@ -141,8 +141,8 @@ class FakeBase:
 
 def test_noise_is_in_standardised_units_and_the_same_every_time():
     base, v = FakeBase([]), torch.zeros(1000, 8)
-    a, b = noised(base, v, 0.4), noised(base, v, 0.4)
-    assert torch.equal(a, b) and noised(base, v, 0) is v
+    a, b = noised_vectors(base, v, 0.4), noised_vectors(base, v, 0.4)
+    assert torch.equal(a, b) and noised_vectors(base, v, 0) is v
     assert a.std().item() == pytest.approx(0.4 * 0.5, rel=0.05)  # 0.4 of the base's std of 0.5
 
 
@@ -151,7 +151,7 @@ def test_auto_noise_is_the_grid_std_whose_token_f1_is_nearest_the_validation_spl
     base, lines = FakeBase(texts), []
     f1 = {}
     for noise in NOISE_GRID:  # what each std gives (the fake's outputs depend on the draw alone)
-        f1[noise] = corpus_scores(base.generate_from_vectors(noised(base, torch.zeros(512, 8), noise)), texts)["token_f1"]
+        f1[noise] = corpus_scores(base.generate_from_vectors(noised_vectors(base, torch.zeros(512, 8), noise)), texts)["token_f1"]
     assert f1[0] == 100 and f1[2.0] < f1[1.0] < f1[0.5]
     chosen = calibrate_noise(base, torch.zeros(512, 8), texts, f1[1.0] + 0.1, 0, lines.append)
     assert chosen == 1.0
