@@ -32,11 +32,31 @@ _ABBREVIATIONS = {
     "capt", "gov", "sen", "rep", "ft", "fl", "op", "jan", "feb", "aug", "sept", "oct", "nov", "dec",
 }
 _INITIALISM = re.compile(r"(?:[a-z]\.)+[a-z]")  # u.s, e.g, a.d
+# where a long sentence may be cut: after , ; or :, before a bracket, around a spaced dash
+_CLAUSE = re.compile(r"(?<=[,;:])\s+|\s+(?=\()|\s+(?=[-\u2013\u2014]\s)")
 
 
 def normalize_whitespace(text):
     """Collapse every run of Unicode whitespace (tabs, newlines, no-break spaces) to one space."""
     return _WHITESPACE.sub(" ", text).strip()
+
+
+def clause_pieces(text, count, max_length, min_words=4):
+    """Cut a text at clause boundaries into pieces of at most max_length tokens, joining neighbouring
+    clauses while they fit. count: list of texts -> token counts (for a BERT-style tokenizer the
+    count of joined words is the sum of theirs; the caller checks the pieces again). Pieces under
+    min_words words are dropped."""
+    parts = [p for p in _CLAUSE.split(text) if p]
+    pieces, cur, n_cur = [], [], 0
+    for part, n in zip(parts, count(parts)):
+        if cur and n_cur + n > max_length:
+            pieces.append(" ".join(cur))
+            cur, n_cur = [], 0
+        cur.append(part)
+        n_cur += n
+    if cur:
+        pieces.append(" ".join(cur))
+    return [p for p in pieces if len(p.split()) >= min_words]
 
 
 def split_sentences(text):
@@ -208,7 +228,9 @@ def build_corpus(
 
     count_tokens: list of texts -> list of lengths in encoder tokens (no special tokens).
     sentence_split: None splits the default corpus (paragraphs) and keeps files' lines whole.
-    too_long: "drop" texts over max_length tokens, or "keep" them (the encoder truncates).
+    too_long: "drop" texts over max_length tokens, "keep" them (the encoder truncates), or "pieces":
+      drop them, and add the clause pieces (clause_pieces) of those in the training split to it,
+      each piece that is itself a training text by its own hash and not already a text.
     max_texts: keep at most this many texts (the first ones after de-duplication).
     """
     raw, paragraphs = load_raw_texts(source, text_field)
@@ -233,6 +255,23 @@ def build_corpus(
     if too_long == "drop":
         kept = [t for t in kept if lengths[t] <= max_length]
         stats["dropped_too_long"] = len(over)
+    elif too_long == "pieces":
+        kept = [t for t in kept if lengths[t] <= max_length]
+        stats["dropped_too_long"] = len(over)
+        seen, pieces = set(kept), []
+        over = [t for t in over if split_of(t, validation_fraction, test_fraction, split_seed) == "train"]
+        parts = list(dict.fromkeys(p for t in over for p in _CLAUSE.split(t) if p))  # held-out texts give none
+        n_parts = dict(zip(parts, count_tokens(parts))) if parts else {}
+        for t in over:
+            for p in clause_pieces(t, lambda xs: [n_parts[x] for x in xs], max_length):
+                if p not in seen and split_of(p, validation_fraction, test_fraction, split_seed) == "train":
+                    seen.add(p)
+                    pieces.append(p)
+        n_pieces = dict(zip(pieces, count_tokens(pieces))) if pieces else {}
+        pieces = [p for p in pieces if min_length <= n_pieces[p] <= max_length]
+        lengths.update((p, n_pieces[p]) for p in pieces)
+        stats["training_pieces_of_too_long"] = len(pieces)
+        kept += pieces
     else:
         stats["truncated_too_long"] = len(over)
     if not kept:
@@ -254,11 +293,13 @@ def describe(stats):
     dropped = ", ".join(f"{v} {k[len('dropped_'):].replace('_', ' ')}" for k, v in stats.items()
                         if k.startswith("dropped_") and v)
     truncated = stats.get("truncated_too_long")
+    pieces = stats.get("training_pieces_of_too_long")
     return (
         f"data {stats['source']}: {stats['raw_texts']} raw texts -> "
         f"train {stats['train_texts']} / validation {stats['validation_texts']} / test {stats['test_texts']}"
         + (f"; dropped {dropped}" if dropped else "")
         + (f"; {truncated} truncated to the maximum length" if truncated else "")
+        + (f"; training holds {pieces} clause pieces of the long training texts" if pieces else "")
     )
 
 
@@ -273,7 +314,9 @@ class DataConfig:
     sentence_split: str = field(default="auto", metadata={
         "help": "split texts into sentences: auto (the default corpus yes, files no), yes, no"})
     too_long: str = field(default="drop", metadata={
-        "help": "texts over --max-length: drop them, or truncate them (the encoder sees the first tokens)"})
+        "help": "texts over --max-length: drop them, truncate them (the encoder sees the first tokens), or "
+                "pieces: drop them and train on the clause pieces of those in the training split (cut at , ; : "
+                "brackets and dashes, neighbours joined while they fit; held-out texts give none)"})
     validation_fraction: float = field(default=0.02, metadata={"help": "share of texts in the validation split"})
     test_fraction: float = field(default=0.05, metadata={"help": "share of texts in the test split"})
     split_seed: int = field(default=0, metadata={"help": "salt of the split hash; change it for another split"})
@@ -282,7 +325,8 @@ class DataConfig:
     def __post_init__(self):
         check(self.sentence_split in ("auto", "yes", "no"),
               f"--sentence-split must be auto, yes or no, not {self.sentence_split!r}")
-        check(self.too_long in ("drop", "truncate"), f"--too-long must be drop or truncate, not {self.too_long!r}")
+        check(self.too_long in ("drop", "truncate", "pieces"),
+              f"--too-long must be drop, truncate or pieces, not {self.too_long!r}")
         for name in ("validation_fraction", "test_fraction"):
             v = getattr(self, name)
             check(0 <= v < 1, f"--{name.replace('_', '-')} must be in [0, 1), not {v}")
@@ -299,7 +343,7 @@ class DataConfig:
             raise ReconError("the checkpoint does not record its training data; pass --data FILE")
         same = data is None or os.path.abspath(data) == os.path.abspath(keep.get("data", ""))
         if not same:
-            keep = {k: v for k, v in keep.items() if k == "too_long"}
+            keep = {k: v for k, v in keep.items() if k == "too_long" and v != "pieces"}  # pieces serve training
             keep["data"] = data
         keep.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**keep), same
@@ -309,7 +353,7 @@ class DataConfig:
         return build_corpus(
             self.data, count_tokens, text_field=self.text_field,
             sentence_split={"auto": None, "yes": True, "no": False}[self.sentence_split],
-            max_length=max_length, too_long="drop" if self.too_long == "drop" else "keep",
+            max_length=max_length, too_long={"drop": "drop", "truncate": "keep", "pieces": "pieces"}[self.too_long],
             validation_fraction=self.validation_fraction, test_fraction=self.test_fraction,
             split_seed=self.split_seed, max_texts=self.max_texts,
         )

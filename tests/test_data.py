@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from recon.data import DataError, build_corpus, load_raw_texts, normalize_whitespace, split_of, split_sentences
+from recon.data import DataConfig, DataError, build_corpus, clause_pieces, load_raw_texts, normalize_whitespace, split_of, split_sentences
 
 
 def count_words(texts):
@@ -58,6 +58,42 @@ def test_too_long_truncate_keeps_and_counts(text_file):
     path = text_file(["short text", "a much longer text than the limit allows here"])
     c = build_corpus(path, count_words, max_length=3, too_long="keep", validation_fraction=0, test_fraction=0)
     assert c.stats["truncated_too_long"] == 1 and len(c.texts("train")) == 2
+
+
+def test_clause_pieces_join_neighbours_while_they_fit():
+    text = "In 1990, the band, which had formed in Leeds, released its first album (a live one) - to acclaim."
+    assert clause_pieces(text, count_words, 8) == [  # "- to acclaim." is under 4 words
+        "In 1990, the band,", "which had formed in Leeds,", "released its first album (a live one)"]
+    # a clause longer than the limit stays whole (the corpus drops it); short pieces are dropped
+    assert clause_pieces("one two three four five six, seven", count_words, 3) == ["one two three four five six,"]
+
+
+def test_too_long_pieces_train_on_long_training_texts_alone(text_file):
+    long = [f"sentence {i} starts here, then goes on for a while, and ends {i} somewhere else." for i in range(400)]
+    short = [f"short text number {i} here" for i in range(200)]
+    c = build_corpus(text_file(long + short), count_words, max_length=8, too_long="pieces",
+                     validation_fraction=0.1, test_fraction=0.2)
+    s = c.stats
+    assert s["dropped_too_long"] == 400 and s["training_pieces_of_too_long"] > 0
+    train, val, test = (set(c.texts(x)) for x in ("train", "validation", "test"))
+    assert len(val) + len(test) + len(train) - s["training_pieces_of_too_long"] == 200  # held out: short texts only
+    assert not (train & test) and not (train & val) and not (val & test)
+    pieces = train - set(short)
+    assert len(pieces) == s["training_pieces_of_too_long"] and all(c.lengths[p] <= 8 for p in pieces)
+    # only long texts of the training split give pieces: no piece comes from a held-out sentence
+    numbered = [p for p in pieces if "then goes on" not in p]  # "sentence I starts here," / "and ends I somewhere else."
+    assert numbered and all(split_of(long[int(p.split()[1 if p.startswith("sentence") else 2])], 0.1, 0.2) == "train"
+                            for p in numbered)
+    assert all(split_of(p, 0.1, 0.2) == "train" for p in pieces)
+    # the held-out splits are those of --too-long drop
+    d = build_corpus(text_file(long + short, "same.txt"), count_words, max_length=8,
+                     validation_fraction=0.1, test_fraction=0.2)
+    assert d.texts("test") == c.texts("test") and d.texts("validation") == c.texts("validation")
+    # new data is evaluated whole: pieces are a training device
+    cfg, same = DataConfig.from_meta({"data": "x.txt", "too_long": "pieces"}, data="other.txt")
+    assert not same and cfg.too_long == "drop"
+    with pytest.raises(Exception, match="drop, truncate or pieces"):
+        DataConfig(too_long="split")
 
 
 def test_jsonl_and_csv(tmp_path):
