@@ -53,8 +53,20 @@ class CorrectionSpec:
                 "other. auto: the std, of 0 to 2, at which the training hypotheses' token F1 is nearest the "
                 "validation split's (measured on 512 texts); a number: that std (0: clean)"})
 
+    hypothesis_mix: float = field(default=0.0, metadata={
+        "help": "this share of the training rows read, instead of the base's hypothesis, the target text itself "
+                "with a share of its words (drawn from 0 to --hypothesis-mix-rate for each row) deleted, "
+                "replaced by a word of another training text or swapped with the next, re-encoded: hypotheses "
+                "from nearly right to the base's, so that copying what is right pays and the hypothesis's vector "
+                "says how far there is to go (0: the base's hypotheses alone)"})
+    hypothesis_mix_rate: float = field(default=0.5, metadata={
+        "help": "--hypothesis-mix: the largest share of a text's words that are changed"})
+
     def __post_init__(self):
         check(self.hypotheses >= 0, "--hypotheses must be 0 (all) or more")
+        check(0 <= self.hypothesis_mix <= 1, f"--hypothesis-mix must be a share in [0, 1], not {self.hypothesis_mix}")
+        check(0 < self.hypothesis_mix_rate <= 1,
+              f"--hypothesis-mix-rate must be in (0, 1], not {self.hypothesis_mix_rate}")
         if self.hypothesis_noise != "auto":
             try:
                 ok = float(self.hypothesis_noise) >= 0
@@ -83,6 +95,7 @@ class Corrector(Decoder):
         # how much of the hypothesis reaches the decoder: 0 at first, so that a warm start begins as
         # the base decoder (nearly: the new positions still take a share of attention)
         self.hyp_gate = nn.Parameter(torch.zeros(())) if spec.corrector_init == "zero" else None
+        self.corrector_init = spec.corrector_init
 
     @property
     def row_width(self):
@@ -147,10 +160,55 @@ class Corrector(Decoder):
 
 
 def warm_start(corrector, base_decoder):
-    """The base decoder's weights into the corrector (everything but the corrector's own parts)."""
+    """The base decoder's weights into the corrector (everything but the corrector's own parts).
+    --corrector-init aligned: hypothesis token j starts with the position embedding of the output
+    position that writes token j (the query there finds its counterpart: copying is a match of
+    positions)."""
     missing, unexpected = corrector.load_state_dict(base_decoder.state_dict(), strict=False)
     assert not unexpected, unexpected
+    if corrector.corrector_init == "aligned":
+        k = corrector.num_prefix  # output position k + j holds token j ([BOS] is 0) and writes token j + 1
+        with torch.no_grad():
+            corrector.hyp_pos.weight.copy_(corrector.pos_emb.weight[k:k + corrector.hyp_len])
     return missing
+
+
+def corrupt(text, rate, words, rng):
+    """`text` with each word, with probability `rate`, deleted, replaced by a word of `words` or
+    swapped with the next (a third each)."""
+    out, ws, i = [], text.split(), 0
+    while i < len(ws):
+        u = rng.random()
+        if u < rate / 3:
+            pass  # deleted
+        elif u < 2 * rate / 3:
+            out.append(rng.choice(words))
+        elif u < rate and i + 1 < len(ws):
+            out += [ws[i + 1], ws[i]]
+            i += 1
+        else:
+            out.append(ws[i])
+        i += 1
+    return " ".join(out)
+
+
+def mixed_rows(base, corrector, rows, texts, share, max_rate, log, batch_size=256, seed=0):
+    """--hypothesis-mix: rows (N, row_width) with a share of them (a fixed draw per seed) reading
+    corrupted copies of their own texts, at a rate drawn from 0 to max_rate, re-encoded."""
+    import random
+    rng = random.Random(seed)
+    pick = sorted(rng.sample(range(len(texts)), round(share * len(texts))))
+    if not pick:
+        return rows
+    words = [w for t in texts[:4096] for w in t.split()]
+    hyps = [corrupt(texts[i], rng.uniform(0, max_rate), words, rng) for i in pick]
+    t0 = time.time()
+    rows = rows.clone()
+    Dv = corrector.vector_dim
+    rows[pick] = corrector.rows(rows[pick, :Dv], base.encode(hyps, batch_size).float().cpu(), base.tokenizer.encode(hyps))
+    log(f"--hypothesis-mix {share:g}: {len(pick)} training rows read corrupted copies of their texts "
+        f"(re-encoded in {time.time() - t0:.0f}s)")
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,20 +325,21 @@ def adopt_base(cfg):
 
 @torch.no_grad()
 def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_repeat_ngram=0, num_beams=1,
-            length_penalty=1.0, log=None, no_repeat_match="loose"):
+            length_penalty=1.0, log=None, no_repeat_match="loose", start=None):
     """Correct the base's reconstructions of `vectors` (N, Dv) for `steps` steps.
 
     model: a corrector ReconModel (model.base is the base). beam: keep this many candidates per
     sentence, those whose re-encoded vectors are closest to the target (vec2text's sequence beam;
     each step decodes every candidate with a beam of this width). feedback=False: the hypothesis
     vector is replaced by the training mean (zero once standardised), the no-feedback ablation.
-    Returns (outputs per step, step 0 the base's; seconds per step).
+    start: the first hypotheses (a text per vector) instead of the base's.
+    Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
     base, dec = model.base, model.decoder
     gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
                length_penalty=length_penalty)
     t0 = time.time()
-    first = base.generate_from_vectors(vectors, num_beams=num_beams, **gen)
+    first = list(start) if start is not None else base.generate_from_vectors(vectors, num_beams=num_beams, **gen)
     outputs, seconds, cands = [first], [time.time() - t0], [[h] for h in first]
     target = dec.standardize(vectors).cpu()
     for _ in range(steps):
@@ -322,8 +381,10 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
                         log=print, no_repeat_match="loose"):
     """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
     for the corrector and two ablations: no feedback (the hypothesis vector replaced by the
-    training mean; the same sequence beam) and a random target (Gaussian vectors matched to the real ones). Writes
-    correction.json, correction.md and correction.png to output_dir. Returns the dict."""
+    training mean; the same sequence beam) and a random target (Gaussian vectors matched to the real ones);
+    and a check of what it reads: one step from the reference itself as the hypothesis (a corrector
+    that reads its hypothesis keeps a right one). Writes correction.json, correction.md and
+    correction.png to output_dir. Returns the dict."""
     import json
 
     from recon.evaluation import cosine, matched_random_vectors
@@ -333,13 +394,14 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     # no feedback keeps the sequence beam: it takes away the corrector's input of the hypothesis's
     # vector alone, not the choice among candidates by their vectors
     conditions = {"correction": dict(beam=beam), "no feedback": dict(beam=beam, feedback=False),
-                  "random target": dict(beam=beam, vectors=matched_random_vectors(vectors, seed))}
+                  "random target": dict(beam=beam, vectors=matched_random_vectors(vectors, seed)),
+                  "reference as hypothesis": dict(beam=beam, start=texts, steps=1)}
     result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
               "no_repeat_match": no_repeat_match, "conditions": {}}
     for name, how in conditions.items():
         how = dict(how)
-        v = how.pop("vectors", vectors)
-        outputs, seconds = correct(model, v, steps, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
+        v, n = how.pop("vectors", vectors), how.pop("steps", steps)
+        outputs, seconds = correct(model, v, n, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
                                    no_repeat_match=no_repeat_match, log=lambda line: log(f"{name}: {line}"), **how)
         curve = []
         for step, preds in enumerate(outputs):
@@ -364,7 +426,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
 
 def correction_table(result):
     lines = [f"Correction of {result['num_examples']} texts, {result['steps']} steps, sequence beam {result['beam']}; "
-             "step 0 is the base model's single pass.", "",
+             "step 0 is the base model's single pass (for 'reference as hypothesis', the reference itself: one "
+             "step from it shows whether the corrector keeps a right hypothesis).", "",
              "| condition | step | BLEU | exact match % | token F1 | standardised cosine | s per sentence |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, c in result["conditions"].items():
@@ -380,6 +443,8 @@ def plot_correction(result, path):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for name, c in result["conditions"].items():
+        if name == "reference as hypothesis":  # a check, not a curve: its step 0 is the reference
+            continue
         steps = [r["step"] for r in c["curve"]]
         for ax, key in zip(axes, ("bleu", "exact_match", "cosine_standardized")):
             ax.plot(steps, [r[key] for r in c["curve"]], marker="o", label=name)

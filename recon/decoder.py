@@ -68,7 +68,9 @@ class DecoderSpec:
     corrector_init: str = field(default="one", metadata={
         "help": "a corrector reads the hypothesis at full strength from the first step (one), or through a "
                 "learned gate that starts at zero (zero: it begins as its base decoder; in 600 steps at lr 3e-4 "
-                "the gate of the default run's corrector reached 0.002, and it read nothing)"})
+                "the gate of the default run's corrector reached 0.002, and it read nothing); aligned: at full "
+                "strength, and hypothesis token j starts with the position embedding of the output position that "
+                "writes token j, so that copying is a match of positions"})
     word_dropout: float = field(default=0.0, metadata={
         "help": "in training, replace each input token after [BOS] by a blank (a zero embedding) with this "
                 "probability, so that the decoder must take more of the sentence from the vector (Bowman et al. "
@@ -98,7 +100,8 @@ class DecoderSpec:
         check(self.bow_head in ("tied", "full"), f"--bow-head must be tied or full, not {self.bow_head!r}")
         check(self.embedding_init in ("random", "encoder"),
               f"--embedding-init must be random or encoder, not {self.embedding_init!r}")
-        check(self.corrector_init in ("zero", "one"), f"--corrector-init must be zero or one, not {self.corrector_init!r}")
+        check(self.corrector_init in ("zero", "one", "aligned"),
+              f"--corrector-init must be zero, one or aligned, not {self.corrector_init!r}")
 
     def build(self, vector_dim, vocab_size):
         check(self.decoder_type in DECODERS,

@@ -20,7 +20,7 @@ from recon.checkpoint import (RunLock, clear_run_dir, holds_a_run, list_checkpoi
                               resumable)
 from recon.data import Corpus, DataConfig, describe
 from recon.config import EXTENDABLE
-from recon.corrector import calibrate_noise, hypothesis_rows, warm_start
+from recon.corrector import calibrate_noise, hypothesis_rows, mixed_rows, warm_start
 from recon.errors import ConfigError, ReconError, check
 from recon.metrics import corpus_scores
 from recon.model import ReconModel
@@ -180,6 +180,9 @@ def hypotheses_for(cfg, base, model, texts, vectors, stats, log):
     stats["hypothesis_noise"] = float(noise)  # what auto chose, in the run's data.json
     rows["train"], _ = hypothesis_rows(base, model.decoder, vectors["train"], texts["train"], cfg.cache_dir,
                                        cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size, noise=float(noise))
+    if cfg.hypothesis_mix:
+        rows["train"] = mixed_rows(base, model.decoder, rows["train"], texts["train"], cfg.hypothesis_mix,
+                                   cfg.hypothesis_mix_rate, log, cfg.eval_batch_size, seed=cfg.seed)
     return rows["train"], rows.get("validation")
 
 

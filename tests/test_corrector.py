@@ -11,7 +11,7 @@ import evaluate as evaluate_script
 import train as train_script
 from conftest import sentences
 from recon import ReconModel
-from recon.corrector import NOISE_GRID, Corrector, calibrate_noise, noised_vectors
+from recon.corrector import NOISE_GRID, Corrector, calibrate_noise, corrupt, mixed_rows, noised_vectors, warm_start
 from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy
 from recon.metrics import corpus_scores
@@ -98,7 +98,9 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys):
     assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(out), "--split", "train", "--correction-steps", "1", "--correction-beam", "2",
                                  "--retrieval-pool", "0"]) == 0
     result = json.loads((out / "correction.json").read_text())
-    assert set(result["conditions"]) == {"correction", "no feedback", "random target"}
+    assert set(result["conditions"]) == {"correction", "no feedback", "random target", "reference as hypothesis"}
+    kept = result["conditions"]["reference as hypothesis"]["curve"]
+    assert [r["step"] for r in kept] == [0, 1] and kept[0]["exact_match"] == 100 and kept[1]["bleu"] <= kept[0]["bleu"]
     curve = result["conditions"]["correction"]["curve"]
     assert [r["step"] for r in curve] == [0, 1] and curve[1]["bleu"] > curve[0]["bleu"]
     assert result["conditions"]["random target"]["curve"][1]["bleu"] < curve[1]["bleu"]
@@ -123,10 +125,55 @@ def test_corrector_flags_that_cannot_work_are_refused(runs, capsys):
     for bad in ("-0.5", "loud"):
         assert train_script.main([*corrector, "--hypothesis-noise", bad]) == 2
         assert "--hypothesis-noise must be auto or a std of 0 or more" in capsys.readouterr().err
+    assert train_script.main([*corrector, "--hypothesis-mix", "1.5"]) == 2
+    assert "--hypothesis-mix must be a share in [0, 1]" in capsys.readouterr().err
     # auto matches the validation split's hypotheses; this base has none
     auto = [a for a in corrector if a not in ("--hypothesis-noise", "0")]
     assert train_script.main([*auto, "--output-dir", str(tmp / "c4")]) == 2
     assert "--hypothesis-noise auto matches the validation split" in capsys.readouterr().err
+
+
+def test_aligned_init_gives_hypothesis_token_j_the_position_that_writes_it():
+    from recon.decoder import Decoder
+    spec = dict(d_model=32, n_layer=1, n_head=2, max_target_len=12, num_prefix=3)
+    base = Decoder(DecoderSpec(**spec), 16, 40)
+    own = Corrector(DecoderSpec(decoder_type="corrector", **spec), 16, 40)
+    aligned = Corrector(DecoderSpec(decoder_type="corrector", corrector_init="aligned", **spec), 16, 40)
+    for c in (own, aligned):
+        warm_start(c, base)
+    torch.testing.assert_close(aligned.hyp_pos.weight, base.pos_emb.weight[3:15])  # [BOS] at 3 writes token 0
+    assert not torch.allclose(own.hyp_pos.weight, base.pos_emb.weight[3:15])
+    assert aligned.hyp_gate is None and torch.equal(aligned.prefix.weight, base.prefix.weight)
+    with pytest.raises(Exception, match="zero, one or aligned"):
+        DecoderSpec(corrector_init="copy")
+
+
+def test_hypothesis_mix_replaces_a_share_of_rows_with_corrupted_copies_of_their_texts():
+    import random
+    rng, words = random.Random(0), ["x"]
+    assert corrupt("a b c d", 0, words, rng) == "a b c d"
+    many = [corrupt(" ".join("abcdefghij"), 0.3, words, rng) for _ in range(300)]
+    changed = [m for m in many if m != " ".join("abcdefghij")]
+    assert 0.8 < len(changed) / len(many) < 1  # 10 words at 0.3: 97% have a change
+    assert any("x" in m for m in many) and any(len(m.split()) < 10 for m in many) and any("b a" in m or "c b" in m for m in many)
+
+    class Base:  # encodes a text to its word count, tokenises to word lengths
+        tokenizer = type("T", (), {"encode": staticmethod(lambda xs: [[len(w) for w in x.split()] for x in xs])})()
+
+        def encode(self, xs, batch_size=None):
+            return torch.tensor([[float(len(x.split()))] * 4 for x in xs])
+
+    dec = Corrector(DecoderSpec(decoder_type="corrector", d_model=16, n_layer=1, n_head=2, max_target_len=8), 4, 40)
+    texts = [f"text {i} has five words" for i in range(100)]
+    rows = dec.rows(torch.zeros(100, 4), torch.full((100, 4), -9.0), [[7]] * 100)
+    lines = []
+    mixed = mixed_rows(Base(), dec, rows, texts, 0.25, 0.5, lines.append, seed=0)
+    changed = (mixed != rows).any(1)
+    assert changed.sum().item() == 25 and "25 training rows" in lines[0]
+    assert torch.equal(mixed[:, :4], rows[:, :4])  # the targets stay
+    assert (mixed[changed, 4:8] > 0).all()  # the corrupted copies' own vectors
+    assert torch.equal(mixed_rows(Base(), dec, rows, texts, 0.25, 0.5, lines.append, seed=0), mixed)
+    assert mixed_rows(Base(), dec, rows, texts, 0, 0.5, lines.append) is rows
 
 
 class FakeBase:
