@@ -150,7 +150,7 @@ class RunConfig:
 
 # what a resumed run must share with the run it continues: every field that changes the numbers
 TRAINED_WITH = (DataConfig, EncoderSpec, DecoderSpec, TokenizerSpec, OptimConfig, CorrectionSpec)
-CORRECTOR_ONLY = field_names(CorrectionSpec) - {"base_model"} | {"corrector_init"}
+CORRECTOR_ONLY = field_names(CorrectionSpec) - {"base_model"} | {"corrector_init", "corrector_copy"}
 # what a corrector takes from its base run (--base-model), so the command line leaves it unset
 FROM_BASE = (DataConfig, EncoderSpec, DecoderSpec, TokenizerSpec)
 # what --extend may change: the length and shape of the added schedule segment, and when to stop

@@ -29,7 +29,7 @@ from recon.errors import ConfigError, check
 from recon.progress import progress
 
 
-CORRECTOR_OWN = ("corrector_init",)  # decoder fields a corrector run sets itself, not taken from the base
+CORRECTOR_OWN = ("corrector_init", "corrector_copy")  # decoder fields a corrector run sets itself, not taken from the base
 
 
 @dataclass
@@ -96,6 +96,12 @@ class Corrector(Decoder):
         # the base decoder (nearly: the new positions still take a share of attention)
         self.hyp_gate = nn.Parameter(torch.zeros(())) if spec.corrector_init == "zero" else None
         self.corrector_init = spec.corrector_init
+        self.copy = None
+        if spec.corrector_copy:  # --corrector-copy: a pointer over the hypothesis's tokens
+            self.copy = nn.ModuleDict({"q": nn.Linear(D, D), "k": nn.Linear(D, D), "gate": nn.Linear(D, 1)})
+            for m in self.copy.values():
+                self._init_weights(m)
+            nn.init.constant_(self.copy["gate"].bias, 2.0)  # starts writing from the vocabulary (0.88)
 
     @property
     def row_width(self):
@@ -145,6 +151,8 @@ class Corrector(Decoder):
                 input_ids.shape[1] if input_ids is not None else 0), dtype=torch.bool, device=vectors.device)
             keep[:, 3 * k:n_prefix] = ids >= 0
             rows["keep"] = keep
+            if self.copy is not None:
+                rows["copy_ids"] = ids  # (B, H), -1 past the end
             if cache is not None:
                 cache.rows, cache.n_prefix = rows, n_prefix
         elif cache is not None:
@@ -157,6 +165,31 @@ class Corrector(Decoder):
         if (cache.pos if cache is not None else 0) + x.shape[1] > self.max_positions:
             raise ValueError(f"sequence exceeds the corrector's {self.max_positions} positions")
         return self.run_blocks(x, rows, input_ids, cache, n_prefix if vectors is not None else 0)
+
+    def run_blocks(self, x, rows, input_ids, cache, n_prefix):
+        h = self.hidden_states(x, rows, cache)
+        if self.copy is not None and n_prefix:  # the hypothesis's final states, the pointer's keys
+            rows["copy_keys"] = self.copy["k"](self.ln_f(h[:, 3 * self.num_prefix:n_prefix]))  # (B, H, D)
+        out = self.ln_f(h[:, n_prefix:])
+        logits = self.token_logits(out, rows, input_ids, cache)
+        if self.copy is None or out.shape[1] == 0:
+            return logits
+        return self.copy_mixture(out, logits, rows["copy_keys"], rows["copy_ids"])
+
+    def copy_mixture(self, out, logits, keys, ids):
+        """log(g p_vocab + (1 - g) p_copy) (B, T, V): p_copy puts each output position's attention over
+        the hypothesis's tokens (keys (B, H, D), ids (B, H)) on those tokens' ids; g is a learned gate."""
+        with torch.autocast(out.device.type, enabled=False):  # a mixture of probabilities: in fp32
+            return self._copy_mixture(out.float(), logits.float(), keys.float(), ids)
+
+    def _copy_mixture(self, out, logits, keys, ids):
+        valid = ids >= 0  # (B, H)
+        scores = self.copy["q"](out) @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5  # (B, T, H)
+        attn = scores.masked_fill(~valid[:, None], -1e4).softmax(-1) * valid[:, None]  # none if no hypothesis
+        p_copy = torch.zeros(logits.shape, dtype=torch.float, device=logits.device)
+        p_copy.scatter_add_(2, ids.clamp(min=0)[:, None].expand(-1, out.shape[1], -1), attn)
+        g = torch.sigmoid(self.copy["gate"](out))  # (B, T, 1)
+        return torch.log(g * logits.softmax(-1) + (1 - g) * p_copy + 1e-9)
 
 
 def warm_start(corrector, base_decoder):

@@ -71,6 +71,10 @@ class DecoderSpec:
                 "the gate of the default run's corrector reached 0.002, and it read nothing); aligned: at full "
                 "strength, and hypothesis token j starts with the position embedding of the output position that "
                 "writes token j, so that copying is a match of positions"})
+    corrector_copy: bool = field(default=False, metadata={
+        "help": "a corrector may copy from its hypothesis: a pointer over the hypothesis's tokens (attention "
+                "from each output position to the hypothesis's final states) mixed with the vocabulary by a "
+                "learned gate, as in See et al. 2017's pointer-generator"})
     word_dropout: float = field(default=0.0, metadata={
         "help": "in training, replace each input token after [BOS] by a blank (a zero embedding) with this "
                 "probability, so that the decoder must take more of the sentence from the vector (Bowman et al. "
@@ -341,6 +345,11 @@ class Decoder(nn.Module):
     def run_blocks(self, x, rows, input_ids, cache, n_prefix):
         """The embedded positions x (B, P+T, D) through the blocks to logits (B, T, V) of the
         token positions (the first n_prefix positions predict nothing)."""
+        x = self.hidden_states(x, rows, cache)
+        return self.token_logits(self.ln_f(x[:, n_prefix:]), rows, input_ids, cache)  # token positions alone
+
+    def hidden_states(self, x, rows, cache):
+        """The embedded positions x (B, S, D) through the blocks (B, S, D), before the final LayerNorm."""
         if "cond" in rows:
             x = x + rows["cond"][:, None]
         x = self.drop(x)
@@ -349,8 +358,10 @@ class Decoder(nn.Module):
             x = block(x, cache, i, keep)
         if cache is not None:
             cache.pos += x.shape[1]
-        x = x[:, n_prefix:]  # only token positions predict tokens
-        x = self.ln_f(x)
+        return x
+
+    def token_logits(self, x, rows, input_ids, cache):
+        """Logits (B, T, V) from the final states x (B, T, D) of the token positions."""
         logits = F.linear(x, self.tok_emb.weight)  # tied input/output embeddings: (B, T, V)
         if "prior" in rows:  # what the vector says the sentence holds, as much as each position wants
             logits = logits + self.prior_gate(x) * rows["prior"][:, None].to(logits.dtype)

@@ -13,7 +13,8 @@ from recon.encoder import EncoderSpec
 UNRECORDED = {"decoder_type": "transformer", "condition": "prefix", "bow_weight": 0.0, "num_prefix": 1,
               "bow_prior": False, "coverage": False, "bow_hidden": 0, "bow_head": "tied",
               "embedding_init": "random",
-              "encoder_dropout": True, "corrector_init": "one", "precision": "bf16-cuda-only", "hypothesis_noise": "0"}
+              "encoder_dropout": True, "corrector_init": "one", "precision": "bf16-cuda-only", "hypothesis_noise": "0",
+              "corrector_copy": False}
 
 
 def with_unrecorded(recorded):
