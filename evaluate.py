@@ -66,7 +66,19 @@ def main(argv=None):
             say("warning: the data differs from what the checkpoint was trained on (corpus hash); "
                 "the split is still by text hash, so the test split holds no training text")
         split = cfg.split or ("test" if same else "all")
-        metrics = evaluate_split(model, corpus, split, cfg.output_dir, log=say,
+        correction, given = None, None
+        if model.base is not None and distributed.is_main():
+            steps = model.correction_steps if cfg.correction_steps is None else cfg.correction_steps
+            say(f"correction, step by step, beside its ablations (correction.md in {cfg.output_dir}):")
+            correction = evaluate_correction(model, corpus.texts(split)[:cfg.max_examples], steps, cfg.correction_beam,
+                                             cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say,
+                                             no_repeat_match=cfg.no_repeat_match)
+            if cfg.num_beams == 1 and cfg.rerank == "none" and cfg.length_penalty == 1.0 and distributed.world_size() == 1:
+                # the headline's reconstruction and random control are that run's last step: not decoded twice
+                given = {"predictions": correction["conditions"]["correction"]["predictions"],
+                         "decode_seconds": sum(r["seconds"] for r in correction["conditions"]["correction"]["curve"]),
+                         "random": correction["conditions"]["random target"]["predictions"]}
+        metrics = evaluate_split(model, corpus, split, cfg.output_dir, log=say, given=given,
                                  info={"checkpoint": folder, "step": meta.get("step"), "data": dcfg.data},
                                  max_examples=cfg.max_examples, num_beams=cfg.num_beams,
                                  length_penalty=cfg.length_penalty, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -76,13 +88,8 @@ def main(argv=None):
                                  pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")
         say(headline_table(metrics))
-        if model.base is not None and distributed.is_main():
-            steps = model.correction_steps if cfg.correction_steps is None else cfg.correction_steps
-            say(f"\ncorrection, step by step, beside its ablations (correction.md in {cfg.output_dir}):")
-            result = evaluate_correction(model, corpus.texts(split)[:cfg.max_examples], steps, cfg.correction_beam,
-                                         cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say,
-                                         no_repeat_match=cfg.no_repeat_match)
-            say(correction_table(result))
+        if correction is not None:
+            say(f"\n{correction_table(correction)}")
         if cfg.probes and distributed.is_main():
             probe_checkpoint(folder, model, part(ProbeSettings, cfg), cfg.output_dir, DEFAULT_CACHE_DIR,
                              cfg.batch_size, cfg.seed, say)

@@ -125,11 +125,14 @@ def example_rows(texts, predictions, lengths, fidelity, fidelity_std, controls):
 
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
              pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print,
-             no_repeat_match="loose"):
+             no_repeat_match="loose", given=None):
     """Score `model` on `texts`; lengths: encoder-token length of each text.
 
     pool_texts: the training texts for the retrieval control and the overlap check (none: skipped);
-    pool_vectors: their vectors, if already computed.
+    pool_vectors: their vectors, if already computed. given: outputs already decoded with these very
+    settings, not decoded again: {"predictions": [...], "decode_seconds": s, "random": [...]} (a
+    corrector's evaluation has them from its step-by-step run; "random" from the same draw of
+    matched_random_vectors(vectors, seed)).
     Returns (metrics, rows): the metrics dict and one dict per example.
     """
     texts = list(texts)
@@ -151,12 +154,16 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
 
     vectors = encode(texts)  # (N, D)
     t_encode = time.time() - t0
-    predictions, plain_beam = decode(model, vectors, rerank=rerank, **gen)
-    t_decode = time.time() - t0 - t_encode
+    given = given or {}
+    if "predictions" in given:
+        predictions, plain_beam, t_decode = list(given["predictions"]), None, given["decode_seconds"]
+    else:
+        predictions, plain_beam = decode(model, vectors, rerank=rerank, **gen)
+        t_decode = time.time() - t0 - t_encode
     re_encoded = encode(predictions)
     fidelity = cosine(re_encoded, vectors)  # (N,) re-encoded reconstruction vs target
     fidelity_std = cosine(model.decoder.standardize(re_encoded), model.decoder.standardize(vectors))
-    controls = {"random": generate(matched_random_vectors(vectors, seed))}
+    controls = {"random": list(given["random"]) if "random" in given else generate(matched_random_vectors(vectors, seed))}
     if len(texts) > 1:
         controls["shuffled"] = generate(vectors[derangement(len(texts), seed)])
     overlap = {}

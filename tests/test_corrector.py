@@ -17,10 +17,11 @@ from recon.decoding import beam_search, greedy
 from recon.metrics import corpus_scores
 
 
-def test_the_corrector_reads_the_hypothesis_and_decodes_the_same_with_the_cache():
+@pytest.mark.parametrize("copy", [False, True])
+def test_the_corrector_reads_the_hypothesis_and_decodes_the_same_with_the_cache(copy):
     torch.manual_seed(3)
     dec = Corrector(DecoderSpec(decoder_type="corrector", d_model=32, n_layer=2, n_head=2, dropout=0.0,
-                                max_target_len=12), 16, 40).eval()
+                                max_target_len=12, corrector_copy=copy), 16, 40).eval()
     with torch.no_grad():
         for p in dec.parameters():
             p.normal_(0, 0.3)
@@ -92,9 +93,12 @@ def test_a_corrector_trains_for_its_base_and_corrects_its_output(runs, capsys):
     assert "hypotheses of the base read from" in capsys.readouterr().out
 
 
-def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys):
+def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatch):
+    import recon.corrector
     tmp, _, _ = runs
     out = tmp / "ev"
+    calls, correct = [], recon.corrector.correct
+    monkeypatch.setattr(recon.corrector, "correct", lambda *a, **k: calls.append(k.get("start") is not None) or correct(*a, **k))
     assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(out), "--split", "train", "--correction-steps", "1", "--correction-beam", "2",
                                  "--retrieval-pool", "0"]) == 0
     result = json.loads((out / "correction.json").read_text())
@@ -108,6 +112,12 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["decoding"]["correction_steps"] == 1 and metrics["decoding"]["correction_beam"] == 2
     assert metrics["bleu"] == pytest.approx(curve[1]["bleu"])  # the headline is the last step's
+    # the four conditions, and the shuffled control: the reconstruction and the random control are
+    # the correction's and the random target's own outputs, not decoded again
+    assert len(calls) == 5 and sum(calls) == 1
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["prediction"] for r in rows] == result["conditions"]["correction"]["predictions"]
+    assert [r["control_random_prediction"] for r in rows] == result["conditions"]["random target"]["predictions"]
     # a model that is not a corrector is refused, with what to do
     assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev2"),
                                  "--correction-steps", "2"]) == 2
@@ -131,6 +141,22 @@ def test_corrector_flags_that_cannot_work_are_refused(runs, capsys):
     auto = [a for a in corrector if a not in ("--hypothesis-noise", "0")]
     assert train_script.main([*auto, "--output-dir", str(tmp / "c4")]) == 2
     assert "--hypothesis-noise auto matches the validation split" in capsys.readouterr().err
+
+
+def test_the_copy_pointer_puts_its_mass_on_the_hypothesis_tokens():
+    torch.manual_seed(0)
+    dec = Corrector(DecoderSpec(decoder_type="corrector", d_model=32, n_layer=1, n_head=2, max_target_len=8,
+                                corrector_copy=True), 16, 40).eval()
+    with torch.no_grad():
+        dec.copy["gate"].bias.fill_(-30.0)  # copy alone
+        rows = dec.rows(torch.randn(2, 16), torch.randn(2, 16), [[5, 6, 7], []])
+        logp = dec(rows, torch.tensor([[2, 5], [2, 9]]))  # (B, T, V)
+    probs = logp.exp()
+    assert probs[0, :, [5, 6, 7]].sum(-1).allclose(torch.ones(2), atol=1e-4)  # every output on the hypothesis
+    assert probs[1].sum() < 1e-3  # no hypothesis, nothing to copy (the gate gives the vocabulary nothing either)
+    dec.copy["gate"].bias.data.fill_(30.0)  # the vocabulary alone: a distribution over all of it
+    with torch.no_grad():
+        assert dec(rows, torch.tensor([[2, 5], [2, 9]])).exp().sum(-1).allclose(torch.ones(2, 2), atol=1e-4)
 
 
 def test_aligned_init_gives_hypothesis_token_j_the_position_that_writes_it():
