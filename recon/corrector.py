@@ -415,8 +415,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
     for the corrector and two ablations: no feedback (the hypothesis vector replaced by the
     training mean; the same sequence beam) and a random target (Gaussian vectors matched to the real ones);
-    and a check of what it reads: one step from the reference itself as the hypothesis (a corrector
-    that reads its hypothesis keeps a right one). Writes correction.json, correction.md and
+    and a check of what it reads: one greedy step from the reference itself as the hypothesis (a
+    corrector that reads its hypothesis keeps a right one). Writes correction.json, correction.md and
     correction.png to output_dir. Returns the dict."""
     import json
 
@@ -428,7 +428,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     # vector alone, not the choice among candidates by their vectors
     conditions = {"correction": dict(beam=beam), "no feedback": dict(beam=beam, feedback=False),
                   "random target": dict(beam=beam, vectors=matched_random_vectors(vectors, seed)),
-                  "reference as hypothesis": dict(beam=beam, start=texts, steps=1)}
+                  # greedy: a sequence beam keeps the old candidates, and the reference is always the closest
+                  "reference as hypothesis": dict(beam=1, start=texts, steps=1)}
     result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
               "no_repeat_match": no_repeat_match, "conditions": {}}
     for name, how in conditions.items():
@@ -460,7 +461,7 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
 def correction_table(result):
     lines = [f"Correction of {result['num_examples']} texts, {result['steps']} steps, sequence beam {result['beam']}; "
              "step 0 is the base model's single pass (for 'reference as hypothesis', the reference itself: one "
-             "step from it shows whether the corrector keeps a right hypothesis).", "",
+             "greedy step from it shows whether the corrector keeps a right hypothesis).", "",
              "| condition | step | BLEU | exact match % | token F1 | standardised cosine | s per sentence |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, c in result["conditions"].items():
