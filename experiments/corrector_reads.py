@@ -11,8 +11,10 @@ import argparse
 import torch
 
 from recon import ReconModel
-from recon.data import DataConfig
+from recon.batching import pad_batch
 from recon.checkpoint import load_meta, resolve_checkpoint
+from recon.data import DataConfig
+from recon.prepare import decoder_targets
 
 
 def main():
@@ -29,10 +31,7 @@ def main():
     vectors = model.encode(texts)
     hyps = model.base.generate_from_vectors(vectors, no_repeat_ngram=3)
     tok, dec = model.tokenizer, model.decoder
-    ids = [x[:model.config.max_target_len] + [tok.eos_id] for x in tok.encode(texts)]
-    targets = torch.full((len(ids), max(map(len, ids))), model.config.pad_id)
-    for i, x in enumerate(ids):
-        targets[i, :len(x)] = torch.tensor(x)
+    targets = pad_batch(decoder_targets(tok, texts, model.config.max_target_len)[0], model.config.pad_id, torch.device("cpu"))
     hv, rv = model.base.encode(hyps), model.base.encode(texts)
     nothing = dec.vector_mean.cpu().expand(len(texts), -1)
     print(f"{folder}: teacher-forced loss on {len(texts)} validation texts, by what the corrector is given")

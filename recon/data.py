@@ -252,12 +252,12 @@ def build_corpus(
     kept = [t for t in unique if lengths[t] >= min_length]
     stats["dropped_too_short"] = len(unique) - len(kept)
     over = [t for t in kept if lengths[t] > max_length]
-    if too_long == "drop":
+    if too_long == "keep":
+        stats["truncated_too_long"] = len(over)
+    else:
         kept = [t for t in kept if lengths[t] <= max_length]
         stats["dropped_too_long"] = len(over)
-    elif too_long == "pieces":
-        kept = [t for t in kept if lengths[t] <= max_length]
-        stats["dropped_too_long"] = len(over)
+    if too_long == "pieces":
         seen, pieces = set(kept), []
         over = [t for t in over if split_of(t, validation_fraction, test_fraction, split_seed) == "train"]
         parts = list(dict.fromkeys(p for t in over for p in _CLAUSE.split(t) if p))  # held-out texts give none
@@ -272,8 +272,6 @@ def build_corpus(
         lengths.update((p, n_pieces[p]) for p in pieces)
         stats["training_pieces_of_too_long"] = len(pieces)
         kept += pieces
-    else:
-        stats["truncated_too_long"] = len(over)
     if not kept:
         raise DataError(
             f"{source}: no text is left after filtering ({stats}); "
