@@ -30,6 +30,10 @@ SETTINGS = {  # name -> DecoderSpec fields, and the step's precision (fp32 unles
     "default decoder, no prior, no coverage, fp32": {"bow_prior": False, "coverage": False},
     "default decoder, bf16 autocast (--precision bf16)": {"precision": "bf16"},
     "default decoder, bf16, --word-dropout 0.25": {"precision": "bf16", "word_dropout": 0.25},
+    "bf16, --n-layer 2": {"precision": "bf16", "n_layer": 2},
+    "bf16, --n-layer 6": {"precision": "bf16", "n_layer": 6},
+    "bf16, --d-model 384 --n-head 6": {"precision": "bf16", "d_model": 384, "n_head": 6},
+    "bf16, --d-model 192 --n-layer 6 --n-head 4": {"precision": "bf16", "d_model": 192, "n_layer": 6, "n_head": 4},
     "encoder-warm, MiniLM's shape (6 x 384, 12 heads), bf16": {
         "precision": "bf16", "decoder_type": "encoder-warm", "d_model": 384, "n_layer": 6, "n_head": 12, "d_ff": 1536},
     "encoder-warm, MiniLM's first 3 layers, bf16": {
