@@ -52,7 +52,7 @@ def _check_rerank(rerank, num_beams):
 class OptimConfig:
     """How the model is trained: everything here changes the numbers, so a resume keeps it."""
 
-    max_steps: int = field(default=1500, metadata={"help": "optimizer steps (0: use --epochs)"})
+    max_steps: int = field(default=2150, metadata={"help": "optimizer steps (0: use --epochs)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training split, when --max-steps is 0"})
     batch_size: int = field(default=64, metadata={"help": "sentences per optimizer step"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the decoder"})

@@ -37,7 +37,7 @@ class DecoderSpec:
 
     decoder_type: str = field(default="transformer", metadata={"help": "the decoder class (registered in recon/decoder.py)"})
     d_model: int = field(default=256, metadata={"help": "decoder width"})
-    n_layer: int = field(default=4, metadata={"help": "decoder layers"})
+    n_layer: int = field(default=2, metadata={"help": "decoder layers"})
     n_head: int = field(default=4, metadata={"help": "decoder attention heads"})
     d_ff: int = field(default=0, metadata={"help": "the feed-forward width of a decoder layer (0: 4 x --d-model)"})
     dropout: float = field(default=0.0, metadata={
