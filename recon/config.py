@@ -58,6 +58,9 @@ class OptimConfig:
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the decoder"})
     encoder_lr: float = field(default=2e-5, metadata={"help": "learning rate of a fine-tuned pretrained encoder"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "the training loss spreads this share of each token's target over the whole vocabulary "
+                "(Szegedy et al. 2016); validation losses are always unsmoothed (0: off)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decay ends at this share of the peak"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
@@ -87,6 +90,7 @@ class OptimConfig:
         check(self.bow_epochs >= 0, f"--bow-epochs cannot be negative, not {self.bow_epochs}")
         check(self.lr > 0 and self.encoder_lr > 0, "learning rates must be positive")
         check(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
+        check(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         check(0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], not {self.min_lr_ratio}")
         check(self.early_stopping_patience >= 0 and self.early_stopping_min_delta >= 0,
               "--early-stopping-patience and --early-stopping-min-delta cannot be negative")

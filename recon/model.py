@@ -223,21 +223,23 @@ class ReconModel(nn.Module):
     # ------------------------------------------------------------------------------------------
     # training
 
-    def loss(self, vectors, targets, reduction="mean"):
+    def loss(self, vectors, targets, reduction="mean", label_smoothing=0.0):
         """Teacher-forced cross-entropy. targets: (B, T) token ids ending in [EOS], padded with
-        pad_id. Returns the mean (or with reduction="sum" the sum) of the loss over real tokens."""
+        pad_id. Returns the mean (or with reduction="sum" the sum) of the loss over real tokens;
+        label_smoothing > 0 (training only) spreads that share of each target over the vocabulary."""
         B = targets.shape[0]
         bos = torch.full((B, 1), self.config.bos_id, dtype=targets.dtype, device=targets.device)
         inputs = torch.cat([bos, targets[:, :-1]], dim=1)  # (B, T): [BOS] t1 .. t_{T-1}
         logits = self.decoder(vectors, inputs)  # (B, T, V)
         labels = targets.masked_fill(targets == self.config.pad_id, -100)
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                                           reduction=reduction)
+                                           reduction=reduction, label_smoothing=label_smoothing)
 
-    def training_loss(self, vectors, targets):
-        """The summed loss a training step minimises: the token loss, plus the decoder's auxiliary
-        bag-of-words loss when it has one (kept out of `loss`, so validation losses compare)."""
-        loss = self.loss(vectors, targets, reduction="sum")
+    def training_loss(self, vectors, targets, label_smoothing=0.0):
+        """The summed loss a training step minimises: the token loss (smoothed when asked), plus the
+        decoder's auxiliary bag-of-words loss when it has one (kept out of `loss`, so validation
+        losses compare)."""
+        loss = self.loss(vectors, targets, reduction="sum", label_smoothing=label_smoothing)
         if self.decoder.bow_weight > 0:
             loss = loss + self.decoder.bow_weight * self.decoder.bow_loss(vectors, targets, self.config.pad_id)
         return loss

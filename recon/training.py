@@ -54,19 +54,19 @@ class TrainStep(torch.nn.Module):
     """The summed token loss of one batch as a module's forward, so that DDP and torch.compile
     can wrap it; the encoder runs here when it is trained (vectors None)."""
 
-    def __init__(self, model):
+    def __init__(self, model, label_smoothing=0.0):
         super().__init__()
-        self.model = model
+        self.model, self.label_smoothing = model, label_smoothing
 
     def forward(self, targets, vectors=None, input_ids=None, attention_mask=None):
         if vectors is None:
             vectors = self.model.encoder(input_ids, attention_mask)  # (B, Dv)
-        return self.model.training_loss(vectors, targets)
+        return self.model.training_loss(vectors, targets, self.label_smoothing)
 
 
 def wrapped_step(model, cfg, device):
     """TrainStep, under DDP with several processes and torch.compile'd when asked."""
-    step = TrainStep(model)
+    step = TrainStep(model, cfg.label_smoothing)
     if dist.world_size() > 1:
         # a trained encoder may leave parameters without a gradient (layers above --layer, the pooler)
         step = DDP(step, device_ids=[device.index] if device.type == "cuda" else None,

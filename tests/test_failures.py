@@ -100,9 +100,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_encoder_d
     calls = {"n": 0}
     real_loss = ReconModel.loss
 
-    def failing_loss(self, vectors, targets, reduction="mean"):
+    def failing_loss(self, vectors, targets, reduction="mean", **kwargs):
         calls["n"] += 1
-        loss = real_loss(self, vectors, targets, reduction)
+        loss = real_loss(self, vectors, targets, reduction, **kwargs)
         return loss * float("nan") if calls["n"] > 25 else loss
 
     monkeypatch.setattr(ReconModel, "loss", failing_loss)

@@ -415,3 +415,27 @@ def test_vector_noise_moves_the_vector_in_training_only(decoder_type):
         dec.vector_noise = 0.0
         torch.testing.assert_close(clean, dec(v, ids))
     assert not torch.allclose(noisy_a, noisy_b) and not torch.allclose(noisy_a, clean)
+
+
+def test_label_smoothing_changes_the_training_loss_and_not_the_validation_loss(tiny_model):
+    """The smoothed training loss is (1 - e) * NLL + e * the mean over the vocabulary of -log p, summed
+    over real tokens; `loss` (validation) never smooths."""
+    from recon.training import TrainStep
+    texts = sentences(3)
+    vecs = tiny_model.encode(texts)
+    tok = tiny_model.tokenizer
+    targets = [ids + [tok.eos_id] for ids in tok.encode(texts)]
+    T = max(map(len, targets))
+    y = torch.tensor([t + [tok.pad_id] * (T - len(t)) for t in targets])
+    tiny_model.eval()
+    with torch.no_grad():
+        plain, smooth = TrainStep(tiny_model)(y, vecs), TrainStep(tiny_model, 0.2)(y, vecs)
+        bos = torch.full((3, 1), tiny_model.config.bos_id)
+        logp = tiny_model.decoder(vecs, torch.cat([bos, y[:, :-1]], 1)).float().log_softmax(-1)  # (B, T, V)
+        real = y != tok.pad_id
+        nll = -logp.gather(-1, y[..., None]).squeeze(-1)[real].sum()
+        uniform = -logp.mean(-1)[real].sum()
+        bow = smooth - (0.8 * nll + 0.2 * uniform)  # the bag-of-words term, the same in both
+        torch.testing.assert_close(plain - nll, bow, rtol=1e-4, atol=1e-3)
+        assert abs(smooth.item() - plain.item()) > 1e-2
+        torch.testing.assert_close(tiny_model.loss(vecs, y), nll / real.sum())

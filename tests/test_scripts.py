@@ -96,6 +96,8 @@ def test_bad_arguments_exit_with_a_message(trained_run, capsys, tmp_path):
     assert "holds no checkpoint" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="divisible"):
         parse(TrainConfig, ["--d-model", "30", "--n-head", "4"])
+    with pytest.raises(ConfigError, match=r"--label-smoothing must be in \[0, 1\), not 1.0"):
+        parse(TrainConfig, ["--label-smoothing", "1"])
 
 
 def test_config_file(tmp_path):
