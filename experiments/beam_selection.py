@@ -4,8 +4,8 @@ those, and the oracle (the beam nearest its reference: a ceiling, not a method).
 
     python experiments/beam_selection.py checkpoints/default 8 validation
 
-Arguments: checkpoint, beams, split, and optionally how many texts. Greedy settings as evaluate.py
-(3-gram loose ban); prints one line per selector: corpus BLEU, token F1, standardised cosine.
+Arguments: checkpoint, beams, split, and optionally how many texts. Beam search with evaluate.py's
+repeat ban (3-gram, loose); prints one line per selector: corpus BLEU, token F1, standardised cosine.
 """
 import os
 import sys
@@ -32,7 +32,7 @@ corpus = dcfg.build(model.encoder.count_tokens, model.config.max_length)
 texts = corpus.texts(split)[:n]
 t0 = time.time()
 vectors = model.encode(texts)
-best, beams = model.generate_from_vectors(vectors, num_beams=K, return_all=True, no_repeat_ngram=3)
+_, beams = model.generate_from_vectors(vectors, num_beams=K, return_all=True, no_repeat_ngram=3)
 t1 = time.time()
 flat = [t for row in beams for t, _ in row]
 cand = model.decoder.standardize(model.encode(flat))
@@ -42,7 +42,7 @@ t2 = time.time()
 print(f"decode {t1-t0:.1f}s  re-encode {t2-t1:.1f}s", flush=True)
 sb = BLEU(effective_order=True)
 # MBR utilities among candidates: mean sentence BLEU / token F1 against the others
-mbr_b = torch.zeros(len(texts), K); mbr_f = torch.zeros(len(texts), K)
+mbr_b, mbr_f = torch.zeros(len(texts), K), torch.zeros(len(texts), K)
 for i, row in enumerate(beams):
     c = [t for t, _ in row]
     for a in range(K):
@@ -50,7 +50,7 @@ for i, row in enumerate(beams):
         mbr_b[i, a] = sum(sb.sentence_score(c[a], [o]).score for o in others) / (K - 1)
         mbr_f[i, a] = sum(token_f1(c[a], o) for o in others) / (K - 1)
 score = torch.tensor([[s for _, s in row] for row in beams])
-t3 = time.time(); print(f"mbr {t3-t2:.1f}s", flush=True)
+print(f"mbr {time.time() - t2:.1f}s", flush=True)
 def pick(idx):
     preds = [beams[i][j][0] for i, j in enumerate(idx.tolist())]
     m = corpus_scores(preds, texts)

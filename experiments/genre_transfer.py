@@ -144,19 +144,10 @@ def main(argv=None):
     write(mix, train_texts)
     run = os.path.join(args.output_dir, "mix")
     runs = (("wikipedia only", args.baseline),) + (() if args.baseline_only else (("mix", run),))
-    if not args.baseline_only and not os.path.exists(os.path.join(run, "eval-validation", "metrics.json")):
-        flags = ["--data", mix, "--output-dir", run, "--eval-split", "validation", *args.train_args]
-        resume = ["--resume"] if os.path.isdir(run) and any(n.startswith("checkpoint-") for n in os.listdir(run)) else []
-        assert train_script.main(flags + resume) == 0
-    results = {}
-    for name, checkpoint in runs:
-        for g in genres:
-            out = os.path.join(args.output_dir, "eval", name.replace(" ", "-"), g)
-            if not os.path.exists(os.path.join(out, "metrics.json")):
-                assert evaluate_script.main(["--checkpoint", checkpoint, "--data", evals[g], "--output-dir", out,
-                                             "--retrieval-pool", "5000"]) == 0
-            with open(os.path.join(out, "metrics.json")) as f:
-                results[(name, g)] = json.load(f)
+    if not args.baseline_only:
+        train(run, ["--data", mix, *args.train_args])
+    results = {(name, g): evaluated(checkpoint, evals[g], os.path.join(args.output_dir, "eval", name.replace(" ", "-"), g))
+               for name, checkpoint in runs for g in genres}
     lines = ["| genre | in training of | run | BLEU | token F1 | random / shuffled / retrieval BLEU | "
              "random / shuffled / retrieval F1 | std cosine | eval texts seen in training |",
              "|---|---|---|---:|---:|---|---|---:|---:|"]
@@ -167,10 +158,8 @@ def main(argv=None):
             trained = "wikipedia only, mix" if g == "encyclopedia" else ("neither" if g in held else "mix")
         for name, _ in runs:
             m = results[(name, g)]
-            ctrl = lambda k: " / ".join(f"{m.get(f'control_{c}_{k}', float('nan')):.2f}"  # noqa: E731
-                                         for c in ("random", "shuffled", "retrieval"))
-            lines.append(f"| {g} | {trained} | {name} | {m['bleu']:.2f} | {m['token_f1']:.2f} | {ctrl('bleu')} | "
-                         f"{ctrl('token_f1')} | {m['cosine_standardized']:.3f} | {m['overlap_texts_in_train']} |")
+            lines.append(f"| {g} | {trained} | {name} | {m['bleu']:.2f} | {m['token_f1']:.2f} | {controls(m, 'bleu')} | "
+                         f"{controls(m, 'token_f1')} | {m['cosine_standardized']:.3f} | {m['overlap_texts_in_train']} |")
     table = "\n".join(lines)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         head = (f"{args.baseline} alone" if args.baseline_only else
