@@ -15,8 +15,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recon.model import ReconModel
-from recon.checkpoint import load_meta, resolve_checkpoint
-from recon.data import DataConfig
 from recon.evaluation import cosine
 from recon.metrics import corpus_scores, token_f1
 from sacrebleu.metrics import BLEU
@@ -24,12 +22,8 @@ from sacrebleu.metrics import BLEU
 ckpt, K, split = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 n = int(sys.argv[4]) if len(sys.argv) > 4 else None
 torch.manual_seed(0)
-folder = resolve_checkpoint(ckpt)
-model = ReconModel.from_pretrained(folder)
-meta = load_meta(folder)
-dcfg, _ = DataConfig.from_meta(meta["args"])
-corpus = dcfg.build(model.encoder.count_tokens, model.config.max_length)
-texts = corpus.texts(split)[:n]
+model = ReconModel.from_pretrained(ckpt)
+texts = model.training_corpus().texts(split)[:n]
 t0 = time.time()
 vectors = model.encode(texts)
 _, beams = model.generate_from_vectors(vectors, num_beams=K, return_all=True, no_repeat_ngram=3)

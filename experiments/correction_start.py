@@ -13,19 +13,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recon.checkpoint import load_meta, resolve_checkpoint  # noqa: E402
 from recon.corrector import correct  # noqa: E402
-from recon.data import DataConfig  # noqa: E402
 from recon.evaluation import cosine  # noqa: E402
 from recon.metrics import corpus_scores  # noqa: E402
 from recon.model import ReconModel  # noqa: E402
 
 ckpt, split, steps, beam = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 n = int(sys.argv[5]) if len(sys.argv) > 5 else None
-folder = resolve_checkpoint(ckpt)
-model = ReconModel.from_pretrained(folder)
-dcfg, _ = DataConfig.from_meta(load_meta(folder)["args"])
-texts = dcfg.build(model.encoder.count_tokens, model.config.max_length).texts(split)[:n]
+model = ReconModel.from_pretrained(ckpt)
+texts = model.training_corpus().texts(split)[:n]
 vectors = model.encode(texts)
 base, target = model.base, model.decoder.standardize(vectors)
 t0 = time.time()

@@ -12,8 +12,7 @@ import torch
 
 from recon import ReconModel
 from recon.batching import pad_batch
-from recon.checkpoint import load_meta, resolve_checkpoint
-from recon.data import DataConfig
+from recon.checkpoint import resolve_checkpoint
 from recon.prepare import decoder_targets
 
 
@@ -26,8 +25,7 @@ def main():
     model = ReconModel.from_pretrained(folder).eval()
     if model.base is None:
         raise SystemExit(f"{folder} is not a corrector (train one with train.py --base-model RUN_DIR)")
-    dcfg, _ = DataConfig.from_meta(load_meta(folder).get("args", {}))
-    texts = dcfg.build(model.encoder.count_tokens, model.config.max_length).texts("validation")[:args.max_examples]
+    texts = model.training_corpus().texts("validation")[:args.max_examples]
     vectors = model.encode(texts)
     hyps = model.base.generate_from_vectors(vectors, no_repeat_ngram=3)
     tok, dec = model.tokenizer, model.decoder

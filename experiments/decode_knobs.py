@@ -18,18 +18,14 @@ import torch
 from sacrebleu.metrics import BLEU
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recon.checkpoint import load_meta, resolve_checkpoint  # noqa: E402
-from recon.data import DataConfig  # noqa: E402
 from recon.evaluation import cosine  # noqa: E402
 from recon.metrics import corpus_scores  # noqa: E402
 from recon.model import ReconModel  # noqa: E402
 
 ckpt, split, knob = sys.argv[1], sys.argv[2], sys.argv[3]
 torch.manual_seed(0)
-folder = resolve_checkpoint(ckpt)
-model = ReconModel.from_pretrained(folder)
-dcfg, _ = DataConfig.from_meta(load_meta(folder)["args"])
-texts = dcfg.build(model.encoder.count_tokens, model.config.max_length).texts(split)
+model = ReconModel.from_pretrained(ckpt)
+texts = model.training_corpus().texts(split)
 vectors = model.encode(texts)
 dec = model.decoder
 target = dec.standardize(vectors)

@@ -12,8 +12,6 @@ import os
 import sys
 
 from recon import ReconModel
-from recon.checkpoint import load_meta, resolve_checkpoint
-from recon.data import DataConfig
 from recon.probes import bow_task, written_content
 
 COLUMNS = ("run", "steps", "val loss", "BLEU", "random", "shuffled", "token F1", "content recall %",
@@ -51,8 +49,7 @@ def main(argv=None):
     def train_texts_of(run):  # the run's training split, rebuilt as evaluate.py rebuilds it
         key = json.load(open(os.path.join(run, "data.json")))["corpus_hash"]
         if key not in corpora:
-            model, args = ReconModel.from_pretrained(run), load_meta(resolve_checkpoint(run))["args"]
-            corpora[key] = DataConfig.from_meta(args)[0].build(model.encoder.count_tokens, model.config.max_length)
+            corpora[key] = ReconModel.from_pretrained(run).training_corpus()
         return corpora[key].texts("train")
 
     print("| " + " | ".join(COLUMNS) + " |")

@@ -18,8 +18,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import recon.trainer as trainer_module  # noqa: E402
 import train  # noqa: E402
-from recon.checkpoint import load_meta, resolve_checkpoint  # noqa: E402
-from recon.data import DataConfig  # noqa: E402
 from recon.evaluation import cosine  # noqa: E402
 from recon.metrics import corpus_scores  # noqa: E402
 from recon.model import ReconModel  # noqa: E402
@@ -57,10 +55,8 @@ def main(argv):
         return code
     out = argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else "checkpoints/default"
     split = argv[argv.index("--eval-split") + 1]
-    folder = resolve_checkpoint(out)
-    model = ReconModel.from_pretrained(folder)
-    dcfg, _ = DataConfig.from_meta(load_meta(folder)["args"])
-    texts = dcfg.build(model.encoder.count_tokens, model.config.max_length).texts(split)
+    model = ReconModel.from_pretrained(out)
+    texts = model.training_corpus().texts(split)
     vectors = model.encode(texts)
     params = [p for p in model.parameters() if p.requires_grad]
     assert [p.shape for p in params] == [w.shape for w in kept[DECAYS[0]]], "the trained parameters differ from the loaded ones"

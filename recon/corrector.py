@@ -341,9 +341,9 @@ def adopt_base(cfg):
     if config.get("decoder_type") == "corrector":
         raise ConfigError(f"--base-model {cfg.base_model} is itself a corrector; give the run it corrects")
     args = load_meta(folder).get("args", {})
-    if config.get("finetune_encoder") or config.get("encoder") == "scratch" or config.get("encoder_init") == "random":
-        raise ConfigError("--base-model: the corrector re-encodes with the base's encoder, which must be the "
-                          "frozen pretrained one (this base trains or replaces its encoder)")
+    if config.get("cls_init") == "random-per-forward":
+        raise ConfigError("--base-model: this base's encoder draws a new [CLS] at every forward, so a hypothesis "
+                          "re-encoded twice has two vectors; correct a base with a deterministic encoder")
     for spec, source in ((EncoderSpec, config), (DecoderSpec, config), (TokenizerSpec, args), (DataConfig, args)):
         for f in fields(spec):
             if f.name in source and f.name not in CORRECTOR_OWN:

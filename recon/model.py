@@ -84,11 +84,13 @@ class ReconModel(nn.Module):
 
     @property
     def trains_encoder(self):
-        return self.config.encoder_spec.trains
+        """A corrector never trains its encoder: it is its base's, which re-encodes the hypotheses."""
+        return self.config.encoder_spec.trains and not self.config.base_model
 
     @property
     def saves_encoder(self):
-        return self.config.encoder_spec.saved_with_decoder
+        """A corrector's encoder is saved with its base (a fine-tuned one too), not again with it."""
+        return self.config.encoder_spec.saved_with_decoder and not self.config.base_model
 
     @classmethod
     def from_encoder(cls, encoder, decoder_tokenizer, encoder_spec, decoder_spec=None, base_model=""):
@@ -219,6 +221,16 @@ class ReconModel(nn.Module):
     def reconstruct(self, texts, **generate_kwargs):
         """list of str -> list of str: each text through its vector and back."""
         return self.generate_from_vectors(self.encode(texts), **generate_kwargs)
+
+    def training_corpus(self):
+        """The corpus this checkpoint was trained on, read and split again as train.py split it
+        (`.texts("validation")`): for scripts that study a run on its own splits."""
+        from recon.checkpoint import load_meta
+        from recon.data import DataConfig
+        if self.folder is None:
+            raise CheckpointError("this model was not loaded from a checkpoint, so it has no recorded training data")
+        data, _ = DataConfig.from_meta(load_meta(self.folder).get("args", {}))
+        return data.build(self.encoder.count_tokens, self.config.max_length)
 
     # ------------------------------------------------------------------------------------------
     # training

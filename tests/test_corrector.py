@@ -124,6 +124,31 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
     assert "train.py --base-model" in capsys.readouterr().err
 
 
+def test_a_corrector_for_a_fine_tuned_base_re_encodes_with_the_bases_trained_encoder(runs, tiny_encoder_dir):
+    from safetensors.torch import load_file
+    tmp, base, corrector = runs
+    ft = [a if a != str(tmp / "base") else str(tmp / "ft") for a in base] + ["--finetune-encoder", "--encoder-lr", "1e-3"]
+    assert train_script.main(ft) == 0
+    run = [a if a != str(tmp / "base") else str(tmp / "ft") for a in corrector]
+    assert train_script.main([a if a != str(tmp / "corr") else str(tmp / "ft-corr") for a in run]) == 0
+    model = ReconModel.from_pretrained(str(tmp / "ft-corr"))
+    saved = load_file(str(tmp / "ft" / "checkpoint-40" / "model.safetensors"))
+    trained = {k[len("encoder."):]: v for k, v in saved.items() if k.startswith("encoder.")}
+    assert trained, "the fine-tuned base saves its encoder"
+    pretrained = ReconModel.from_pretrained(str(tmp / "base")).encoder.state_dict()
+    own = model.encoder.state_dict()
+    assert model.encoder is model.base.encoder and not model.trains_encoder
+    # the corrector re-encodes with the base's encoder as the base trained it, and left it as it was
+    assert all(torch.equal(own[k], v) for k, v in trained.items())
+    assert any(not torch.equal(pretrained[k], v) for k, v in trained.items())
+    assert not any(k.startswith("encoder.") for k in load_file(str(tmp / "ft-corr" / "checkpoint-200" / "model.safetensors")))
+    texts = sentences(16)
+    truth = [t.lower() for t in texts]
+    bleu = lambda preds: corpus_scores(preds, truth)["bleu"]  # noqa: E731
+    base_out, once = model.base.reconstruct(texts), model.reconstruct(texts, correction_steps=1)
+    assert bleu(once) > bleu(base_out) + 10, (bleu(base_out), bleu(once))
+
+
 def test_corrector_flags_that_cannot_work_are_refused(runs, capsys):
     tmp, base, corrector = runs
     assert train_script.main([*corrector, "--d-model", "32"]) == 2

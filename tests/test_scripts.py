@@ -50,6 +50,9 @@ def test_train_writes_a_loadable_run(trained_run):
     assert "control: random vector" in report and "## By length" in report and "worst" in report
     model = ReconModel.from_pretrained(str(out))  # a run folder loads its latest checkpoint
     assert len(model.reconstruct(["The red cat sees the dog near the river."])) == 1
+    corpus = model.training_corpus()  # the run's data read and split again, as experiment scripts study it
+    assert corpus.stats["corpus_hash"] == json.loads((out / "data.json").read_text())["corpus_hash"]
+    assert len(corpus.texts("test")) == m["num_examples"]
 
 
 def test_evaluate_defaults_to_the_held_out_split(trained_run):
