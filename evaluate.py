@@ -38,7 +38,7 @@ def training_texts(cfg, trained_args, corpus, model, say):
         if "data" not in trained_args:
             return []
         try:
-            corpus = DataConfig.from_meta(trained_args)[0].build(model.encoder.count_tokens, model.config.max_length)
+            corpus = model.training_corpus()
         except DataError as e:
             say(f"warning: no retrieval control: the training data cannot be read here ({e})")
             return []

@@ -124,7 +124,7 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
     assert "train.py --base-model" in capsys.readouterr().err
 
 
-def test_a_corrector_for_a_fine_tuned_base_re_encodes_with_the_bases_trained_encoder(runs, tiny_encoder_dir):
+def test_a_corrector_for_a_fine_tuned_base_re_encodes_with_the_bases_trained_encoder(runs):
     from safetensors.torch import load_file
     tmp, base, corrector = runs
     ft = [a if a != str(tmp / "base") else str(tmp / "ft") for a in base] + ["--finetune-encoder", "--encoder-lr", "1e-3"]
