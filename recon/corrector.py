@@ -12,7 +12,9 @@ end)], so batched greedy and beam decoding run on it unchanged. Its prefix: `num
 each from the target vector, the hypothesis vector and their difference (all standardised with the
 base's statistics), then the hypothesis's tokens with their own positions, then [BOS] and the text
 it writes. It starts from the base decoder's weights; what is new starts small. It is trained on
-the base model's greedy hypotheses for the training split (decoded and re-encoded once, cached).
+the base model's greedy hypotheses for the training split (decoded and re-encoded once, cached);
+a later round (--base-model naming a corrector run) starts from that corrector and learns from its
+one-step outputs as well.
 """
 
 import hashlib
@@ -53,6 +55,11 @@ class CorrectionSpec:
                 "other. auto: the std, of 0 to 2, at which the training hypotheses' token F1 is nearest the "
                 "validation split's (measured on 512 texts); a number: that std (0: clean)"})
 
+    previous_round: Optional[str] = field(default=None, metadata={
+        "help": "a later-round corrector (vec2text's rounds): start from this corrector run's weights and learn "
+                "from its one-step outputs of the training texts beside the base's hypotheses. --base-model "
+                "CORRECTOR_RUN sets it (and --base-model to that corrector's base)"})
+
     hypothesis_mix: float = field(default=0.0, metadata={
         "help": "this share of the training rows read, instead of the base's hypothesis, the target text itself "
                 "with a share of its words (drawn from 0 to --hypothesis-mix-rate for each row) deleted, "
@@ -64,6 +71,8 @@ class CorrectionSpec:
 
     def __post_init__(self):
         check(self.hypotheses >= 0, "--hypotheses must be 0 (all) or more")
+        check(not self.previous_round or self.base_model,
+              "--previous-round trains a later round of a corrector: give --base-model that corrector run instead")
         check(0 <= self.hypothesis_mix <= 1, f"--hypothesis-mix must be a share in [0, 1], not {self.hypothesis_mix}")
         check(0 < self.hypothesis_mix_rate <= 1,
               f"--hypothesis-mix-rate must be in (0, 1], not {self.hypothesis_mix_rate}")
@@ -280,20 +289,40 @@ def base_hypotheses(base, vectors, no_repeat_ngram, batch_size=256, desc="base h
 NOISE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
-def calibrate_noise(base, vectors, texts, target_f1, no_repeat_ngram, log, batch_size=256, n=512):
+def calibrate_noise(base, vectors, texts, target_f1, no_repeat_ngram, log, batch_size=256, n=512, decode=None):
     """--hypothesis-noise auto: the std of NOISE_GRID at which the base's hypotheses of the first n
-    training texts score the token F1 nearest target_f1 (its F1 on the validation split)."""
+    training texts score the token F1 nearest target_f1 (its F1 on the validation split).
+    decode(vectors[:n], noise) -> texts: another model's outputs instead of the base's (a later round)."""
     from recon.metrics import corpus_scores
+    if decode is None:
+        decode = lambda v, noise: base_hypotheses(base, noised_vectors(base, v, noise), no_repeat_ngram,  # noqa: E731
+                                                  batch_size, desc=f"noise {noise:g}")
     vectors, texts, best = vectors[:n], texts[:n], None
     for noise in NOISE_GRID:
-        f1 = corpus_scores(base_hypotheses(base, noised_vectors(base, vectors, noise), no_repeat_ngram, batch_size,
-                                           desc=f"noise {noise:g}"), texts)["token_f1"]
+        f1 = corpus_scores(decode(vectors, noise), texts)["token_f1"]
         log(f"hypothesis noise {noise:g}: token F1 {f1:.2f} on {len(texts)} training texts (validation {target_f1:.2f})")
         if best is None or abs(f1 - target_f1) < best[1]:
             best = (noise, abs(f1 - target_f1))
         if f1 < target_f1:  # F1 falls as the noise grows: the next std is only further away
             break
     return best[0]
+
+
+def _cached_rows(what, cache_dir, make, log, describe):
+    """(rows, texts) = make(), kept in cache_dir under a key of the string `what`."""
+    key = hashlib.sha256(what.encode()).hexdigest()[:24]
+    path = os.path.join(cache_dir, f"hypotheses-{key}.pt") if cache_dir else None
+    if path and os.path.exists(path):
+        stored = torch.load(path, weights_only=True)
+        log(f"{describe} read from {path}")
+        return stored["rows"], stored["texts"]
+    rows, hyps = make()
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save({"rows": rows, "texts": hyps}, tmp)
+        os.replace(tmp, path)
+    return rows, hyps
 
 
 def hypothesis_rows(base, corrector, vectors, texts, cache_dir, no_repeat_ngram, log, batch_size=256, noise=0.0):
@@ -304,24 +333,56 @@ def hypothesis_rows(base, corrector, vectors, texts, cache_dir, no_repeat_ngram,
     from recon.data import text_hash
     what = f"{_file_hash(os.path.join(base.folder, WEIGHTS_FILE))}|{text_hash(texts)}|{no_repeat_ngram}"
     what += f"|noise {noise:g}" if noise else ""  # clean hypotheses keep the key they always had
-    key = hashlib.sha256(what.encode()).hexdigest()[:24]
-    path = os.path.join(cache_dir, f"hypotheses-{key}.pt") if cache_dir else None
-    if path and os.path.exists(path):
-        stored = torch.load(path, weights_only=True)
-        log(f"{len(texts)} hypotheses of the base read from {path}")
-        return stored["rows"], stored["texts"]
-    t0 = time.time()
-    hyps = base_hypotheses(base, noised_vectors(base, vectors, noise), no_repeat_ngram, batch_size)
-    # the row's target is the clean vector: the noise only makes the hypothesis as wrong as on unseen text
-    rows = corrector.rows(vectors, base.encode(hyps, batch_size), base.tokenizer.encode(hyps))
-    log(f"{len(texts)} hypotheses of the base decoded" + (f" (noise {noise:g})" if noise else "")
-        + f" and re-encoded in {time.time() - t0:.0f}s")
-    if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save({"rows": rows, "texts": hyps}, tmp)
-        os.replace(tmp, path)
-    return rows, hyps
+
+    def make():
+        t0 = time.time()
+        hyps = base_hypotheses(base, noised_vectors(base, vectors, noise), no_repeat_ngram, batch_size)
+        # the row's target is the clean vector: the noise only makes the hypothesis as wrong as on unseen text
+        rows = corrector.rows(vectors, base.encode(hyps, batch_size), base.tokenizer.encode(hyps))
+        log(f"{len(texts)} hypotheses of the base decoded" + (f" (noise {noise:g})" if noise else "")
+            + f" and re-encoded in {time.time() - t0:.0f}s")
+        return rows, hyps
+    return _cached_rows(what, cache_dir, make, log, f"{len(texts)} hypotheses of the base")
+
+
+def noised_rows(base, rows, vector_dim, noise):
+    """Corrector rows with their target vectors noised (noised_vectors); the rest as it was."""
+    if not noise:
+        return rows
+    rows = rows.clone()
+    rows[:, :vector_dim] = noised_vectors(base, rows[:, :vector_dim], noise)
+    return rows
+
+
+def round_outputs(previous, rows, no_repeat_ngram, batch_size=256, noise=0.0):
+    """The previous round's corrector's greedy outputs from `rows`, their target vectors plus `noise`."""
+    return previous.decode_rows(noised_rows(previous.base, rows, previous.decoder.vector_dim, noise),
+                                batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match="exact")
+
+
+def round_rows(previous, corrector, rows, texts, cache_dir, no_repeat_ngram, log, batch_size=256, noise=0.0):
+    """A later round's rows (--previous-round): from each of `rows` (the base's hypotheses of `texts`),
+    the previous corrector's one greedy step (its target vector plus `noise`, as for the base's
+    hypotheses), re-encoded, beside the clean target vector. Cached by the previous corrector's
+    weights. Returns (rows, output texts)."""
+    from recon.checkpoint import WEIGHTS_FILE
+    from recon.data import text_hash
+    what = (f"round v2|{_file_hash(os.path.join(previous.folder, WEIGHTS_FILE))}|{text_hash(texts)}|"
+            f"{hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]}|{no_repeat_ngram}|noise {noise:g}")
+
+    def make():
+        t0 = time.time()
+        outs, noised = [], noised_rows(previous.base, rows, corrector.vector_dim, noise)  # one draw for all rows
+        with progress(total=len(rows), desc="previous round", leave=False) as bar:
+            for s in range(0, len(rows), 4 * batch_size):
+                outs += round_outputs(previous, noised[s:s + 4 * batch_size], no_repeat_ngram, batch_size)
+                bar.update(min(4 * batch_size, len(rows) - s))
+        base = previous.base
+        new = corrector.rows(rows[:, :corrector.vector_dim], base.encode(outs, batch_size), base.tokenizer.encode(outs))
+        log(f"{len(texts)} outputs of the previous round decoded (noise {noise:g}) and re-encoded in "
+            f"{time.time() - t0:.0f}s")
+        return new, outs
+    return _cached_rows(what, cache_dir, make, log, f"{len(texts)} outputs of the previous round")
 
 
 def adopt_base(cfg):
@@ -338,15 +399,31 @@ def adopt_base(cfg):
     folder = resolve_checkpoint(cfg.base_model)
     with open(os.path.join(folder, CONFIG_FILE)) as f:
         config = json.load(f)
-    if config.get("decoder_type") == "corrector":
-        raise ConfigError(f"--base-model {cfg.base_model} is itself a corrector; give the run it corrects")
+    if config.get("decoder_type") == "corrector":  # a later round: the corrector's base is the run's base
+        check(cfg.previous_round in (None, folder, os.path.abspath(folder)),
+              f"--previous-round {cfg.previous_round} and --base-model {cfg.base_model}, a corrector, disagree: "
+              "give --base-model the corrector to start from")
+        cfg.previous_round, cfg.base_model = os.path.abspath(folder), config["base_model"]
+        return adopt_base(cfg)
+    if cfg.previous_round:
+        before = resolve_checkpoint(cfg.previous_round)
+        with open(os.path.join(before, CONFIG_FILE)) as f:
+            before_config = json.load(f)
+        check(before_config.get("decoder_type") == "corrector"
+              and os.path.abspath(before_config["base_model"]) == os.path.abspath(folder),
+              f"--previous-round {cfg.previous_round} is not a corrector of {folder}")
+        cfg.previous_round = os.path.abspath(before)
+        config = {**config, **{k: before_config[k] for k in CORRECTOR_OWN if k in before_config}}  # it starts from those weights
+        defaults = {f.name: f.default for f in fields(DecoderSpec)}
+        differ = [k for k in CORRECTOR_OWN if getattr(cfg, k) not in (defaults[k], config.get(k, defaults[k]))]
+        check(not differ, f"a later round keeps its previous round's {differ}: drop them")
     args = load_meta(folder).get("args", {})
     if config.get("cls_init") == "random-per-forward":
         raise ConfigError("--base-model: this base's encoder draws a new [CLS] at every forward, so a hypothesis "
                           "re-encoded twice has two vectors; correct a base with a deterministic encoder")
     for spec, source in ((EncoderSpec, config), (DecoderSpec, config), (TokenizerSpec, args), (DataConfig, args)):
         for f in fields(spec):
-            if f.name in source and f.name not in CORRECTOR_OWN:
+            if f.name in source and (f.name not in CORRECTOR_OWN or cfg.previous_round):
                 setattr(cfg, f.name, source[f.name])
     cfg.decoder_type, cfg.base_model = "corrector", os.path.abspath(folder)
     return folder

@@ -20,7 +20,7 @@ from recon.checkpoint import (RunLock, clear_run_dir, holds_a_run, list_checkpoi
                               resumable)
 from recon.data import Corpus, DataConfig, describe
 from recon.config import EXTENDABLE
-from recon.corrector import calibrate_noise, hypothesis_rows, mixed_rows, warm_start
+from recon.corrector import calibrate_noise, hypothesis_rows, mixed_rows, round_outputs, round_rows, warm_start
 from recon.errors import ConfigError, ReconError, check
 from recon.metrics import corpus_scores
 from recon.model import ReconModel
@@ -163,9 +163,10 @@ def frozen_vectors(cfg, model, texts, log):
     return vectors
 
 
-def hypotheses_for(cfg, base, model, texts, vectors, stats, log):
+def hypotheses_for(cfg, base, model, texts, vectors, stats, log, previous=None):
     """A corrector run's rows of the training and validation splits: the base's hypotheses of the
-    validation texts as evaluation decodes them, of the training texts with --hypothesis-noise."""
+    validation texts as evaluation decodes them, of the training texts with --hypothesis-noise; a
+    later round's (previous: the corrector it starts from) also that corrector's outputs."""
     rows, val_hyps = {}, None
     if texts["validation"]:
         rows["validation"], val_hyps = hypothesis_rows(base, model.decoder, vectors["validation"], texts["validation"],
@@ -183,7 +184,28 @@ def hypotheses_for(cfg, base, model, texts, vectors, stats, log):
     if cfg.hypothesis_mix:
         rows["train"] = mixed_rows(base, model.decoder, rows["train"], texts["train"], cfg.hypothesis_mix,
                                    cfg.hypothesis_mix_rate, log, cfg.eval_batch_size, seed=cfg.seed)
+    if previous is not None:  # a later round: its previous corrector's outputs too, one row per text more
+        rows["train"] = torch.cat([rows["train"], later_round_rows(cfg, previous, model, texts, rows, stats, log)])
     return rows["train"], rows.get("validation")
+
+
+def later_round_rows(cfg, previous, model, texts, rows, stats, log):
+    """--previous-round: that corrector's one-step outputs from the base's hypotheses of the training
+    texts, decoded from the target vectors plus noise so that they are as right as its outputs of
+    the validation texts (--hypothesis-noise auto; or the number given), re-encoded."""
+    noise = cfg.hypothesis_noise
+    if noise == "auto":  # its one step from the validation split's hypotheses is what the noise matches
+        val_f1 = corpus_scores(round_outputs(previous, rows["validation"], cfg.hypothesis_repeat_ngram,
+                                             cfg.eval_batch_size), texts["validation"])["token_f1"]
+        noise = calibrate_noise(previous.base, rows["train"], texts["train"], val_f1, cfg.hypothesis_repeat_ngram, log,
+                                cfg.eval_batch_size, decode=lambda r, noise: round_outputs(
+                                    previous, r, cfg.hypothesis_repeat_ngram, cfg.eval_batch_size, noise))
+        log(f"--hypothesis-noise auto for the previous round's outputs: {noise:g}")
+    stats["previous_round_noise"] = float(noise)  # in data.json, as hypothesis_noise
+    new, _ = round_rows(previous, model.decoder, rows["train"], texts["train"], cfg.cache_dir,
+                        cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size, noise=float(noise))
+    log(f"training rows: {len(new)} hypotheses of the base and {len(new)} outputs of the previous round")
+    return new
 
 
 def prepare(cfg, device, log=print):
@@ -191,7 +213,8 @@ def prepare(cfg, device, log=print):
     run (--base-model, its settings already the base's: corrector.adopt_base) shares the base's
     encoder and vocabulary, starts from its decoder, and reads rows of its hypotheses."""
     resume_from, resume_meta = find_resume(cfg) if cfg.resume else (None, {})
-    base = ReconModel.from_pretrained(cfg.base_model, device=device) if cfg.base_model else None
+    previous = ReconModel.from_pretrained(cfg.previous_round, device=device) if cfg.previous_round else None
+    base = previous.base if previous else ReconModel.from_pretrained(cfg.base_model, device=device) if cfg.base_model else None
     encoder = base.encoder if base else cfg.encoder_spec.build()
     corpus = load_data(cfg, encoder, log)
     if resume_from and resume_meta["data"]["corpus_hash"] != corpus.stats["corpus_hash"]:
@@ -202,7 +225,7 @@ def prepare(cfg, device, log=print):
                                     base_model=cfg.base_model or "").to(device)
     if base:
         model.attach_base(base)
-        warm_start(model.decoder, base.decoder)  # and with it the base's vector statistics
+        warm_start(model.decoder, (previous or base).decoder)  # and with it the base's vector statistics
     elif cfg.embedding_init == "encoder" and not resume_from:
         log(model.decoder.init_from_encoder(encoder, encoder_rows(tokenizer, encoder)))
     world = dist.world_size()
@@ -224,7 +247,10 @@ def prepare(cfg, device, log=print):
             pool = vectors["train"]
             vectors["train"] = pool[:len(texts["train"])]
             # the corrector reads rows: target vector, the base's hypothesis and its vector
-            vectors["train"], vectors["validation"] = hypotheses_for(cfg, base, model, texts, vectors, corpus.stats, log)
+            vectors["train"], vectors["validation"] = hypotheses_for(cfg, base, model, texts, vectors, corpus.stats, log,
+                                                                     previous)
+            if previous:  # each training text is the target of two rows: the base's hypothesis, the round's output
+                targets["train"] = targets["train"] * 2
         else:
             vectors.update(frozen_vectors(cfg, model, texts, log))
             model.decoder.set_vector_stats(vectors["train"])

@@ -149,14 +149,69 @@ def test_a_corrector_for_a_fine_tuned_base_re_encodes_with_the_bases_trained_enc
     assert bleu(once) > bleu(base_out) + 10, (bleu(base_out), bleu(once))
 
 
+def test_a_later_round_starts_from_its_corrector_and_learns_from_its_outputs_too(runs, capsys):
+    from safetensors.torch import load_file
+
+    from recon.corrector import correct, hypothesis_rows, round_rows
+    tmp, _, corrector = runs
+    first = ReconModel.from_pretrained(str(tmp / "corr"))
+    texts = sentences(16)
+    # the later round's rows: the first corrector's one greedy step from the base's hypotheses, re-encoded
+    vectors = first.encode(texts)
+    rows, hyps = hypothesis_rows(first.base, first.decoder, vectors, texts, None, 3, print)
+    new, outs = round_rows(first, first.decoder, rows, texts, None, 3, print)
+    assert outs == correct(first, vectors, 1, no_repeat_ngram=3, no_repeat_match="exact", start=hyps)[0][1]
+    assert outs != hyps and torch.equal(new[:, :first.decoder.vector_dim], rows[:, :first.decoder.vector_dim])
+    torch.testing.assert_close(new, first.decoder.rows(vectors, first.encode(outs), first.tokenizer.encode(outs)))
+    # one step at a vanishing learning rate: the later round starts from the first corrector's weights
+    later = [str(tmp / "corr") if a == str(tmp / "base") else str(tmp / "round2") if a == str(tmp / "corr") else a
+             for a in corrector]
+    capsys.readouterr()
+    one_step = {"200": "1", "3e-3": "1e-9"}  # --max-steps, --lr
+    assert train_script.main([one_step.get(a, a) for a in later]) == 0
+    out = capsys.readouterr().out
+    assert "16 outputs of the previous round decoded (noise 0)" in out
+    model = ReconModel.from_pretrained(str(tmp / "round2"))
+    assert model.config.base_model == str(tmp / "base" / "checkpoint-40")  # it corrects the same base
+    meta = json.loads((tmp / "round2" / "checkpoint-1" / "meta.json").read_text())
+    assert meta["args"]["previous_round"] == str(tmp / "corr" / "checkpoint-200")
+    was, now = (load_file(str(tmp / d / "model.safetensors")) for d in ("corr/checkpoint-200", "round2/checkpoint-1"))
+    assert was.keys() == now.keys() and all(torch.allclose(was[k], now[k], atol=1e-6) for k in was)
+    base = load_file(str(tmp / "base" / "checkpoint-40" / "model.safetensors"))
+    assert not torch.allclose(base["decoder.blocks.0.ln1.bias"], now["decoder.blocks.0.ln1.bias"], atol=1e-3)
+    # the training rows: the base's hypotheses and the round's outputs, each text the target of both
+    assert "training rows: 16 hypotheses of the base and 16 outputs of the previous round" in out
+    assert json.loads((tmp / "round2" / "data.json").read_text())["previous_round_noise"] == 0.0
+    assert train_script.main(["--base-model", str(tmp / "base"), "--previous-round", str(tmp / "base"),
+                              "--output-dir", str(tmp / "r3")]) == 2
+    assert "is not a corrector of" in capsys.readouterr().err
+    assert train_script.main([*later, "--corrector-copy", "true", "--output-dir", str(tmp / "r4")]) == 2
+    assert "keeps its previous round's ['corrector_copy']" in capsys.readouterr().err
+
+
+def test_the_rounds_script_prints_each_correctors_loop_from_the_bases_pass(runs):
+    import subprocess
+    import sys
+    tmp, _, _ = runs
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "experiments", "correction_rounds.py"), "train", "1", "2",
+                          str(tmp / "corr")], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(" | ") for line in out.splitlines()[2:]]
+    assert [r[1] for r in rows] == ["0", "1"]
+    model = ReconModel.from_pretrained(str(tmp / "corr"))
+    texts = sentences(16)
+    base_bleu = corpus_scores(model.base.reconstruct(texts, no_repeat_ngram=3), texts)["bleu"]
+    assert float(rows[0][2]) == pytest.approx(base_bleu, abs=0.01) and float(rows[1][2]) > float(rows[0][2])
+
+
 def test_corrector_flags_that_cannot_work_are_refused(runs, capsys):
     tmp, base, corrector = runs
     assert train_script.main([*corrector, "--d-model", "32"]) == 2
     assert "are the base run's; drop ['d_model']" in capsys.readouterr().err
     assert train_script.main(["--decoder-type", "corrector"]) == 2
     assert "give --base-model" in capsys.readouterr().err
-    assert train_script.main(["--base-model", str(tmp / "corr"), "--output-dir", str(tmp / "c3")]) == 2
-    assert "is itself a corrector" in capsys.readouterr().err
+    assert train_script.main(["--previous-round", str(tmp / "corr"), "--output-dir", str(tmp / "c3")]) == 2
+    assert "give --base-model that corrector run instead" in capsys.readouterr().err
     for bad in ("-0.5", "loud"):
         assert train_script.main([*corrector, "--hypothesis-noise", bad]) == 2
         assert "--hypothesis-noise must be auto or a std of 0 or more" in capsys.readouterr().err
