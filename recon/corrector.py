@@ -400,7 +400,8 @@ def adopt_base(cfg):
     with open(os.path.join(folder, CONFIG_FILE)) as f:
         config = json.load(f)
     if config.get("decoder_type") == "corrector":  # a later round: the corrector's base is the run's base
-        check(cfg.previous_round in (None, folder, os.path.abspath(folder)),
+        named = cfg.previous_round and os.path.abspath(resolve_checkpoint(cfg.previous_round))
+        check(not named or named == os.path.abspath(folder),
               f"--previous-round {cfg.previous_round} and --base-model {cfg.base_model}, a corrector, disagree: "
               "give --base-model the corrector to start from")
         cfg.previous_round, cfg.base_model = os.path.abspath(folder), config["base_model"]
