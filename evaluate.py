@@ -72,12 +72,13 @@ def main(argv=None):
             say(f"correction, step by step, beside its ablations (correction.md in {cfg.output_dir}):")
             correction = evaluate_correction(model, corpus.texts(split)[:cfg.max_examples], steps, cfg.correction_beam,
                                              cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say,
-                                             no_repeat_match=cfg.no_repeat_match)
+                                             no_repeat_match=cfg.no_repeat_match, ablations=cfg.ablations)
             if cfg.num_beams == 1 and cfg.rerank == "none" and cfg.length_penalty == 1.0 and distributed.world_size() == 1:
                 # the headline's reconstruction and random control are that run's last step: not decoded twice
                 given = {"predictions": correction["conditions"]["correction"]["predictions"],
                          "decode_seconds": sum(r["seconds"] for r in correction["conditions"]["correction"]["curve"]),
-                         "random": correction["conditions"]["random target"]["predictions"]}
+                         **({"random": correction["conditions"]["random target"]["predictions"]}
+                            if "random target" in correction["conditions"] else {})}
         metrics = evaluate_split(model, corpus, split, cfg.output_dir, log=say, given=given,
                                  info={"checkpoint": folder, "step": meta.get("step"), "data": dcfg.data},
                                  max_examples=cfg.max_examples, num_beams=cfg.num_beams,

@@ -57,17 +57,7 @@ if knob in ("prior", "eos"):
 elif knob == "sample":
     n, temperature = int(sys.argv[4]), float(sys.argv[5])
     greedy = model.generate_from_vectors(vectors, no_repeat_ngram=3)
-    argmax = torch.Tensor.argmax
-
-    def sample(self, dim=None, keepdim=False):  # greedy decoding's argmax over the vocabulary, drawn instead
-        if dim == -1 and self.dim() == 2 and self.shape[-1] == dec.tok_emb.num_embeddings:
-            return torch.multinomial(torch.softmax(self.float() / temperature, -1), 1).squeeze(1)
-        return argmax(self) if dim is None else argmax(self, dim, keepdim)
-    torch.Tensor.argmax = sample
-    try:
-        samples = model.generate_from_vectors(vectors.repeat_interleave(n, 0), no_repeat_ngram=3)
-    finally:
-        torch.Tensor.argmax = argmax
+    samples = model.generate_from_vectors(vectors.repeat_interleave(n, 0), no_repeat_ngram=3, temperature=temperature)
     cands = [[greedy[i]] + samples[i * n:(i + 1) * n] for i in range(len(texts))]
     flat = [c for row in cands for c in row]
     cos = cosine(dec.standardize(model.encode(flat)), target.repeat_interleave(n + 1, 0)).view(len(texts), n + 1)

@@ -41,7 +41,9 @@ def scaled_prior(scale):
 def guided_greedy(weight):
     """recon.decoding.greedy with classifier-free guidance on the vector (no early exit of finished rows)."""
     @torch.no_grad()
-    def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no_repeat_ngram=0, canon=None):
+    def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no_repeat_ngram=0, canon=None,
+               temperature=0.0, generator=None):
+        assert temperature == 0, "guided decoding here is greedy"
         B, device = vectors.shape[0], vectors.device
         max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
         both = torch.cat([vectors, decoder.vector_mean.expand(B, -1).to(vectors.dtype)])  # with / without

@@ -18,7 +18,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from recon.cache import DEFAULT_CACHE_DIR
-from recon.corrector import CORRECTOR_OWN, CorrectionSpec
+from recon.corrector import ABLATIONS as CORRECTION_ABLATIONS, CORRECTOR_OWN, CorrectionSpec
 from recon.data import DataConfig
 from recon.decoder import DecoderSpec
 from recon.device import PRECISIONS
@@ -237,10 +237,13 @@ class EvalConfig(ProbeSettings):
     seed: int = field(default=0, metadata={"help": "seed of the random-vector control (and of the probes)"})
     correction_steps: Optional[int] = field(default=None, metadata={
         "help": "a corrector checkpoint: correct the base's output this many times (default 1), and write "
-                "correction.md/.json/.png: every step beside the no-feedback and random-target ablations"})
+                "correction.md/.json/.png: every step beside the ablations of --correction-ablations"})
     correction_beam: int = field(default=1, metadata={
         "help": "a corrector: keep this many candidates per sentence at each step, those whose re-encoded "
                 "vectors are closest to the target (vec2text's sequence beam)"})
+    correction_ablations: str = field(default="no-feedback,random-target,reference", metadata={
+        "help": "a corrector: the ablations run beside the correction, comma-separated: no-feedback, "
+                "random-target, reference (one greedy step from the reference itself), or none"})
     probes: bool = field(default=False, metadata={
         "help": "also train the probes (recon/probes.py) on the checkpoint's vectors of its training data and set "
                 "its decoder beside them: probes.md in --output-dir"})
@@ -256,6 +259,14 @@ class EvalConfig(ProbeSettings):
         check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
         check(self.correction_steps is None or self.correction_steps >= 0, "--correction-steps cannot be negative")
         check(self.correction_beam >= 1, "--correction-beam must be at least 1")
+        check(all(n in CORRECTION_ABLATIONS for n in self.ablations),
+              f"--correction-ablations must name some of {', '.join(CORRECTION_ABLATIONS)} (or be none), "
+              f"not {self.correction_ablations!r}")
+
+    @property
+    def ablations(self):
+        """--correction-ablations as a list of names."""
+        return [] if self.correction_ablations == "none" else self.correction_ablations.split(",")
 
 
 @dataclass

@@ -488,14 +488,17 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
 # reports: every step, beside the ablations
 
 
+ABLATIONS = ("no-feedback", "random-target", "reference")  # evaluate.py --correction-ablations
+
+
 def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_repeat_ngram=0, output_dir=None,
-                        log=print, no_repeat_match="loose"):
+                        log=print, no_repeat_match="loose", ablations=ABLATIONS):
     """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
-    for the corrector and two ablations: no feedback (the hypothesis vector replaced by the
-    training mean; the same sequence beam) and a random target (Gaussian vectors matched to the real ones);
-    and a check of what it reads: one greedy step from the reference itself as the hypothesis (a
-    corrector that reads its hypothesis keeps a right one). Writes correction.json, correction.md and
-    correction.png to output_dir. Returns the dict."""
+    for the corrector and, as `ablations` names them, two ablations: no-feedback (the hypothesis
+    vector replaced by the training mean; the same sequence beam) and random-target (Gaussian vectors
+    matched to the real ones); and reference, a check of what it reads: one greedy step from the
+    reference itself as the hypothesis (a corrector that reads its hypothesis keeps a right one).
+    Writes correction.json, correction.md and correction.png to output_dir. Returns the dict."""
     import json
 
     from recon.evaluation import cosine, matched_random_vectors
@@ -504,10 +507,14 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     target = model.decoder.standardize(vectors)
     # no feedback keeps the sequence beam: it takes away the corrector's input of the hypothesis's
     # vector alone, not the choice among candidates by their vectors
-    conditions = {"correction": dict(beam=beam), "no feedback": dict(beam=beam, feedback=False),
-                  "random target": dict(beam=beam, vectors=matched_random_vectors(vectors, seed)),
-                  # greedy: a sequence beam keeps the old candidates, and the reference is always the closest
-                  "reference as hypothesis": dict(beam=1, start=texts, steps=1)}
+    unknown = set(ablations) - set(ABLATIONS)
+    if unknown:
+        raise ValueError(f"unknown ablations {sorted(unknown)}; choose among {', '.join(ABLATIONS)}")
+    every = {"no-feedback": ("no feedback", dict(beam=beam, feedback=False)),
+             "random-target": ("random target", dict(beam=beam, vectors=matched_random_vectors(vectors, seed))),
+             # greedy: a sequence beam keeps the old candidates, and the reference is always the closest
+             "reference": ("reference as hypothesis", dict(beam=1, start=texts, steps=1))}
+    conditions = {"correction": dict(beam=beam), **dict(every[a] for a in ABLATIONS if a in ablations)}
     result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
               "no_repeat_match": no_repeat_match, "conditions": {}}
     for name, how in conditions.items():

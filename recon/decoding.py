@@ -125,13 +125,16 @@ def _strip(ids, eos_id):
 
 
 @torch.no_grad()
-def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no_repeat_ngram=0, canon=None):
+def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no_repeat_ngram=0, canon=None,
+           temperature=0.0, generator=None):
     """(B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS]).
 
     Every 8 tokens the finished rows are dropped from the batch and the cache, so a batch of
     mixed lengths costs about its mean length, not its longest. valid: a ValidText, or None;
     no_repeat_ngram: never write an n-gram of tokens twice (0: off); canon: compare them loosely
-    (see ban_repeats_)."""
+    (see ban_repeats_). temperature > 0: draw each token from softmax(logits / temperature) (with
+    `generator`, a torch.Generator on the vectors' device) instead of taking the most likely; the
+    bans and the valid-text mask hold as in greedy decoding."""
     B, device = vectors.shape[0], vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
     cache = decoder.new_cache(B, device, _cache_dtype(device))
@@ -148,7 +151,12 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
                 ban_repeats_(last, out[rows, :t], no_repeat_ngram, canon)
             if valid:
                 valid.mask_(last, state, max_new_tokens - 1 - t)
-            nxt = last.argmax(-1).masked_fill(done, eos_id)  # (b,)
+            if temperature > 0:
+                probs = torch.softmax(last.float() / temperature, -1)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            else:
+                nxt = last.argmax(-1)
+            nxt = nxt.masked_fill(done, eos_id)  # (b,)
             if valid:
                 state = valid.advance(state, nxt)
             out[rows, t] = nxt

@@ -165,7 +165,11 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     fidelity_std = cosine(model.decoder.standardize(re_encoded), model.decoder.standardize(vectors))
     controls = {"random": list(given["random"]) if "random" in given else generate(matched_random_vectors(vectors, seed))}
     if len(texts) > 1:
-        controls["shuffled"] = generate(vectors[derangement(len(texts), seed)])
+        order = derangement(len(texts), seed)
+        # decoding reads the vector alone, so another sentence's vector decodes to that sentence's
+        # reconstruction: permuted, not decoded again (the rerank's outputs are not generate()'s)
+        controls["shuffled"] = ([predictions[i] for i in order.tolist()] if rerank == "none"
+                                else generate(vectors[order]))
     overlap = {}
     if pool_texts:
         controls["retrieval"], overlap = retrieval_control(model, texts, vectors, pool_texts, pool_vectors, encode)

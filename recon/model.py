@@ -143,7 +143,7 @@ class ReconModel(nn.Module):
     @torch.no_grad()
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
                               return_all=False, no_repeat_ngram=0, correction_steps=None, correction_beam=1,
-                              no_repeat_match="loose"):
+                              no_repeat_match="loose", temperature=0.0, seed=0):
         """(N, vector_dim) vectors from anywhere -> list of N strings.
 
         return_all (beam search): also return every beam, best first, as N lists of (text, score).
@@ -153,6 +153,9 @@ class ReconModel(nn.Module):
         correction_steps, correction_beam (a corrector checkpoint only): the base model's output,
         corrected this many times (default self.correction_steps), keeping correction_beam
         candidates per sentence by the cosine of their re-encoded vectors to the target.
+        temperature > 0 (one pass, num_beams=1): sample each token at this temperature instead of
+        taking the most likely, drawn from a generator seeded with `seed` (the same seed, the same
+        samples on one device).
         """
         vectors = torch.as_tensor(vectors)
         if vectors.dim() == 1:
@@ -167,7 +170,9 @@ class ReconModel(nn.Module):
                 raise ValueError("this model has no corrector: train one with `python train.py --base-model RUN_DIR` "
                                  "and load that checkpoint to correct")
             return self.decode_rows(vectors, num_beams, length_penalty, max_new_tokens, batch_size, return_all,
-                                    no_repeat_ngram, no_repeat_match)
+                                    no_repeat_ngram, no_repeat_match, temperature, seed)
+        if temperature:
+            raise ValueError("temperature samples one pass: give it to the base model (model.base), not a corrector")
         if return_all:
             raise ValueError("return_all is not available with correction; correction_beam keeps the closest candidates")
         from recon.corrector import correct
@@ -179,10 +184,15 @@ class ReconModel(nn.Module):
 
     @torch.no_grad()
     def decode_rows(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
-                    return_all=False, no_repeat_ngram=0, no_repeat_match="loose"):
-        """The decoder's own inputs (N, ...) -> N strings: vectors, or a corrector's rows."""
+                    return_all=False, no_repeat_ngram=0, no_repeat_match="loose", temperature=0.0, seed=0):
+        """The decoder's own inputs (N, ...) -> N strings: vectors, or a corrector's rows.
+        temperature > 0: sampled (greedy decoding's loop), from a generator seeded with `seed`."""
         if return_all and num_beams == 1:
             raise ValueError("return_all needs num_beams > 1")
+        if temperature < 0 or (temperature > 0 and num_beams > 1):
+            raise ValueError(f"temperature must be 0 (the most likely token) or above, and samples without beams; "
+                             f"got temperature={temperature}, num_beams={num_beams}")
+        generator = torch.Generator(self.device).manual_seed(seed) if temperature > 0 else None
         c, out, beams = self.config, [], []
         valid = self.valid_text()
         ban = dict(no_repeat_ngram=no_repeat_ngram, canon=self.piece_classes(no_repeat_match))
@@ -197,7 +207,8 @@ class ReconModel(nn.Module):
                     ids = beam_search(self.decoder, v, c.bos_id, c.eos_id, num_beams, length_penalty, max_new_tokens,
                                       valid=valid, **ban)
                 else:
-                    ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens, valid=valid, **ban)
+                    ids = greedy(self.decoder, v, c.bos_id, c.eos_id, max_new_tokens, valid=valid,
+                                 temperature=temperature, generator=generator, **ban)
                 out.extend(self.tokenizer.decode(x) for x in ids)
         return (out, beams) if return_all else out
 

@@ -14,6 +14,7 @@ from recon import ReconModel
 from recon.corrector import NOISE_GRID, Corrector, calibrate_noise, corrupt, mixed_rows, noised_vectors, warm_start
 from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy
+from recon.evaluation import derangement
 from recon.metrics import corpus_scores
 
 
@@ -112,12 +113,29 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["decoding"]["correction_steps"] == 1 and metrics["decoding"]["correction_beam"] == 2
     assert metrics["bleu"] == pytest.approx(curve[1]["bleu"])  # the headline is the last step's
-    # the four conditions, and the shuffled control: the reconstruction and the random control are
-    # the correction's and the random target's own outputs, not decoded again
-    assert len(calls) == 5 and sum(calls) == 1
+    # the four conditions alone: the reconstruction and the random control are the correction's and
+    # the random target's own outputs, and the shuffled control is the reconstruction permuted
+    assert len(calls) == 4 and sum(calls) == 1
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [r["prediction"] for r in rows] == result["conditions"]["correction"]["predictions"]
+    preds = result["conditions"]["correction"]["predictions"]
+    assert [r["prediction"] for r in rows] == preds
     assert [r["control_random_prediction"] for r in rows] == result["conditions"]["random target"]["predictions"]
+    model = ReconModel.from_pretrained(str(tmp / "corr"))
+    texts = [r["reference"] for r in rows]
+    order = derangement(len(texts), 0)
+    shuffled = model.generate_from_vectors(model.encode(texts)[order], correction_steps=1, correction_beam=2)
+    assert [r["control_shuffled_prediction"] for r in rows] == shuffled == [preds[i] for i in order.tolist()]
+    # fewer ablations: the random control is then decoded by the evaluation itself
+    calls.clear()
+    assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(tmp / "ev1"), "--split", "train",
+                                 "--correction-steps", "1", "--retrieval-pool", "0", "--correction-ablations", "reference"]) == 0
+    fewer = json.loads((tmp / "ev1" / "correction.json").read_text())
+    assert list(fewer["conditions"]) == ["correction", "reference as hypothesis"] and len(calls) == 3
+    assert "| no feedback |" not in (tmp / "ev1" / "correction.md").read_text()
+    assert json.loads((tmp / "ev1" / "metrics.json").read_text())["control_random_bleu"] >= 0
+    assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(tmp / "ev3"),
+                                 "--correction-ablations", "no-feedback,shuffle"]) == 2
+    assert "--correction-ablations must name some of no-feedback, random-target, reference" in capsys.readouterr().err
     # a model that is not a corrector is refused, with what to do
     assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev2"),
                                  "--correction-steps", "2"]) == 2

@@ -139,6 +139,28 @@ def test_beam_scores_are_the_sequence_log_probabilities(tiny_model):
         assert score == pytest.approx(total / len(full), abs=1e-4)
 
 
+def test_sampling_draws_each_token_from_the_softmax_at_its_temperature(tiny_model):
+    torch.manual_seed(5)
+    v = torch.randn(1, 32)
+    dec, c = tiny_model.decoder, tiny_model.config
+    with torch.no_grad():
+        probs = (dec(v, torch.tensor([[c.bos_id]]))[0, -1] / 0.5).softmax(-1)
+    g = torch.Generator().manual_seed(0)
+    first = [ids[0] if ids else c.eos_id for ids in
+             greedy(dec, v.expand(4000, -1), c.bos_id, c.eos_id, max_new_tokens=1, temperature=0.5, generator=g)]
+    seen = torch.bincount(torch.tensor(first), minlength=len(probs)).float() / len(first)
+    top = probs.topk(5).indices
+    assert (seen[top] - probs[top]).abs().max() < 0.03, (seen[top], probs[top])
+    vecs = torch.randn(6, 32)
+    assert tiny_model.generate_from_vectors(vecs, temperature=1e-4) == tiny_model.generate_from_vectors(vecs)
+    a = tiny_model.generate_from_vectors(vecs, temperature=1.0, seed=1)
+    assert a == tiny_model.generate_from_vectors(vecs, temperature=1.0, seed=1)
+    assert a != tiny_model.generate_from_vectors(vecs, temperature=1.0, seed=2)
+    for bad in (dict(temperature=1.0, num_beams=2), dict(temperature=-1.0)):
+        with pytest.raises(ValueError, match="temperature must be 0"):
+            tiny_model.generate_from_vectors(vecs, **bad)
+
+
 def test_wrong_vector_width_is_refused(tiny_model):
     with pytest.raises(ValueError, match=r"\(N, 32\) vectors"):
         tiny_model.generate_from_vectors(torch.randn(2, 31))
