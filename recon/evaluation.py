@@ -109,6 +109,18 @@ def retrieval_control(model, texts, vectors, pool_texts, pool_vectors, encode):
                        "retrieval_pool_size": len(pool_texts)}
 
 
+def decoded_controls(vectors, predictions, generate, seed, plain, random=None):
+    """The random and shuffled controls' outputs; generate(vectors) decodes. random: the random
+    control's outputs if already decoded. plain: `predictions` are generate(vectors)'s, so the
+    shuffled control is them permuted (decoding reads the vector alone: another sentence's vector
+    decodes to that sentence's reconstruction), not decoded again."""
+    controls = {"random": list(random) if random is not None else generate(matched_random_vectors(vectors, seed))}
+    if len(predictions) > 1:
+        order = derangement(len(predictions), seed)
+        controls["shuffled"] = [predictions[i] for i in order.tolist()] if plain else generate(vectors[order])
+    return controls
+
+
 def example_rows(texts, predictions, lengths, fidelity, fidelity_std, controls):
     """One dict per example: reference, prediction, length, its scores and each control's."""
     rows = []
@@ -163,13 +175,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     re_encoded = encode(predictions)
     fidelity = cosine(re_encoded, vectors)  # (N,) re-encoded reconstruction vs target
     fidelity_std = cosine(model.decoder.standardize(re_encoded), model.decoder.standardize(vectors))
-    controls = {"random": list(given["random"]) if "random" in given else generate(matched_random_vectors(vectors, seed))}
-    if len(texts) > 1:
-        order = derangement(len(texts), seed)
-        # decoding reads the vector alone, so another sentence's vector decodes to that sentence's
-        # reconstruction: permuted, not decoded again (the rerank's outputs are not generate()'s)
-        controls["shuffled"] = ([predictions[i] for i in order.tolist()] if rerank == "none"
-                                else generate(vectors[order]))
+    controls = decoded_controls(vectors, predictions, generate, seed, plain=rerank == "none", random=given.get("random"))
     overlap = {}
     if pool_texts:
         controls["retrieval"], overlap = retrieval_control(model, texts, vectors, pool_texts, pool_vectors, encode)
