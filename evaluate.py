@@ -11,6 +11,7 @@ Sharded over 8 GPUs (each process decodes every 8th text; rank 0 gathers them an
 `python evaluate.py --help` lists every flag.
 """
 
+import os
 import sys
 
 from recon import distributed
@@ -92,8 +93,13 @@ def main(argv=None):
         if correction is not None:
             say(f"\n{correction_table(correction)}")
         if cfg.probes and distributed.is_main():
+            whole_test = split == "test" and same and metrics["num_examples"] == len(corpus.texts("test"))
+            if not whole_test:
+                say("the probes set the checkpoint's greedy pass beside them, not this evaluation's decoding: "
+                    "that needs the whole test split of the training data")
             probe_checkpoint(folder, model, part(ProbeSettings, cfg), cfg.output_dir, DEFAULT_CACHE_DIR,
-                             cfg.batch_size, cfg.seed, say)
+                             cfg.batch_size, cfg.seed, say,
+                             prediction_files=[os.path.join(cfg.output_dir, "predictions.jsonl")] if whole_test else ())
     except ReconError as e:
         print_error(e)
         return 2

@@ -246,7 +246,8 @@ class EvalConfig(ProbeSettings):
                 "random-target, reference (one greedy step from the reference itself), or none"})
     probes: bool = field(default=False, metadata={
         "help": "also train the probes (recon/probes.py) on the checkpoint's vectors of its training data and set "
-                "its decoder beside them: probes.md in --output-dir"})
+                "its decoder beside them (its greedy pass, and this evaluation's decoding when it covers the whole "
+                "test split): probes.md in --output-dir"})
 
     def __post_init__(self):
         ProbeSettings.__post_init__(self)
@@ -283,15 +284,25 @@ class ProbeConfig(ProbeSettings, EncoderSpec, DataConfig):
     batch_size: int = field(default=256, metadata={"help": "sentences per encoding batch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda ..."})
     seed: int = field(default=0, metadata={"help": "seed of the probes, the random control and the word swaps"})
+    predictions: str = field(default="", metadata={
+        "help": "comma-separated predictions.jsonl files of evaluate.py on the whole test split of the same data: "
+                "each decoding (beams, rerank, correction) set beside the probe too"})
 
     def __post_init__(self):
         for spec in (DataConfig, EncoderSpec, ProbeSettings):
             spec.__post_init__(self)
         check(self.output_dir is not None, "--output-dir is required: where the probe results go")
+        missing = [p for p in self.prediction_files if not os.path.isfile(p)]
+        check(not missing, f"--predictions: no such file {', '.join(missing)}; give the predictions.jsonl that "
+                           "evaluate.py wrote for the test split")
         if self.checkpoint:
             defaults = {f.name: f.default for f in fields(self)}
             set_here = sorted(k for k in field_names(DataConfig, EncoderSpec) if getattr(self, k) != defaults[k])
             check(not set_here, f"with --checkpoint the encoder and data are the checkpoint's; drop {set_here}")
+
+    @property
+    def prediction_files(self):
+        return [p for p in self.predictions.split(",") if p]
 
 
 class UsageError(ConfigError):

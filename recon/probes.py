@@ -14,12 +14,16 @@ on random vectors with the real vectors' mean and covariance, and the majority b
 
 Decoder beside probe: on the same test vectors, the content-word recall of a decoder's
 reconstructions against the bag-of-words probe's, and the share of the words the probe recovers
-that the decoder also writes: does the decoder read what the vector holds?
+that the decoder also writes: does the decoder read what the vector holds? The checkpoint's greedy
+pass always; any other decoding (beams and rerank, correction) from its evaluation's predictions.
 
     python -m recon.probes --checkpoint checkpoints/default --output-dir checkpoints/default/probes
+    python -m recon.probes --checkpoint checkpoints/default --output-dir probes \
+        --predictions checkpoints/corrector/eval-test/predictions.jsonl      # a corrected decoding beside greedy
     python -m recon.probes --representation mean --layer 3 --output-dir probes-mean3   # any encoder, no decoder
 """
 
+import json
 import os
 import random
 import sys
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 
 from recon.cache import cached_encode, encoder_cache
 from recon.encoder import EncoderSpec
+from recon.errors import ReconError
 from recon.evaluation import matched_random_vectors
 from recon.metrics import normalize_loose
 
@@ -273,11 +278,12 @@ def decoder_vs_probe(task, probe_logits, predictions):
             "probe_words_the_decoder_writes": 100 * both / max(recovered, 1)}
 
 
-def run_probes(splits, split_vectors, encode, predictions=None, names=tuple(TASK_NAMES), hidden=512, epochs=10,
+def run_probes(splits, split_vectors, encode, decodings=None, names=tuple(TASK_NAMES), hidden=512, epochs=10,
                wc_words=1000, bow_vocab=10000, stop=50, seed=0, log=print):
     """Every task on one encoder's vectors. splits: split -> texts; split_vectors: split -> (N, D)
-    vectors of those texts; encode: texts -> vectors (for perturbed sentences); predictions: a
-    decoder's reconstructions of splits["test"], for the comparison. Returns the results dict."""
+    vectors of those texts; encode: texts -> vectors (for perturbed sentences); decodings: label ->
+    a decoder's reconstructions of splits["test"], in order, each set beside the bag-of-words probe
+    (results["decodings"]; the first is also results["decoder_vs_probe"]). Returns the results dict."""
     known = {t: v for s in SPLITS for t, v in zip(splits[s], split_vectors[s])}
     results = {"settings": {"hidden": hidden, "epochs": epochs, "wc_words": wc_words, "bow_vocab": bow_vocab,
                             "stop": stop, "seed": seed}, "tasks": {}}
@@ -289,9 +295,34 @@ def run_probes(splits, split_vectors, encode, predictions=None, names=tuple(TASK
             continue
         res, logits = run_task(task, task_vectors(task, known, encode), hidden, epochs, seed, log)
         results["tasks"][task.name] = {**res, **task.info}
-        if task.name == "bow" and predictions is not None:
-            results["decoder_vs_probe"] = decoder_vs_probe(task, logits, predictions)
+        if task.name == "bow" and decodings:
+            results["decodings"] = [{"decoding": label, **decoder_vs_probe(task, logits, predictions)}
+                                    for label, predictions in decodings.items()]
+            results["decoder_vs_probe"] = results["decodings"][0]
     return results
+
+
+def read_predictions(path, texts):
+    """The prediction for each of `texts`, from a predictions.jsonl that evaluate.py wrote (matched by
+    its reference), and a label for its decoding (from the metrics.json beside it)."""
+    if not os.path.isfile(path):
+        raise ReconError(f"--predictions {path}: no such file; give the predictions.jsonl that evaluate.py wrote")
+    by_reference = {}
+    with open(path, encoding="utf-8") as f:
+        for row in map(json.loads, filter(str.strip, f)):
+            by_reference[row["reference"]] = row["prediction"]
+    missing = [t for t in texts if t not in by_reference]
+    if missing:
+        raise ReconError(f"{path} has no prediction for {len(missing)} of the {len(texts)} test sentences (such as "
+                         f"{missing[0][:60]!r}): give the predictions of `evaluate.py` on the whole test split of the "
+                         "same data (no --max-examples, no --split)")
+    label = path
+    metrics = os.path.join(os.path.dirname(path), "metrics.json")
+    if os.path.isfile(metrics):
+        from recon.report import decoding_label
+        with open(metrics) as f:
+            label = decoding_label(json.load(f)["decoding"])
+    return [by_reference[t] for t in texts], label
 
 
 def export_senteval(splits, folder, names=("sentlen", "wc", "bshift"), wc_words=1000, seed=0):
@@ -304,27 +335,35 @@ def export_senteval(splits, folder, names=("sentlen", "wc", "bshift"), wc_words=
                     f.write(f"{SENTEVAL_SPLIT[s]}\t{task.classes[y]}\t{t}\n")
 
 
-def probe_encoder(encoder, spec, corpus, settings, cache_dir="", batch_size=256, model=None, seed=0, log=print):
+def probe_encoder(encoder, spec, corpus, settings, cache_dir="", batch_size=256, model=None, seed=0, log=print,
+                  prediction_files=()):
     """run_probes on `encoder`'s vectors of `corpus` (spec: its EncoderSpec, for the cache);
-    with `model`, its greedy reconstructions of the test split are set beside the probe."""
+    with `model`, its own reconstructions of the test split (greedy; a corrector's default loop) are
+    set beside the probe, and so is each of `prediction_files` (evaluate.py's predictions.jsonl)."""
     cache_dir, encoder_id = encoder_cache(spec, encoder, cache_dir)
 
     def encode(texts):
         return cached_encode(encoder, texts, cache_dir, encoder_id, batch_size)[0].float().cpu()
     splits = {s: corpus.texts(s) for s in SPLITS}
+    given = [read_predictions(path, splits["test"]) + (path,) for path in prediction_files]  # refused before any work
     vectors = {s: encode(xs) for s, xs in splits.items()}
-    predictions = model.generate_from_vectors(vectors["test"], batch_size=batch_size) if model is not None else None
-    return run_probes(splits, vectors, encode, predictions, tuple(settings.probe_tasks.split(",")),
+    decodings = {}
+    if model is not None:
+        label = "greedy, no ban" if model.base is None else f"greedy, then {model.correction_steps} correction steps"
+        decodings[label] = model.generate_from_vectors(vectors["test"], batch_size=batch_size)
+    for predictions, label, path in given:
+        decodings[label if label not in decodings else f"{label} ({path})"] = predictions
+    return run_probes(splits, vectors, encode, decodings, tuple(settings.probe_tasks.split(",")),
                       settings.probe_hidden, settings.probe_epochs, settings.wc_words, settings.bow_vocab,
                       settings.stop_words, seed, log)
 
 
 def probe_and_report(encoder, spec, data, settings, output_dir, cache_dir="", batch_size=256, model=None,
-                     checkpoint=None, seed=0, log=print):
+                     checkpoint=None, seed=0, log=print, prediction_files=()):
     """probe_encoder on `data` (a DataConfig), written to output_dir as probes.json, .md and .png."""
     from recon.report import write_probe_report
     corpus = data.build(encoder.count_tokens, spec.max_length)
-    results = probe_encoder(encoder, spec, corpus, settings, cache_dir, batch_size, model, seed, log)
+    results = probe_encoder(encoder, spec, corpus, settings, cache_dir, batch_size, model, seed, log, prediction_files)
     results.update(encoder=spec.encoder, representation=spec.representation, layer=spec.layer, checkpoint=checkpoint,
                    data=data.data)
     write_probe_report(output_dir, results, f"probes: {checkpoint or spec.encoder} ({spec.representation}, "
@@ -333,13 +372,15 @@ def probe_and_report(encoder, spec, data, settings, output_dir, cache_dir="", ba
     return results
 
 
-def probe_checkpoint(folder, model, settings, output_dir, cache_dir="", batch_size=256, seed=0, log=print):
-    """The probes on a checkpoint's vectors of its own training data, its decoder beside them."""
+def probe_checkpoint(folder, model, settings, output_dir, cache_dir="", batch_size=256, seed=0, log=print,
+                     prediction_files=()):
+    """The probes on a checkpoint's vectors of its own training data, its decoder beside them (and
+    the decodings of `prediction_files`, evaluate.py's predictions.jsonl of that test split)."""
     from recon.checkpoint import load_meta
     from recon.data import DataConfig
     data = DataConfig.from_meta(load_meta(folder).get("args", {}))[0]
     return probe_and_report(model.encoder, model.config.encoder_spec, data, settings, output_dir, cache_dir,
-                            batch_size, model, folder, seed, log)
+                            batch_size, model, folder, seed, log, prediction_files)
 
 
 def main(argv=None):
@@ -361,7 +402,7 @@ def main(argv=None):
         if cfg.checkpoint:
             folder = resolve_checkpoint(cfg.checkpoint)
             probe_checkpoint(folder, ReconModel.from_pretrained(folder, device=device), settings, cfg.output_dir,
-                             cfg.cache_dir, cfg.batch_size, cfg.seed)
+                             cfg.cache_dir, cfg.batch_size, cfg.seed, prediction_files=cfg.prediction_files)
         else:
             spec, data = part(EncoderSpec, cfg), part(DataConfig, cfg)
             encoder = spec.build().to(device).eval()
@@ -369,7 +410,8 @@ def main(argv=None):
                 corpus = data.build(encoder.count_tokens, spec.max_length)
                 export_senteval({s: corpus.texts(s) for s in SPLITS}, cfg.export_senteval, wc_words=cfg.wc_words,
                                 seed=cfg.seed)
-            probe_and_report(encoder, spec, data, settings, cfg.output_dir, cfg.cache_dir, cfg.batch_size, seed=cfg.seed)
+            probe_and_report(encoder, spec, data, settings, cfg.output_dir, cfg.cache_dir, cfg.batch_size, seed=cfg.seed,
+                             prediction_files=cfg.prediction_files)
     except ReconError as e:
         print_error(e)
         return 2

@@ -158,13 +158,28 @@ def probe_table(results):
     return "\n".join(lines)
 
 
-def decoder_probe_table(d):
-    return "\n".join([
-        "| content words of the test sentences (in the probe's vocabulary) | decoder writes | probe recovers at \\|s\\| "
-        "| decoder / probe | of the probe's words, the decoder writes |",
-        "|---:|---:|---:|---:|---:|",
-        f"| {d['content_words']} | {d['decoder_content_recall']:.1f}% | {d['probe_content_recall']:.1f}% | "
-        f"{d['decoder_over_probe']:.2f} | {d['probe_words_the_decoder_writes']:.1f}% |"])
+def decoding_label(d):
+    """A short name for the decoding settings an evaluation recorded (metrics.json's "decoding")."""
+    label = f"{d['num_beams']} beams" if d["num_beams"] > 1 else "greedy"
+    if d.get("rerank") == "embedding":
+        label += ", embedding rerank"
+    label += f", {d['no_repeat_ngram']}-gram ban" if d.get("no_repeat_ngram") else ", no ban"
+    if d.get("correction_steps"):
+        label += f", then {d['correction_steps']} correction steps" + (
+            f" (sequence beam {d['correction_beam']})" if d.get("correction_beam", 1) > 1 else "")
+    return label
+
+
+def decoder_probe_table(decodings):
+    """One row per decoding (run_probes' results["decodings"]) beside the same probe."""
+    lines = ["| decoding | content words of the test sentences (in the probe's vocabulary) | decoder writes "
+             "| probe recovers at \\|s\\| | decoder / probe | of the probe's words, the decoder writes |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for d in decodings:
+        lines.append(f"| {d.get('decoding', 'greedy, no ban')} | {d['content_words']} | {d['decoder_content_recall']:.1f}% | "
+                     f"{d['probe_content_recall']:.1f}% | {d['decoder_over_probe']:.2f} | "
+                     f"{d['probe_words_the_decoder_writes']:.1f}% |")
+    return "\n".join(lines)
 
 
 def plot_probes(path, results):
@@ -199,11 +214,11 @@ def write_probe_report(output_dir, results, title):
              "kept) and scored on the test split; the control trains and scores the same probe on Gaussian "
              "vectors with the real ones' mean and covariance; majority is the best score without a vector."]
     if "decoder_vs_probe" in results:
-        parts += ["## Decoder beside probe", decoder_probe_table(results["decoder_vs_probe"]),
+        parts += ["## Decoder beside probe", decoder_probe_table(results.get("decodings", [results["decoder_vs_probe"]])),
                   "Content words: the test sentence's distinct words in the probe's vocabulary, outside its "
-                  f"{results['settings']['stop']} commonest. The decoder writes one when its greedy reconstruction "
-                  "holds it; the hidden-layer bag-of-words probe recovers one when it is among its top |s| content "
-                  "words for that vector."]
+                  f"{results['settings']['stop']} commonest. The decoder writes one when its reconstruction (decoded "
+                  "as the row says) holds it; the hidden-layer bag-of-words probe recovers one when it is among its "
+                  "top |s| content words for that vector."]
     text = "\n\n".join(parts) + "\n"
     with open(os.path.join(output_dir, "probes.md"), "w", encoding="utf-8") as f:
         f.write(text)
