@@ -3,9 +3,10 @@
     python -m recon.session pack experiments/sessions/gpu.yaml --output session_pack   # here: at most 64 MiB
     python -m recon.session plan session_pack                                          # the parts and budgets
     python -m recon.session run session_pack --part 1 --results results/               # there: each part one command
+    python -m recon.session run session_pack --part 1 --results results/ --archive $OUT/part1.tgz   # on a lent machine
 
-A plan (YAML) names what to pack (the encoder, stored in fp16 and restored to fp32 at unpacking,
-and text files, gzipped), the train.py flags every run shares (`base`) and a list of `parts`. Each
+A plan (YAML) names what to pack (the encoder, stored in fp16 or int8 and restored to fp32 at
+unpacking, and text files, gzipped), the train.py flags every run shares (`base`) and a list of `parts`. Each
 part is one command of at most `limit_s` seconds (the plan's parts add up to at most
 `budget_s`): its `runs` (train.py flags over `base`), `parallel` of them side by side on one
 device, each stopped by SIGTERM (a checkpoint is saved) when the part's time is up; or a
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 
+import torch
 import yaml
 
 from recon.errors import ReconError, print_error
@@ -65,24 +67,74 @@ def load_plan(path):
 # packing (here) and unpacking (there)
 
 
-def pack(plan_path, output, limit_mib=64, log=print):
-    """Write the pack folder: plan.yaml, encoder/ (fp16 safetensors and tokenizer), data/*.gz."""
+SCALE = ".int8_scale"  # suffix of the per-row scale that travels beside an int8 matrix
+WEIGHTS = ("fp16", "int8")
+
+
+def shrink(tensors, weights="fp16"):
+    """The encoder's weights as they travel: fp16 halves every float tensor; int8 stores each matrix
+    (embeddings, linear weights) as int8 with one fp32 scale per row (its largest |value| / 127), the
+    rest in fp16: about a quarter of fp32."""
+    out = {}
+    for name, v in tensors.items():
+        if not v.is_floating_point():
+            out[name] = v
+        elif weights == "int8" and v.dim() == 2:
+            scale = v.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127  # (rows, 1)
+            out[name] = (v.float() / scale).round().clamp(-127, 127).to(torch.int8)
+            out[name + SCALE] = scale
+        else:
+            out[name] = v.half()
+    return {k: t.contiguous() for k, t in out.items()}
+
+
+def restore(tensors):
+    """shrink's output back to fp32 (int8 matrices times their row scales)."""
+    out = {}
+    for name, v in tensors.items():
+        if name.endswith(SCALE):
+            continue
+        out[name] = v.float() * tensors[name + SCALE] if name + SCALE in tensors else \
+            (v.float() if v.is_floating_point() else v)
+    return out
+
+
+def tree_bytes(root=ROOT, leave_out=()):
+    """What travels to a lent machine beside a carried pack: the repository's tracked files and the
+    untracked ones git does not ignore (0 outside git), less any under the folders `leave_out`."""
+    try:
+        names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                               capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return 0
+    skip = tuple(os.path.abspath(p) + os.sep for p in leave_out)
+    paths = (os.path.abspath(os.path.join(root, n)) for n in names.decode().split("\0") if n)
+    return sum(os.path.getsize(p) for p in set(paths) if os.path.isfile(p) and not p.startswith(skip))
+
+
+def pack(plan_path, output, limit_mib=64, weights=None, log=print):
+    """Write the pack folder: plan.yaml, encoder/ (fp16 or int8 safetensors and tokenizer), data/*.gz.
+    limit_mib bounds what travels to a lent machine: the pack and the repository's files (tree_bytes).
+    weights: fp16 or int8 (default: the plan's `pack: weights`, else fp16)."""
     from safetensors.torch import load_file, save_file
 
     from recon.encoder import resolve_encoder
     plan = load_plan(plan_path)
     spec = plan.get("pack", {})
+    weights = weights or spec.get("weights", "fp16")
+    if weights not in WEIGHTS:
+        raise SessionError(f"weights {weights!r}: use one of {', '.join(WEIGHTS)}")
     tmp = output.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "data"))
     if spec.get("encoder"):
         source = resolve_encoder(spec["encoder"])
-        weights = os.path.join(source, "model.safetensors")
-        if not os.path.isfile(weights):
+        path = os.path.join(source, "model.safetensors")
+        if not os.path.isfile(path):
             raise SessionError(f"{source}: no model.safetensors to pack")
         os.makedirs(os.path.join(tmp, "encoder"))
-        tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(weights).items()}
-        save_file(tensors, os.path.join(tmp, "encoder", "model.fp16.safetensors"), metadata={"format": "pt"})
+        save_file(shrink(load_file(path), weights), os.path.join(tmp, "encoder", f"model.{weights}.safetensors"),
+                  metadata={"format": "pt"})
         for name in os.listdir(source):
             if name.endswith((".json", ".txt", ".model")) and os.path.isfile(os.path.join(source, name)):
                 shutil.copy(os.path.join(source, name), os.path.join(tmp, "encoder", name))
@@ -94,13 +146,16 @@ def pack(plan_path, output, limit_mib=64, log=print):
             shutil.copyfileobj(src, dst)
     shutil.copy(plan_path, os.path.join(tmp, "plan.yaml"))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
-    if size > limit_mib * MiB:
+    tree = tree_bytes(leave_out=(output, tmp))
+    if size + tree > limit_mib * MiB:
         shutil.rmtree(tmp)
-        raise SessionError(f"the pack would be {size / MiB:.1f} MiB, over --limit-mib {limit_mib}: pack less text "
-                           "or a smaller encoder")
+        raise SessionError(f"the pack would be {size / MiB:.1f} MiB and the repository's files are "
+                           f"{tree / MiB:.1f} MiB: {(size + tree) / MiB:.1f} MiB would travel, over --limit-mib "
+                           f"{limit_mib}: pack the encoder in int8 (--weights int8), or less text")
     shutil.rmtree(output, ignore_errors=True)
     os.rename(tmp, output)
-    log(f"packed {output}: {size / MiB:.1f} MiB (limit {limit_mib} MiB)")
+    log(f"packed {output}: {size / MiB:.1f} MiB, encoder weights in {weights}; with the repository's files "
+        f"{(size + tree) / MiB:.1f} MiB would travel (limit {limit_mib} MiB)")
     return size
 
 
@@ -113,9 +168,9 @@ def unpack(pack_dir, work):
         tmp = os.path.join(work, "encoder.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        tensors = load_file(os.path.join(enc, "model.fp16.safetensors"))
-        save_file({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()},
-                  os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        packed = [n for n in os.listdir(enc) if n.endswith(".safetensors")]
+        save_file(restore(load_file(os.path.join(enc, packed[0]))), os.path.join(tmp, "model.safetensors"),
+                  metadata={"format": "pt"})
         for name in os.listdir(enc):
             if not name.endswith(".safetensors"):
                 shutil.copy(os.path.join(enc, name), os.path.join(tmp, name))
@@ -227,7 +282,21 @@ def device_info():
     return info
 
 
-def run_part(pack_dir, number, results, work=None, keep_weights=False, log=print):
+def archive_folder(folder, path, log=print):
+    """folder as one .tar.gz at path (a lent machine returns a few files of at most 16 MiB, two
+    folders down: one archive per part comes back whole)."""
+    import tarfile
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with tarfile.open(path + ".tmp", "w:gz") as tar:
+        tar.add(folder, arcname=os.path.basename(folder.rstrip("/")))
+    os.replace(path + ".tmp", path)
+    size = os.path.getsize(path)
+    log(f"archived {folder} as {path}: {size / MiB:.1f} MiB" +
+        (" (over the 16 MiB a lent machine returns in one file: keep fewer results)" if size > 16 * MiB else ""))
+    return size
+
+
+def run_part(pack_dir, number, results, work=None, keep_weights=False, archive=None, log=print):
     plan = load_plan(os.path.join(pack_dir, "plan.yaml"))
     if not 1 <= number <= len(plan["parts"]):
         raise SessionError(f"--part must be 1 to {len(plan['parts'])}, not {number}")
@@ -259,6 +328,8 @@ def run_part(pack_dir, number, results, work=None, keep_weights=False, log=print
     with open(os.path.join(out, "part.json"), "w") as f:
         json.dump(record, f, indent=2)
     log(f"part {number} ({part['name']}) done in {record['seconds']} s; results in {out}")
+    if archive:
+        archive_folder(out, archive, log)
     return record
 
 
@@ -305,7 +376,9 @@ def main(argv=None):
     a = sub.add_parser("pack", help="write the pack folder from a plan")
     a.add_argument("plan")
     a.add_argument("--output", default="session_pack")
-    a.add_argument("--limit-mib", type=float, default=64)
+    a.add_argument("--limit-mib", type=float, default=64,
+                   help="at most this much travels: the pack and the repository's files")
+    a.add_argument("--weights", choices=WEIGHTS, default=None, help="the encoder's weights (default: the plan's, else fp16)")
     b = sub.add_parser("plan", help="list a pack's (or plan file's) parts and their limits")
     b.add_argument("pack")
     c = sub.add_parser("run", help="run one part of a pack's plan")
@@ -314,10 +387,11 @@ def main(argv=None):
     c.add_argument("--results", required=True, help="the folder every result goes to")
     c.add_argument("--work", default=None, help="scratch folder for runs (default PACK/work)")
     c.add_argument("--keep-weights", action="store_true", help="copy each run's last checkpoint into the results")
+    c.add_argument("--archive", default=None, help="also write the part's results as one .tar.gz here (e.g. $OUT/part1.tgz)")
     args = p.parse_args(argv)
     try:
         if args.command == "pack":
-            pack(args.plan, args.output, args.limit_mib)
+            pack(args.plan, args.output, args.limit_mib, args.weights)
         elif args.command == "plan":
             path = os.path.join(args.pack, "plan.yaml") if os.path.isdir(args.pack) else args.pack
             plan = load_plan(path)
@@ -329,7 +403,7 @@ def main(argv=None):
                 print(f"part {i}: {part['name']:24} {part['limit_s']:>4} s  {what}")
             print(f"in all {sum(pt['limit_s'] for pt in plan['parts'])} s of budget_s {plan.get('budget_s', 1500)}")
         else:
-            run_part(args.pack, args.part, args.results, args.work, args.keep_weights)
+            run_part(args.pack, args.part, args.results, args.work, args.keep_weights, args.archive)
     except ReconError as e:
         print_error(e)
         return 2

@@ -3,6 +3,7 @@ run each part as its own command, every result in one folder."""
 
 import json
 import os
+import tarfile
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import sentences
-from recon.session import SessionError, load_plan, main as session_main, pack, unpack
+from recon.session import SessionError, load_plan, main as session_main, pack, restore, shrink, tree_bytes, unpack
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def plan(tiny_encoder_dir, tmp_path):
 def test_a_session_packs_runs_each_part_and_keeps_every_result(plan, tiny_encoder_dir, tmp_path, capsys):
     packed, results = str(tmp_path / "pack"), str(tmp_path / "results")
     assert session_main(["pack", plan, "--output", packed]) == 0
-    assert "MiB (limit 64 MiB)" in capsys.readouterr().out
+    assert "MiB would travel (limit 64 MiB)" in capsys.readouterr().out
     # the encoder travels in fp16 and is restored to fp32: the weights are the fp16-rounded originals
     files = unpack(packed, str(tmp_path / "work"))
     original = load_file(os.path.join(tiny_encoder_dir, "model.safetensors"))
@@ -53,7 +54,10 @@ def test_a_session_packs_runs_each_part_and_keeps_every_result(plan, tiny_encode
     assert json.load(open(os.path.join(results, "1-runs", "mean", "meta.json")))["args"]["representation"] == "mean"
     part = json.load(open(os.path.join(results, "1-runs", "part.json")))
     assert part["parallel"] == 2 and all(r["returncode"] == 0 for r in part["runs"].values())
-    assert session_main(["run", packed, "--part", "2", "--results", results]) == 0
+    archive = str(tmp_path / "out" / "part2.tgz")
+    assert session_main(["run", packed, "--part", "2", "--results", results, "--archive", archive]) == 0
+    with tarfile.open(archive) as tar:  # one file brings the part's results back from a lent machine
+        assert {"2-sharing/part.json", "2-sharing/first.txt"} <= set(tar.getnames())
     shared = json.load(open(os.path.join(results, "2-sharing", "part.json")))["side_by_side"]
     assert shared["speedup"] > 0 and all(r["returncode"] == 0 for m in ("one after another", "side by side")
                                          for r in shared[m]["runs"].values())
@@ -64,11 +68,42 @@ def test_a_session_packs_runs_each_part_and_keeps_every_result(plan, tiny_encode
     assert all(r == {"status": "already finished"} for r in again["runs"].values())
 
 
+def test_an_int8_pack_is_smaller_and_keeps_the_vectors(plan, tiny_encoder_dir, tmp_path):
+    from recon.encoder import EncoderSpec
+    original = load_file(os.path.join(tiny_encoder_dir, "model.safetensors"))
+    restored = restore(shrink(original, "int8"))
+    for name, v in original.items():
+        if v.is_floating_point() and v.dim() == 2:  # int8 rows: within half a step of their scale
+            step = v.abs().amax(dim=1, keepdim=True) / 127
+            assert ((restored[name] - v).abs() <= step / 2 + 1e-7).all() and not torch.equal(restored[name], v)
+        elif v.is_floating_point():
+            assert torch.equal(restored[name], v.half().float())
+    sizes = {w: pack(plan, str(tmp_path / w), weights=w, log=lambda *a: None) for w in ("fp16", "int8")}
+    assert sizes["int8"] < sizes["fp16"]
+    texts = sentences(50)
+    vectors = {}
+    for w in ("fp16", "int8"):
+        unpack(str(tmp_path / w), str(tmp_path / f"work-{w}"))
+        vectors[w] = EncoderSpec(encoder=str(tmp_path / f"work-{w}" / "encoder")).build().eval().encode(texts)
+    exact = EncoderSpec(encoder=tiny_encoder_dir).build().eval().encode(texts)
+    for w, v in vectors.items():
+        assert torch.nn.functional.cosine_similarity(v, exact, dim=-1).min() > 0.99, w
+    with pytest.raises(SessionError, match="use one of fp16, int8"):
+        pack(plan, str(tmp_path / "p"), weights="int4", log=lambda *a: None)
+
+
 def test_plans_and_packs_over_their_limits_are_refused(plan, tmp_path):
     spec = yaml.safe_load(open(plan))
     with pytest.raises(SessionError, match="over --limit-mib"):
         pack(plan, str(tmp_path / "p"), limit_mib=0.01, log=lambda *a: None)
     assert not os.path.exists(tmp_path / "p") and not os.path.exists(tmp_path / "p.tmp")
+    # what travels is the pack and the repository's files together
+    tree = tree_bytes() / 2 ** 20
+    assert tree > 0.1
+    small = pack(plan, str(tmp_path / "fits"), limit_mib=1000, log=lambda *a: None) / 2 ** 20
+    with pytest.raises(SessionError, match="the repository's files are"):
+        pack(plan, str(tmp_path / "p"), limit_mib=tree + small / 2, log=lambda *a: None)
+    assert not os.path.exists(tmp_path / "p")
     for change, message in (({"budget_s": 300}, "add up to 400 s, over the plan's budget_s 300"),
                             ({"parts": [{**spec["parts"][0], "limit_s": 700}]}, "needs limit_s in")):
         bad = tmp_path / "bad.yaml"
