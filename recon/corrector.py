@@ -272,7 +272,7 @@ def noised_vectors(base, vectors, noise, seed=0):
         return vectors
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(vectors.shape, generator=g)
-    return vectors + noise * base.decoder.vector_std.cpu() * eps.to(vectors.device)
+    return vectors + noise * base.decoder.vector_std.to(vectors.device) * eps.to(vectors.device)
 
 
 def base_hypotheses(base, vectors, no_repeat_ngram, batch_size=256, desc="base hypotheses"):

@@ -428,12 +428,13 @@ class Decoder(nn.Module):
         has none, become the token embeddings: centred, projected on their first d_model principal
         axes (zero-padded if De is smaller) and scaled to the random initialisation's std; tokens
         without a row keep their random start."""
+        rows, w = rows.float().cpu(), self.tok_emb.weight  # computed on the host; the decoder may be on a GPU
         found = ~rows.isnan().any(1)
         x = rows[found] - rows[found].mean(0)
         axes = torch.linalg.svd(x, full_matrices=False).Vh[:self.d_model]  # (min(De, D), De)
         proj = torch.zeros(len(x), self.d_model)
         proj[:, :len(axes)] = x @ axes.T
-        self.tok_emb.weight[found] = (proj * (0.02 / proj.std())).to(self.tok_emb.weight.dtype)
+        w[found.to(w.device)] = (proj * (0.02 / proj.std())).to(w.device, w.dtype)
         return int(found.sum())
 
     def new_cache(self, batch, device, dtype):

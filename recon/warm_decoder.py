@@ -73,8 +73,9 @@ class WarmDecoder(Decoder):
         if getattr(cfg, "hidden_act", "gelu") != "gelu":
             raise ConfigError(f"--decoder-type encoder-warm: the encoder's activation is {cfg.hidden_act}, the decoder's GELU")
         emb = model.embeddings
+        w = self.tok_emb.weight  # the rows are the host's; the decoder may be on a GPU
         found = ~rows.isnan().any(1)
-        self.tok_emb.weight[found] = rows[found].to(self.tok_emb.weight.dtype)
+        w[found.to(w.device)] = rows[found].to(w.device, w.dtype)
         n = self.pos_emb.num_embeddings
         if emb.position_embeddings.num_embeddings < n:
             raise ConfigError(f"--decoder-type encoder-warm: the encoder has {emb.position_embeddings.num_embeddings} "
