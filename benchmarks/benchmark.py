@@ -82,7 +82,9 @@ def main(argv=None):
     keep_freed_memory()  # for both methods alike
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sentences", type=int, default=2048, help="training sentences (from the default corpus)")
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per method (after 3 warm-up steps)")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per method (after --warmup steps)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (with --compile: enough for the "
+                   "recompiles of a new batch shape, which torch.compile makes dynamic at the second)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--gen-sentences", type=int, default=256, help="sentences generated per method and setting")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -92,6 +94,9 @@ def main(argv=None):
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--bucket-pool", type=int, default=50, help="recon's length bucketing (0: off), as in train.py")
     p.add_argument("--compile", action="store_true", help="torch.compile recon's training step, as train.py --compile")
+    p.add_argument("--pad-multiple", type=int, default=0,
+                   help="pad each training batch's length to a multiple of this (default: 8 with --compile, as "
+                        "train.py does, else 1)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", default="benchmark.json")
     p.add_argument("--encoder", default=None, help="an encoder folder (default: the packaged all-MiniLM-L6-v2)")
@@ -99,11 +104,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
+    pad = args.pad_multiple or (8 if args.compile else 1)
 
     enc_spec = EncoderSpec(**({"encoder": args.encoder} if args.encoder else {}))  # default: all-MiniLM-L6-v2 [CLS]
-    # one prefix slot and no auxiliary loss: the same work as the baseline's one cross-attention slot
+    # one prefix slot and no auxiliary loss: the same work as the baseline's one cross-attention slot;
+    # room for `pad` more positions (both models): a batch is padded to a multiple of it ([EOS] included)
     dec_spec = DecoderSpec(d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head, dropout=0.0,
-                           max_target_len=args.max_new_tokens, num_prefix=1, bow_weight=0.0)
+                           max_target_len=args.max_new_tokens + pad, num_prefix=1, bow_weight=0.0)
     encoder = enc_spec.build().to(device).eval()
     data = {"data": args.data} if args.data else {}
     corpus = DataConfig(**data, max_texts=int(args.sentences * 1.6) + 64).build(encoder.count_tokens, enc_spec.max_length)
@@ -111,7 +118,7 @@ def main(argv=None):
     tok = SentencePieceTokenizer.train(texts, args.vocab_size)
     targets = [ids[:args.max_new_tokens] + [tok.eos_id] for ids in tok.encode(texts)]
     model = ReconModel.from_encoder(encoder, tok, enc_spec, dec_spec).to(device)
-    base = Baseline(encoder.dim, tok.vocab_size, args.d_model, args.n_layer, args.n_head, args.max_new_tokens,
+    base = Baseline(encoder.dim, tok.vocab_size, args.d_model, args.n_layer, args.n_head, args.max_new_tokens + pad,
                     tok.bos_id, tok.eos_id, tok.pad_id).to(device)
     rows = {}
 
@@ -134,22 +141,22 @@ def main(argv=None):
             step += 1
 
     def train(step_fn, params, batch_iter, flops_of):
-        """tokens/s, model FLOP/s and the padding share of `args.steps` timed steps (after 3 warm-up steps)."""
+        """tokens/s, model FLOP/s and the padding share of `args.steps` timed steps (after `args.warmup`)."""
         opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
         it = batch_iter()
-        for n in range(3 + args.steps):
-            if n == 3:
+        for n in range(args.warmup + args.steps):
+            if n == args.warmup:
                 sync(device)
                 t0, tokens, flops, shapes = time.perf_counter(), 0, 0.0, []
             idx = next(it)
-            y = pad_batch([targets[i] for i in idx], tok.pad_id, device, 8 if args.compile else 1)
+            y = pad_batch([targets[i] for i in idx], tok.pad_id, device, pad)
             n_tok = sum(lengths[i] for i in idx)
             with autocast(device):
                 loss = step_fn(idx, y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if n >= 3:
+            if n >= args.warmup:
                 tokens += n_tok
                 flops += n_tok * flops_of(max(lengths[i] for i in idx))
                 shapes.append([lengths[i] for i in idx])

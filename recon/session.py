@@ -334,16 +334,19 @@ def run_part(pack_dir, number, results, work=None, keep_weights=False, archive=N
 
 
 def run_command(command, files, work, out, number, deadline, log):
-    """One shell command of the plan ({results}, {encoder}, {python} and {pack:NAME} filled in), its
-    output in command-N.log, killed at the part's deadline."""
+    """One shell command of the plan ({results}, {encoder}, {work}, {python} and {pack:NAME} filled in),
+    its output in command-N.log, killed at the part's deadline. {work} holds the runs of earlier parts
+    of the same session (runs/PART/RUN), so a command can read what they trained."""
     for name, path in files.items():
         command = command.replace("{pack:" + name + "}", path)
     command = command.replace("{results}", out).replace("{encoder}", os.path.join(work, "encoder")) \
-        .replace("{python}", sys.executable)
+        .replace("{work}", work).replace("{python}", sys.executable)
+    # a script under benchmarks/ imports recon from the repository, installed there or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     t0 = time.time()
     with open(os.path.join(out, f"command-{number}.log"), "w") as f:
         try:
-            code = subprocess.run(command, shell=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+            code = subprocess.run(command, shell=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env,
                                   timeout=max(1.0, deadline - t0)).returncode
         except subprocess.TimeoutExpired:
             code = "stopped at the part's limit"

@@ -25,7 +25,12 @@ def plan(tiny_encoder_dir, tmp_path):
             "parts": [{"name": "runs", "limit_s": 200, "parallel": 2, "eval_s": 20,
                        "runs": [{"run_name": "cls"}, {"run_name": "mean", "representation": "mean"}]},
                       {"name": "sharing", "limit_s": 200, "side_by_side": {"count": 2, "flags": {"max_steps": 5}},
-                       "commands": ["{python} -c \"print(open('{pack:texts.txt}').readline())\" > {results}/first.txt"]}]}
+                       "commands": ["{python} -c \"print(open('{pack:texts.txt}').readline())\" > {results}/first.txt",
+                                    "{python} -c \"import os; print(os.environ['PYTHONPATH'])\" > {results}/path.txt",
+                                    # a script under benchmarks/ on what part 1 trained ({work}/runs/PART/RUN)
+                                    "{python} benchmarks/correction_cost.py --base {work}/runs/runs/cls --texts "
+                                    "{work}/runs/runs/cls/eval-test/predictions.jsonl --sentences 4 --steps 2 "
+                                    "--beam 2 --device cpu --output {results}/correction_cost.json"]}]}
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
@@ -62,6 +67,11 @@ def test_a_session_packs_runs_each_part_and_keeps_every_result(plan, tiny_encode
     assert shared["speedup"] > 0 and all(r["returncode"] == 0 for m in ("one after another", "side by side")
                                          for r in shared[m]["runs"].values())
     assert open(os.path.join(results, "2-sharing", "first.txt")).read().strip() == sentences(300)[0]
+    # a command finds the repository's recon, installed or not, and reads part 1's run through {work}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert root in open(os.path.join(results, "2-sharing", "path.txt")).read().strip().split(os.pathsep)
+    cost = json.load(open(os.path.join(results, "2-sharing", "correction_cost.json")))
+    assert cost["sentences"] == 4 and len(cost["step_seconds"]) == 2 and cost["seconds_per_sentence"] > 0
     # a part run again skips what finished
     assert session_main(["run", packed, "--part", "1", "--results", results]) == 0
     again = json.load(open(os.path.join(results, "1-runs", "part.json")))
