@@ -122,13 +122,17 @@ class RunConfig:
     rerank: str = field(default="none", metadata={
         "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (needs beams)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
+    eval_max_examples: Optional[int] = field(default=None, metadata={
+        "help": "final evaluation: at most this many texts of the split, its first (a random sample: the split "
+                "is drawn at random), for a machine lent for a fixed time (default: all)"})
     no_repeat_ngram: int = field(default=3, metadata={
         "help": "final evaluation: never write the same n-gram of decoder tokens twice (0: off; the report "
                 "gives the share of references this makes unreachable)"})
     no_repeat_match: str = field(default="loose", metadata={"help": NO_REPEAT_MATCH_HELP})
     overwrite: bool = field(default=False, metadata={"help": "replace a different run already in --output-dir"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
-        "help": "where a frozen encoder's vectors are kept for later runs ('' : no cache)"})
+        "help": "where a frozen encoder's vectors and the decoder's SentencePiece vocabularies are kept for "
+                "later runs ('' : no cache)"})
     resume: Optional[str] = field(default=None, metadata={
         "nargs": "?", "const": "auto",
         "help": "continue a run: --resume (or --resume auto) from the newest checkpoint in --output-dir, "
@@ -142,6 +146,7 @@ class RunConfig:
         for name in ("eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         check(self.save_steps >= 0 and self.time_limit >= 0, "step counts and --time-limit cannot be negative")
+        check(self.eval_max_examples is None or self.eval_max_examples >= 1, "--eval-max-examples must be at least 1")
         _check_no_repeat(self.no_repeat_ngram, self.no_repeat_match)
         check(self.eval_split in ("test", "validation"), f"--eval-split must be test or validation, not {self.eval_split!r}")
         _check_rerank(self.rerank, self.num_beams)

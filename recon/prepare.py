@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from recon import distributed as dist
-from recon.cache import cached_encode, encoder_cache
+from recon.cache import cached_encode, cached_sentencepiece, encoder_cache
 from recon.checkpoint import (RunLock, clear_run_dir, holds_a_run, list_checkpoints, load_meta, resolve_checkpoint,
                               resumable)
 from recon.data import Corpus, DataConfig, describe
@@ -115,12 +115,16 @@ def load_data(cfg, encoder, log):
     return corpus
 
 
-def decoder_vocabulary(cfg, train_texts, encoder, resume_from):
+def decoder_vocabulary(cfg, train_texts, encoder, resume_from, log=print):
     if resume_from:
         return load_decoder_tokenizer(cfg.decoder_tokenizer, resume_from)
     spec = part(TokenizerSpec, cfg)
     if cfg.decoder_tokenizer == "sentencepiece":  # trained once, on rank 0, and handed to the others
-        proto = spec.build(train_texts, encoder.tokenizer).proto if dist.is_main() else None
+        proto = None
+        if dist.is_main():
+            proto, hit = cached_sentencepiece(train_texts, cfg.vocab_size, cfg.cache_dir, SentencePieceTokenizer.train)
+            if hit:
+                log(f"decoder vocabulary: read from the cache in {cfg.cache_dir} (trained before on these texts)")
         return SentencePieceTokenizer(dist.broadcast_object(proto))
     return spec.build(train_texts, encoder.tokenizer)
 
@@ -220,7 +224,7 @@ def prepare(cfg, device, log=print):
     if resume_from and resume_meta["data"]["corpus_hash"] != corpus.stats["corpus_hash"]:
         raise ConfigError(f"--resume: the data is not what {resume_from} was trained on (corpus hash differs)")
     texts = {s: corpus.texts(s) for s in ("train", "validation")}
-    tokenizer = base.tokenizer if base else decoder_vocabulary(cfg, texts["train"], encoder, resume_from)
+    tokenizer = base.tokenizer if base else decoder_vocabulary(cfg, texts["train"], encoder, resume_from, log)
     model = ReconModel.from_encoder(encoder, tokenizer, cfg.encoder_spec, cfg.decoder_spec,
                                     base_model=cfg.base_model or "").to(device)
     if base:

@@ -257,6 +257,7 @@ def final_evaluation(cfg, run, step, log, checkpoint=None):
     out = os.path.join(cfg.output_dir, f"eval-{split}")
     metrics = evaluate_split(run.model, run.corpus, split, out, log=log,
                              info={"checkpoint": checkpoint or cfg.output_dir, "step": step, "data": cfg.data},
+                             max_examples=cfg.eval_max_examples,
                              num_beams=cfg.num_beams, batch_size=cfg.eval_batch_size, seed=cfg.seed, rerank=cfg.rerank,
                              no_repeat_ngram=cfg.no_repeat_ngram, no_repeat_match=cfg.no_repeat_match,
                              pool_texts=run.corpus.texts("train"),

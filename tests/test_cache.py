@@ -35,8 +35,16 @@ def test_a_second_run_reads_the_cache_and_trains_identically(tiny_encoder_dir, t
             "--n-head", "2", "--vocab-size", "400", "--batch-size", "16", "--validation-fraction", "0.1",
             "--test-fraction", "0.1", "--no-eval", "--cache-dir", str(tmp_path / "cache")]
     assert train_script.main(args + ["--output-dir", str(tmp_path / "a")]) == 0
-    assert "vectors encoded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "vectors encoded" in out and "decoder vocabulary: read from the cache" not in out
     assert train_script.main(args + ["--output-dir", str(tmp_path / "b")]) == 0
-    assert "vectors read from the cache" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "vectors read from the cache" in out and "decoder vocabulary: read from the cache" in out
     log = lambda run: [json.loads(line)["train_loss"] for line in open(tmp_path / run / "metrics.jsonl")]
     assert log("a") == log("b")
+    # the cached vocabulary is the one training makes afresh (SentencePiece is deterministic here)
+    no_cache = [a if a != str(tmp_path / "cache") else "" for a in args]
+    assert train_script.main(no_cache + ["--output-dir", str(tmp_path / "c")]) == 0
+    vocab = lambda run: open(next((tmp_path / run).glob("checkpoint-*/decoder_spm.model")), "rb").read()
+    assert vocab("a") == vocab("b") == vocab("c")
+    assert log("c") == log("a")

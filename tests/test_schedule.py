@@ -121,9 +121,11 @@ def test_extend_needs_resume():
 def test_time_limit_stops_saves_and_evaluates(tiny_encoder_dir, data, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_script.main(run(tiny_encoder_dir, data, out, "--max-steps", "1000", "--eval-steps", "500",
-                                 "--time-limit", "0.001")) == 0
+                                 "--time-limit", "0.001", "--eval-max-examples", "7")) == 0
     assert "stopped at step 10 of 1000: --time-limit" in capsys.readouterr().out
     assert list_checkpoints(out) == [10] and load_meta(out / "checkpoint-10")["stopped_at_time_limit"] == 10
     assert "val_loss" in log_records(out)[-1]  # the check it stopped at was evaluated
     with open(out / "eval-test" / "metrics.json") as f:
-        assert json.load(f)["step"] == 10
+        metrics = json.load(f)
+    assert metrics["step"] == 10
+    assert metrics["num_examples"] == 7  # --eval-max-examples: the first 7 of the test split
