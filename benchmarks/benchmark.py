@@ -87,6 +87,8 @@ def main(argv=None):
                    "recompiles of a new batch shape, which torch.compile makes dynamic at the second)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--gen-sentences", type=int, default=256, help="sentences generated per method and setting")
+    p.add_argument("--gen-warmup", type=int, default=1, help="untimed generation passes of each method first (on a "
+                   "GPU the first pass meets every shape for the first time)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-layer", type=int, default=4)
@@ -226,6 +228,9 @@ def main(argv=None):
                 texts_out += [tok.decode(row[1:].tolist()) for row in out]
                 n += out[:, 1:].numel()
             return texts_out, n
+        for _ in range(args.gen_warmup):
+            recon_generate()
+            hf_generate()
         (_, r_tokens), t_r = timed(recon_generate, device)
         (_, b_tokens), t_b = timed(hf_generate, device)
         name = "greedy" if beams == 1 else f"beam {beams}"
