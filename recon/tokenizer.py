@@ -128,18 +128,18 @@ def load_decoder_tokenizer(kind, folder):
     return TOKENIZERS[kind].load(folder)
 
 
+# how the decoder's SentencePiece vocabulary is trained (also part of its cache key: recon/cache.py)
+SPM_OPTIONS = dict(
+    model_type="unigram",
+    character_coverage=0.9995,
+    byte_fallback=True,  # any character can still be written, byte by byte
+    normalization_rule_name="identity",  # keep the text exactly as it is: cased, accents
+    pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+    input_sentence_size=2_000_000,  # a sample of larger corpora; all of smaller ones
+    hard_vocab_limit=False,  # a tiny corpus gets a smaller vocabulary instead of an error
+)
+
+
 def _train_spm(texts, writer, vocab_size):
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=writer,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=0.9995,
-        byte_fallback=True,  # any character can still be written, byte by byte
-        normalization_rule_name="identity",  # keep the text exactly as it is: cased, accents
-        pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-        input_sentence_size=2_000_000,  # a sample of larger corpora; all of smaller ones
-        num_threads=os.cpu_count() or 1,
-        minloglevel=2,
-        hard_vocab_limit=False,  # a tiny corpus gets a smaller vocabulary instead of an error
-    )
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=writer, vocab_size=vocab_size,
+                                   num_threads=os.cpu_count() or 1, minloglevel=2, **SPM_OPTIONS)
