@@ -10,6 +10,7 @@ import argparse
 import torch
 
 from recon.data import DataConfig
+from recon.decoder import vector_stats
 from recon.device import keep_freed_memory
 from recon.encoder import EncoderSpec
 from recon.session import WEIGHTS, restore, shrink
@@ -31,10 +32,8 @@ def main(argv=None):
         encoder.model.load_state_dict(restore(shrink(state, weights)))
         packed = encoder.encode(texts)
         cos = torch.nn.functional.cosine_similarity(exact, packed, dim=-1)
-        # standardised as recon compares vectors: a dimension that barely varies (three of MiniLM's
-        # [CLS] are always 0) is divided by a tenth of the median std (recon/decoder.py)
-        mean, std = exact.mean(0), exact.std(0)
-        std = std.clamp(min=max(0.1 * float(std.median()), 1e-6))
+        # standardised as recon compares vectors (three of MiniLM's [CLS] dimensions are always 0)
+        mean, std = vector_stats(exact)
         std_cos = torch.nn.functional.cosine_similarity((exact - mean) / std, (packed - mean) / std, dim=-1)
         print(f"{weights}: {len(texts)} sentences, {spec.encoder} {args.representation}: max |difference| "
               f"{(exact - packed).abs().max():.2e} (largest |value| {exact.abs().max():.2f}), "

@@ -195,6 +195,16 @@ class Block(nn.Module):
         return x
 
 
+def vector_stats(vectors):
+    """(mean, std) of (N, Dv) vectors as a decoder standardises them (Decoder.set_vector_stats): a
+    dimension that barely varies gets a tenth of the median std, not its own; std 1 for one vector."""
+    vectors = vectors.float()
+    if len(vectors) < 2:
+        return vectors.mean(0), torch.ones(vectors.shape[1])
+    std = vectors.std(0)
+    return vectors.mean(0), std.clamp(min=max(0.1 * float(std.median()), 1e-6))
+
+
 @register_decoder("transformer")
 class Decoder(nn.Module):
     """What every decoder class answers: forward (logits for each input token), new_cache,
@@ -256,12 +266,9 @@ class Decoder(nn.Module):
         all-MiniLM-L6-v2's [CLS] has three dimensions that are always 0 (std 1e-33), and a
         fine-tuned encoder that moves one of them by 0.1 would otherwise send the decoder values of
         1e5 (with a frozen encoder they stay 0 either way)."""
-        self.vector_mean.copy_(vectors.float().mean(0))
-        if len(vectors) > 1:
-            std = vectors.float().std(0)
-            self.vector_std.copy_(std.clamp(min=max(0.1 * float(std.median()), 1e-6)))
-        else:
-            self.vector_std.fill_(1.0)
+        mean, std = vector_stats(vectors)
+        self.vector_mean.copy_(mean)
+        self.vector_std.copy_(std)
 
     def standardize(self, vectors):
         """(N, Dv) vectors in the decoder's input space: minus the training mean, over the training
