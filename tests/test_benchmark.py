@@ -60,3 +60,19 @@ def test_decoder_step_benchmark_times_only_the_settings_asked_for(capsys):
     assert len(rows) == 2 and rows[0][3].strip() == "1.00"
     with pytest.raises(SystemExit):
         decoder_step.main([*args, "--only", "no such setting"])
+
+
+def test_gemm_ceiling_counts_the_decoders_multiplies(tmp_path):
+    """The ceiling times the same matrix multiplies whose FLOPs train.py's MFU counts."""
+    import gemm_ceiling
+    from recon.decoder import DecoderSpec
+    spec = DecoderSpec(d_model=32, n_layer=2, n_head=2, max_target_len=16, num_prefix=1, bow_weight=0.0)
+    decoder = spec.build(vector_dim=24, vocab_size=300)
+    shapes = gemm_ceiling.linear_stack(32, 2, 4 * 32, 300)
+    assert 6 * sum(i * o for i, o in shapes) == decoder.flops_per_token(0) - 12 * 2 * 32 * 1  # attention aside
+    out = tmp_path / "gemm.json"
+    rows = gemm_ceiling.main(["--device", "cpu", "--dtype", "float32", "--d-model", "32", "--n-layer", "2",
+                              "--vocab-size", "300", "--tokens", "64,128", "--repeats", "2", "--output", str(out)])
+    assert [r["tokens"] for r in rows] == [64, 128] and all(r["seconds"] > 0 for r in rows)
+    assert all(r["percent_of_peak"] is None for r in rows)  # no peak known for a CPU: no made-up percentage
+    assert json.loads(out.read_text())["rows"][1]["tflops"] == rows[1]["tflops"]
