@@ -4,6 +4,7 @@
     python -m recon.session plan session_pack                                          # the parts and budgets
     python -m recon.session run session_pack --part 1 --results results/               # there: each part one command
     python -m recon.session run session_pack --part 1 --results results/ --archive $OUT/part1.tgz   # on a lent machine
+    python -m recon.session summary results/                                           # every part in results/summary.md
 
 A plan (YAML) names what to pack (the encoder, stored in fp16 or int8 and restored to fp32 at
 unpacking, and text files, gzipped), the train.py flags every run shares (`base`) and a list of `parts`. Each
@@ -17,8 +18,9 @@ path written `pack:NAME` is the packed file NAME. A run that has already finishe
 folder is skipped, so a part that was cut short can be run again.
 
 Everything a part writes goes under --results/<part>/: per run the train.py log, metrics.jsonl,
-meta.json and the evaluation folders (weights only with --keep-weights), and part.json with the
-timings, the device and the commands.
+meta.json and the evaluation folders (weights only with --keep-weights), part.json with the
+timings, the device and the commands, and summary.md: the runs' figures beside their controls and
+the tables the commands printed.
 """
 
 import argparse
@@ -282,6 +284,76 @@ def device_info():
     return info
 
 
+def _fmt(x, digits=2):
+    return "" if x is None else f"{x:,.{digits}f}" if isinstance(x, float) else f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _readable(line):
+    return line.rsplit("\r", 1)[-1].rstrip()  # a progress bar's last state
+
+
+def part_summary(folder):
+    """One part's results as Markdown: each run's training and test figures beside its controls,
+    the side-by-side timing, each command's status and the tables its log printed."""
+    with open(os.path.join(folder, "part.json")) as f:
+        record = json.load(f)
+    device = record.get("device", {})
+    lines = [f"## {os.path.basename(folder)}: {record.get('seconds')} s of {record.get('limit_s')} s "
+             f"({device.get('gpu') or 'CPU'}, torch {device.get('torch')})", ""]
+    runs = [n for n in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, n, "train.log"))]
+    if runs:
+        lines += ["| run | status | steps (of schedule) | s to the last step, set-up included | validation loss | test sentences | BLEU | token F1 "
+                  "| exact match % | cosine (std.) | control BLEU: random / shuffled / retrieval |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for name in runs:
+            meta_path, status = os.path.join(folder, name, "meta.json"), record.get("runs", {}).get(name, {})
+            meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+            status = status.get("status") or status.get("returncode", "")
+            status = "finished" if status == 0 else status
+            if meta.get("stopped_at_time_limit"):
+                status = f"{status}, stopped at its time limit"
+            evals = sorted(n for n in os.listdir(os.path.join(folder, name)) if n.startswith("eval-"))
+            m = {}
+            if evals and os.path.exists(os.path.join(folder, name, evals[0], "metrics.json")):
+                m = json.load(open(os.path.join(folder, name, evals[0], "metrics.json")))
+            controls = " / ".join(_fmt(m.get(f"control_{c}_bleu")) or "-" for c in ("random", "shuffled", "retrieval"))
+            lines.append(f"| {name} | {status} | {_fmt(meta.get('step'))} ({_fmt(meta.get('max_steps'))}) | "
+                         f"{_fmt(meta.get('train_seconds'), 0)} | {_fmt(meta.get('val_loss'), 3)} | "
+                         f"{_fmt(m.get('num_examples')) or 'not evaluated'} | {_fmt(m.get('bleu'))} | "
+                         f"{_fmt(m.get('token_f1'))} | {_fmt(m.get('exact_match'))} | "
+                         f"{_fmt(m.get('cosine_standardized'), 3)} | {controls if m else ''} |")
+        lines.append("")
+    shared = record.get("side_by_side")
+    if shared:
+        lines += [f"Side by side: one after another {shared['one after another']['seconds']} s, all at once "
+                  f"{shared['side by side']['seconds']} s ({shared.get('speedup')}x).", ""]
+    for i, (command, r) in enumerate(record.get("commands", {}).items(), start=1):
+        code = r.get("returncode")
+        lines += [f"Command {i} ({'exit 0' if code == 0 else code}, {r.get('seconds')} s): `{command}`", ""]
+        log_path = os.path.join(folder, f"command-{i}.log")
+        if os.path.exists(log_path):
+            text = [_readable(x) for x in open(log_path, errors="replace", newline="").read().split("\n")]
+            text = [x for x in text if x.strip()]
+            table = [x for x in text if x.startswith("|")]
+            lines += (table or (["```", *text[-5:], "```"] if text else [])) + [""]  # a table, else the log's end
+    return "\n".join(lines)
+
+
+def summarize(results, log=print):
+    """Every part folder under `results` (N-name, part.json inside) in one summary.md there."""
+    parts = sorted((n for n in os.listdir(results) if os.path.isfile(os.path.join(results, n, "part.json"))),
+                   key=lambda n: int(n.split("-", 1)[0]) if n.split("-", 1)[0].isdigit() else 0)
+    if not parts:
+        raise SessionError(f"{results} holds no part folders (N-name/part.json): run a part, or unpack its "
+                           "archive there first (tar xzf partN.tgz -C RESULTS)")
+    text = "# Session results\n\n" + "\n".join(part_summary(os.path.join(results, n)) for n in parts)
+    path = os.path.join(results, "summary.md")
+    with open(path, "w") as f:
+        f.write(text)
+    log(f"summary of {len(parts)} parts in {path}")
+    return text
+
+
 def archive_folder(folder, path, log=print):
     """folder as one .tar.gz at path (a lent machine returns a few files of at most 16 MiB, two
     folders down: one archive per part comes back whole)."""
@@ -327,6 +399,8 @@ def run_part(pack_dir, number, results, work=None, keep_weights=False, archive=N
     record["seconds"] = round(time.time() - t0, 1)
     with open(os.path.join(out, "part.json"), "w") as f:
         json.dump(record, f, indent=2)
+    with open(os.path.join(out, "summary.md"), "w") as f:  # travels in the part's archive
+        f.write(part_summary(out))
     log(f"part {number} ({part['name']}) done in {record['seconds']} s; results in {out}")
     if archive:
         archive_folder(out, archive, log)
@@ -391,6 +465,8 @@ def main(argv=None):
     c.add_argument("--work", default=None, help="scratch folder for runs (default PACK/work)")
     c.add_argument("--keep-weights", action="store_true", help="copy each run's last checkpoint into the results")
     c.add_argument("--archive", default=None, help="also write the part's results as one .tar.gz here (e.g. $OUT/part1.tgz)")
+    d = sub.add_parser("summary", help="every part's results under a folder in one summary.md (and printed)")
+    d.add_argument("results")
     args = p.parse_args(argv)
     try:
         if args.command == "pack":
@@ -405,6 +481,8 @@ def main(argv=None):
                     part.get("commands") and f"{len(part['commands'])} commands") if w)
                 print(f"part {i}: {part['name']:24} {part['limit_s']:>4} s  {what}")
             print(f"in all {sum(pt['limit_s'] for pt in plan['parts'])} s of budget_s {plan.get('budget_s', 1500)}")
+        elif args.command == "summary":
+            print(summarize(args.results, log=lambda *a: None))
         else:
             run_part(args.pack, args.part, args.results, args.work, args.keep_weights, args.archive)
     except ReconError as e:

@@ -72,6 +72,22 @@ def test_a_session_packs_runs_each_part_and_keeps_every_result(plan, tiny_encode
     assert root in open(os.path.join(results, "2-sharing", "path.txt")).read().strip().split(os.pathsep)
     cost = json.load(open(os.path.join(results, "2-sharing", "correction_cost.json")))
     assert cost["sentences"] == 4 and len(cost["step_seconds"]) == 2 and cost["seconds_per_sentence"] > 0
+    # each part's summary.md (in its archive too), and all parts in one: the figures of the runs' own files
+    with tarfile.open(archive) as tar:
+        assert "2-sharing/summary.md" in tar.getnames()
+    assert session_main(["summary", results]) == 0
+    text = open(os.path.join(results, "summary.md")).read()
+    assert text in capsys.readouterr().out  # printed as written
+    for name in ("cls", "mean"):
+        metrics = json.load(open(os.path.join(results, "1-runs", name, "eval-test", "metrics.json")))
+        meta = json.load(open(os.path.join(results, "1-runs", name, "meta.json")))
+        assert f"| {name} | finished | {meta['step']} ({meta['max_steps']}) |" in text
+        assert f"| {metrics['num_examples']} | {metrics['bleu']:.2f} | {metrics['token_f1']:.2f} |" in text
+    assert "## 1-runs" in text and "## 2-sharing" in text and "Side by side: one after another" in text
+    assert "| all of it, s a sentence |" in text and "Command 3 (exit 0" in text  # the table its log printed
+    with pytest.raises(SessionError, match="holds no part folders"):
+        from recon.session import summarize
+        summarize(str(tmp_path / "out"))
     # a part run again skips what finished
     assert session_main(["run", packed, "--part", "1", "--results", results]) == 0
     again = json.load(open(os.path.join(results, "1-runs", "part.json")))
