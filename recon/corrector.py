@@ -436,14 +436,15 @@ def adopt_base(cfg):
 
 @torch.no_grad()
 def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_repeat_ngram=0, num_beams=1,
-            length_penalty=1.0, log=None, no_repeat_match="loose", start=None):
+            length_penalty=1.0, log=None, no_repeat_match="loose", start=None, max_seconds=0.0):
     """Correct the base's reconstructions of `vectors` (N, Dv) for `steps` steps.
 
     model: a corrector ReconModel (model.base is the base). beam: keep this many candidates per
     sentence, those whose re-encoded vectors are closest to the target (vec2text's sequence beam;
     each step decodes every candidate with a beam of this width). feedback=False: the hypothesis
     vector is replaced by the training mean (zero once standardised), the no-feedback ablation.
-    start: the first hypotheses (a text per vector) instead of the base's.
+    start: the first hypotheses (a text per vector) instead of the base's. max_seconds > 0: no
+    step starts after this many seconds (a machine lent for a fixed time); fewer steps are returned.
     Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
     base, dec = model.base, model.decoder
@@ -454,6 +455,10 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     outputs, seconds, cands = [first], [time.time() - t0], [[h] for h in first]
     target = dec.standardize(vectors).cpu()
     for _ in range(steps):
+        if max_seconds and sum(seconds) > max_seconds:
+            if log:
+                log(f"stopped after {len(outputs) - 1} of {steps} steps: --max-seconds {max_seconds:g} reached")
+            break
         t0 = time.time()
         flat = [c for row in cands for c in row]
         owner = torch.tensor([i for i, row in enumerate(cands) for _ in row])

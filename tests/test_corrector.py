@@ -179,6 +179,9 @@ def test_a_later_round_starts_from_its_corrector_and_learns_from_its_outputs_too
     rows, hyps = hypothesis_rows(first.base, first.decoder, vectors, texts, None, 3, print)
     new, outs = round_rows(first, first.decoder, rows, texts, None, 3, print)
     assert outs == correct(first, vectors, 1, no_repeat_ngram=3, no_repeat_match="exact", start=hyps)[0][1]
+    said = []  # --max-seconds: no step starts past it (the base pass alone outlasts 1 ns)
+    stopped, seconds = correct(first, vectors, 5, start=hyps, max_seconds=1e-9, log=said.append)
+    assert stopped == [hyps] and len(seconds) == 1 and said == ["stopped after 0 of 5 steps: --max-seconds 1e-09 reached"]
     assert outs != hyps and torch.equal(new[:, :first.decoder.vector_dim], rows[:, :first.decoder.vector_dim])
     torch.testing.assert_close(new, first.decoder.rows(vectors, first.encode(outs), first.tokenizer.encode(outs)))
     # one step at a vanishing learning rate: the later round starts from the first corrector's weights
