@@ -26,7 +26,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from recon.batching import Batches, pad_batch
 from recon.data import DataConfig
 from recon.decoder import DecoderSpec
-from recon.decoding import beam_search, greedy
+from recon.decoding import beam_search, greedy, greedy_static
 from recon.device import autocast, keep_freed_memory
 from recon.encoder import EncoderSpec
 from recon.model import ReconModel
@@ -87,6 +87,7 @@ def main(argv=None):
                    "recompiles of a new batch shape, which torch.compile makes dynamic at the second)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--gen-sentences", type=int, default=256, help="sentences generated per method and setting")
+    p.add_argument("--gen-batch-size", type=int, default=256, help="sentences decoded at once, by each method")
     p.add_argument("--gen-warmup", type=int, default=1, help="untimed generation passes of each method first (on a "
                    "GPU the first pass meets every shape for the first time)")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -207,20 +208,22 @@ def main(argv=None):
     for beams in (1, 4):
         # untrained models stop at random points; both are made to write the full length (no [EOS])
         # so that they do the same work, counted in the table's token columns
-        def recon_generate(beams=beams):
-            ids = []
-            for s in range(0, len(gvec), 256):
-                v = gvec[s:s + 256]
-                if beams == 1:
+        def recon_generate(beams=beams, static=False):
+            ids, gb = [], args.gen_batch_size
+            for s in range(0, len(gvec), gb):
+                v = gvec[s:s + gb]
+                if static:
+                    ids += greedy_static(model.decoder, v, tok.bos_id, -1, n_new)
+                elif beams == 1:
                     ids += greedy(model.decoder, v, tok.bos_id, -1, n_new)
                 else:
                     ids += beam_search(model.decoder, v, tok.bos_id, -1, beams, 1.0, n_new)
             return [tok.decode(x) for x in ids], sum(map(len, ids))
 
         def hf_generate(beams=beams):
-            texts_out, n = [], 0
-            for s in range(0, len(gvec), 256):
-                v = gvec[s:s + 256]
+            texts_out, n, gb = [], 0, args.gen_batch_size
+            for s in range(0, len(gvec), gb):
+                v = gvec[s:s + gb]
                 ids = torch.full((len(v), 1), tok.bos_id, device=device)
                 with torch.no_grad(), autocast(device):
                     out = base.gpt.generate(input_ids=ids, encoder_hidden_states=base.memory(v), num_beams=beams,
@@ -237,13 +240,25 @@ def main(argv=None):
         rows[f"generation sentences/s, {name}"] = {
             "recon": len(gvec) / t_r, "baseline": len(gvec) / t_b, "ratio": t_b / t_r,
             "recon_tokens": r_tokens, "baseline_tokens": b_tokens}
+        if beams == 1:  # greedy on fixed shapes: on CUDA one graph replay a token step (recon.decoding.greedy_static)
+            name = "generation sentences/s, greedy, fixed shapes" + (", a CUDA graph a step" if device.type == "cuda" else "")
+            try:
+                for _ in range(args.gen_warmup):
+                    recon_generate(static=True)
+                (_, g_tokens), t_g = timed(lambda: recon_generate(static=True), device)
+                rows[name] = {"recon": len(gvec) / t_g, "baseline": len(gvec) / t_b, "ratio": t_b / t_g,
+                              "recon_tokens": g_tokens, "baseline_tokens": b_tokens}
+            except Exception as e:  # a failure here keeps the other rows: the table says what it was
+                rows[name] = {"error": f"{type(e).__name__}: {e}"}
 
     lines = [f"device: {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, "
              f"torch {torch.__version__}, decoder {args.d_model} wide x {args.n_layer} layers, "
              f"vocabulary {tok.vocab_size}, batch {args.batch_size}, {len(texts)} sentences",
              "", "| measure | recon | baseline | recon / baseline |", "|---|---:|---:|---:|"]
     for name, r in rows.items():
-        if "ratio" in r:
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:200]} | | |")
+        elif "ratio" in r:
             lines.append(f"| {name} | {r['recon']:,.1f} | {r['baseline']:,.1f} | {r['ratio']:.1f}x |")
         elif "recon" in r:
             lines.append(f"| {name} | {r['recon']:,.1f} | {r['baseline']:,.1f} | |")

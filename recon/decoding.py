@@ -255,3 +255,112 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
         if return_all:
             beams.append([(_strip(s[k], eos_id), float(f[k])) for k in order])
     return (best, beams) if return_all else best
+
+
+# ----------------------------------------------------------------------------------------------
+# greedy decoding on fixed shapes, one CUDA graph a token step
+
+
+def _static_step(decoder, s, eos_id, valid, max_new_tokens):
+    """One greedy step on fixed shapes and in place: choose each row's token from s["logits"] (B, V),
+    write it, then run it through the decoder at position s["pos"] into s["logits"]. No Python
+    number depends on the step and nothing leaves the device, so the step can be one CUDA graph."""
+    last = s["logits"]
+    if valid:
+        valid.mask_(last, s["state"], (max_new_tokens - 1) - s["t"])
+    nxt = last.argmax(-1).masked_fill(s["done"], eos_id)  # (B,)
+    if valid:
+        s["state"].copy_(valid.advance(s["state"], nxt))
+    s["out"].index_copy_(1, s["t"], nxt[:, None])
+    s["done"].logical_or_(nxt == eos_id)
+    s["t"].add_(1)
+    # the decoder on one position: Decoder.forward's arithmetic, the cache written at a position
+    # held in a tensor and every key position masked beyond it
+    cache, rows, pos = s["cache"], s["rows"], s["pos"]
+    B, D, H = nxt.shape[0], decoder.d_model, decoder.n_head
+    x = decoder.tok_emb(nxt)[:, None] + decoder.pos_emb(pos)[None]  # (B, 1, D)
+    if "cond" in rows:
+        x = x + rows["cond"][:, None]
+    seen = (torch.arange(cache.k.shape[3], device=x.device) <= pos)[None, None, None]  # (1, 1, 1, T_max)
+    for i, block in enumerate(decoder.blocks):
+        q, k, v = block.qkv(block.ln1(x)).view(B, 1, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, 1, hd)
+        cache.k[i].index_copy_(2, pos, k.to(cache.k.dtype))
+        cache.v[i].index_copy_(2, pos, v.to(cache.v.dtype))
+        y = torch.nn.functional.scaled_dot_product_attention(q, cache.k[i].to(q.dtype), cache.v[i].to(q.dtype),
+                                                             attn_mask=seen)
+        x = x + block.proj(y.transpose(1, 2).reshape(B, 1, D))
+        x = x + block.mlp(block.ln2(x))
+    h = decoder.ln_f(x)
+    logits = torch.nn.functional.linear(h, decoder.tok_emb.weight)[:, 0]  # (B, V)
+    if "prior" in rows:
+        logits = logits + decoder.prior_gate(h)[:, 0] * rows["prior"].to(logits.dtype)
+    if decoder.coverage is not None:  # the written counts, this token included (Decoder.penalise_written)
+        written = rows["written"]
+        written.scatter_add_(1, nxt[:, None], torch.ones(B, 1, device=written.device, dtype=written.dtype))
+        logits = logits - (decoder.coverage * written).to(logits.dtype)
+    s["logits"].copy_(logits)
+    pos.add_(1)
+
+
+def can_decode_static(decoder):
+    """Whether greedy_static handles this decoder: recon's own transformer (type Decoder, pre-LN
+    Block layers, no copy mechanism), the one _static_step writes out again."""
+    from recon.decoder import Block, Decoder
+    return type(decoder) is Decoder and decoder.block_class is Block
+
+
+@torch.no_grad()
+def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, cuda_graph=None):
+    """greedy()'s tokens on fixed shapes: finished rows stay in the batch (to the next check every
+    8 tokens, when all may have ended), and on CUDA (cuda_graph None or True) each token step is one
+    replay of a CUDA graph captured once: a small decoder's step is a few hundred kernel launches,
+    which cost more than their arithmetic. Greedy only, without the no-repeat ban (it reads how many
+    tokens were written) and without sampling; ValidText and the decoder's coverage and prior hold.
+    (B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS])."""
+    if not can_decode_static(decoder):
+        raise ValueError(f"greedy_static decodes recon's transformer decoder, not {type(decoder).__name__}: use greedy()")
+    B, device = vectors.shape[0], vectors.device
+    graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+    if graph and device.type != "cuda":
+        raise ValueError("a CUDA graph needs a CUDA device; on this one pass cuda_graph=False")
+    max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
+    cache = decoder.new_cache(B, device, _cache_dtype(device))
+    with autocast(device):
+        logits = decoder(vectors, torch.full((B, 1), bos_id, dtype=torch.long, device=device), cache)
+    s = {"cache": cache, "rows": cache.rows, "logits": logits[:, -1].clone(),
+         "pos": torch.tensor([cache.pos], device=device), "t": torch.zeros(1, dtype=torch.long, device=device),
+         "out": torch.full((B, max_new_tokens), eos_id, dtype=torch.long, device=device),
+         "done": torch.zeros(B, dtype=torch.bool, device=device), "state": valid.start(B) if valid else None}
+    step = lambda: _static_step(decoder, s, eos_id, valid, max_new_tokens)  # noqa: E731
+    if graph:
+        step = _captured(step, s, device)
+    for t in range(max_new_tokens - 1):
+        with autocast(device):
+            step()
+        if t % 8 == 7 and bool(s["done"].all()):  # one host sync every 8 tokens
+            break
+    else:  # the last token: chosen, not run through the decoder (nor written past the cache's end)
+        last = s["logits"]
+        if valid:
+            valid.mask_(last, s["state"], 0)
+        s["out"][:, -1] = last.argmax(-1).masked_fill(s["done"], eos_id)
+    return [_strip(row, eos_id) for row in s["out"].cpu()]
+
+
+def _captured(step, s, device):
+    """`step` recorded once as a CUDA graph (after one run to warm up, whose effects are undone);
+    returns the graph's replay."""
+    mutable = [t for t in (s["logits"], s["pos"], s["t"], s["out"], s["done"], s["state"],
+                           s["rows"].get("written")) if t is not None]
+    saved = [t.clone() for t in mutable]
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        step()  # kernels chosen and workspaces allocated outside the capture
+    torch.cuda.current_stream(device).wait_stream(side)
+    for t, was in zip(mutable, saved):
+        t.copy_(was)  # the cache's keys and values at the warm-up's position are written again by the first replay
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        step()
+    return graph.replay

@@ -8,7 +8,7 @@ from transformers import AutoModel
 from conftest import sentences
 import recon  # noqa: F401  (registers every decoder class)
 from recon.decoder import DECODERS, Decoder, DecoderSpec
-from recon.decoding import beam_search, greedy
+from recon.decoding import beam_search, greedy, greedy_static
 from recon.encoder import Encoder, EncoderError, EncoderSpec, load_encoder, pool
 from recon.model import CheckpointError, ReconModel
 from recon.tokenizer import EncoderVocabTokenizer, SentencePieceTokenizer
@@ -461,3 +461,45 @@ def test_label_smoothing_changes_the_training_loss_and_not_the_validation_loss(t
         torch.testing.assert_close(plain - nll, bow, rtol=1e-4, atol=1e-3)
         assert abs(smooth.item() - plain.item()) > 1e-2
         torch.testing.assert_close(tiny_model.loss(vecs, y), nll / real.sum())
+
+
+@pytest.mark.parametrize("condition", ["prefix", "prefix+add"])
+def test_static_greedy_writes_greedys_tokens(condition):
+    """greedy_static (fixed shapes, the CUDA-graph path without the graph here) writes what greedy
+    writes, with the prior, coverage and the added condition, rows ending at different points,
+    and at the full length (its last token chosen outside the step)."""
+    torch.manual_seed(3)
+    spec = DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=20, num_prefix=2,
+                       condition=condition, bow_weight=0.5, bow_prior=True, coverage=True)
+    dec = Decoder(spec, 32, 40).eval()
+    with torch.no_grad():
+        for p in dec.parameters():
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=0.5)
+        dec.coverage.normal_(0, 1.0)  # trained coverage is not zero: make it matter here
+        dec.tok_emb.weight.copy_(torch.nn.functional.normalize(dec.tok_emb.weight, dim=-1) * 5)
+    vecs, bos = torch.randn(16, 32), 1
+    free = greedy(dec, vecs, bos, -1, max_new_tokens=21)  # the decoder's longest: 21 tokens each, [EOS]'s place
+    assert {len(x) for x in free} == {21}
+    assert greedy_static(dec, vecs, bos, -1, max_new_tokens=21, cuda_graph=False) == free
+    assert greedy_static(dec, vecs, bos, -1, cuda_graph=False) == greedy(dec, vecs, bos, -1)  # 20 by default
+    firsts = {}
+    for row in free:
+        for tok in row:
+            firsts.setdefault(tok, set()).add(row.index(tok))
+    stop = max(firsts, key=lambda tok: len(firsts[tok]))
+    assert len(firsts[stop]) >= 3
+    got = greedy_static(dec, vecs, bos, stop, max_new_tokens=16, cuda_graph=False)
+    assert got == greedy(dec, vecs, bos, stop, max_new_tokens=16) and len({len(x) for x in got}) >= 3
+
+
+def test_static_greedy_refuses_what_it_does_not_decode(tiny_encoder_dir):
+    from recon.decoding import can_decode_static
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, max_target_len=8), 32, 40).eval()
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        greedy_static(dec, torch.randn(2, 32), 1, 2, cuda_graph=True)
+    other = DECODERS["corrector"](DecoderSpec(d_model=32, n_layer=1, n_head=2, max_target_len=8,
+                                              decoder_type="corrector"), 32, 40)
+    assert can_decode_static(dec) and not can_decode_static(other)
+    with pytest.raises(ValueError, match="use greedy"):
+        greedy_static(other, torch.randn(2, 32), 1, 2)

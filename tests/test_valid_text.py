@@ -6,7 +6,7 @@ import torch
 
 from conftest import sentences
 from recon.decoder import Decoder, DecoderSpec
-from recon.decoding import ValidText, ban_repeats_, beam_search, canonical_pieces, greedy
+from recon.decoding import ValidText, ban_repeats_, beam_search, canonical_pieces, greedy, greedy_static
 from recon.tokenizer import SentencePieceTokenizer
 
 
@@ -45,6 +45,9 @@ def test_every_output_is_valid_utf8_without_special_pieces(byte_heavy, beams):
         text = raw_bytes(tok, ids).decode("utf-8")  # strict: raises on any invalid or unfinished sequence
         assert "\ufffd" not in tok.decode(ids) and not any(c < " " or c == "\x7f" for c in text)
         assert not set(ids) & {tok.pad_id, tok.bos_id, tok.sp.unk_id()}
+    if beams == 1:  # the fixed-shape greedy (the CUDA-graph path) holds the same constraint, token for token
+        assert greedy_static(dec, vectors, tok.bos_id, tok.eos_id, 24, valid=valid, cuda_graph=False) == \
+            run(vectors, valid=valid)
 
 
 def test_the_constraint_changes_nothing_where_the_output_is_already_valid(byte_heavy):
