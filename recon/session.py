@@ -302,8 +302,9 @@ def part_summary(folder):
              f"({device.get('gpu') or 'CPU'}, torch {device.get('torch')})", ""]
     runs = [n for n in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, n, "train.log"))]
     if runs:
-        lines += ["| run | status | steps (of schedule) | s to the last step, set-up included | validation loss | test sentences | BLEU | token F1 "
-                  "| exact match % | cosine (std.) | control BLEU: random / shuffled / retrieval |",
+        lines += ["| run | status | steps (of schedule) | s to the last step, set-up included | validation loss "
+                  "| test sentences | BLEU | token F1 | exact match % | cosine (std.) "
+                  "| control BLEU: random / shuffled / retrieval |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for name in runs:
             meta_path, status = os.path.join(folder, name, "meta.json"), record.get("runs", {}).get(name, {})
@@ -399,8 +400,12 @@ def run_part(pack_dir, number, results, work=None, keep_weights=False, archive=N
     record["seconds"] = round(time.time() - t0, 1)
     with open(os.path.join(out, "part.json"), "w") as f:
         json.dump(record, f, indent=2)
-    with open(os.path.join(out, "summary.md"), "w") as f:  # travels in the part's archive
-        f.write(part_summary(out))
+    try:  # travels in the part's archive; a summary that fails loses nothing the part wrote
+        text = part_summary(out)
+        with open(os.path.join(out, "summary.md"), "w") as f:
+            f.write(text)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        log(f"summary.md not written ({type(e).__name__}: {e}); the part's files are intact")
     log(f"part {number} ({part['name']}) done in {record['seconds']} s; results in {out}")
     if archive:
         archive_folder(out, archive, log)
