@@ -302,6 +302,17 @@ def _static_step(decoder, s, eos_id, valid, max_new_tokens):
     pos.add_(1)
 
 
+class _Plans(dict):
+    """greedy_static's graphs and buffers on a decoder, by batch shape: made again, never copied
+    (a copied or pickled decoder starts without them; a CUDA graph cannot be copied)."""
+
+    def __deepcopy__(self, memo):
+        return _Plans()
+
+    def __reduce__(self):
+        return _Plans, ()
+
+
 def can_decode_static(decoder):
     """Whether greedy_static handles this decoder: recon's own transformer (type Decoder, pre-LN
     Block layers, no copy mechanism), the one _static_step writes out again."""
@@ -313,10 +324,11 @@ def can_decode_static(decoder):
 def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, cuda_graph=None):
     """greedy()'s tokens on fixed shapes: finished rows stay in the batch (to the next check every
     8 tokens, when all may have ended), and on CUDA (cuda_graph None or True) each token step is one
-    replay of a CUDA graph captured once: a small decoder's step is a few hundred kernel launches,
-    which cost more than their arithmetic. Greedy only, without the no-repeat ban (it reads how many
-    tokens were written) and without sampling; ValidText and the decoder's coverage and prior hold.
-    (B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS])."""
+    replay of a CUDA graph: a small decoder's step is a few hundred kernel launches, which cost more
+    than their arithmetic. The graph and its buffers are made once per batch shape and kept on the
+    decoder (`_static_plans`), so later batches of that shape replay it. Greedy only, without the
+    no-repeat ban (it reads how many tokens were written) and without sampling; ValidText and the
+    decoder's coverage and prior hold. (B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS])."""
     if not can_decode_static(decoder):
         raise ValueError(f"greedy_static decodes recon's transformer decoder, not {type(decoder).__name__}: use greedy()")
     B, device = vectors.shape[0], vectors.device
@@ -324,19 +336,36 @@ def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=N
     if graph and device.type != "cuda":
         raise ValueError("a CUDA graph needs a CUDA device; on this one pass cuda_graph=False")
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
-    cache = decoder.new_cache(B, device, _cache_dtype(device))
-    with autocast(device):
+    plans = decoder.__dict__.setdefault("_static_plans", _Plans())
+    key = (B, max_new_tokens, eos_id, str(device), graph, id(valid))
+    plan = plans.get(key)
+    cache = plan["s"]["cache"] if plan else decoder.new_cache(B, device, _cache_dtype(device))
+    cache.pos = 0
+    with autocast(device):  # the prefix and [BOS], as greedy() runs them, into this shape's cache
         logits = decoder(vectors, torch.full((B, 1), bos_id, dtype=torch.long, device=device), cache)
-    s = {"cache": cache, "rows": cache.rows, "logits": logits[:, -1].clone(),
-         "pos": torch.tensor([cache.pos], device=device), "t": torch.zeros(1, dtype=torch.long, device=device),
-         "out": torch.full((B, max_new_tokens), eos_id, dtype=torch.long, device=device),
-         "done": torch.zeros(B, dtype=torch.bool, device=device), "state": valid.start(B) if valid else None}
-    step = lambda: _static_step(decoder, s, eos_id, valid, max_new_tokens)  # noqa: E731
-    if graph:
-        step = _captured(step, s, device)
+    if plan is None:
+        s = {"cache": cache, "rows": cache.rows, "logits": logits[:, -1].clone(),
+             "pos": torch.tensor([cache.pos], device=device), "t": torch.zeros(1, dtype=torch.long, device=device),
+             "out": torch.full((B, max_new_tokens), eos_id, dtype=torch.long, device=device),
+             "done": torch.zeros(B, dtype=torch.bool, device=device), "state": valid.start(B) if valid else None}
+        step = lambda: _static_step(decoder, s, eos_id, valid, max_new_tokens)  # noqa: E731
+        # `valid` is kept with the plan: its tensors are read by the step (and by a graph, by address)
+        plan = plans[key] = {"s": s, "step": _captured(step, s, device) if graph else step, "valid": valid}
+    else:  # this batch's values into the buffers the step (or its graph) reads
+        s = plan["s"]
+        for name, t in cache.rows.items():
+            s["rows"][name].copy_(t)
+        cache.rows = s["rows"]
+        s["logits"].copy_(logits[:, -1])
+        s["pos"].fill_(cache.pos)
+        s["t"].zero_()
+        s["out"].fill_(eos_id)
+        s["done"].zero_()
+        if valid:
+            s["state"].copy_(valid.start(B))
     for t in range(max_new_tokens - 1):
         with autocast(device):
-            step()
+            plan["step"]()
         if t % 8 == 7 and bool(s["done"].all()):  # one host sync every 8 tokens
             break
     else:  # the last token: chosen, not run through the decoder (nor written past the cache's end)

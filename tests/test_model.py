@@ -491,6 +491,15 @@ def test_static_greedy_writes_greedys_tokens(condition):
     assert len(firsts[stop]) >= 3
     got = greedy_static(dec, vecs, bos, stop, max_new_tokens=16, cuda_graph=False)
     assert got == greedy(dec, vecs, bos, stop, max_new_tokens=16) and len({len(x) for x in got}) >= 3
+    # the buffers of a shape are kept and refilled: another batch of that shape, then the first again
+    other = torch.randn(16, 32) * 2
+    assert greedy_static(dec, other, bos, stop, max_new_tokens=16, cuda_graph=False) == \
+        greedy(dec, other, bos, stop, max_new_tokens=16)
+    assert greedy_static(dec, vecs, bos, stop, max_new_tokens=16, cuda_graph=False) == got
+    assert len(dec._static_plans) == 3  # (16, 21, -1), (16, 20, -1), (16, 16, stop)
+    import copy
+    import pickle
+    assert not copy.deepcopy(dec)._static_plans and not pickle.loads(pickle.dumps(dec))._static_plans
 
 
 def test_static_greedy_refuses_what_it_does_not_decode(tiny_encoder_dir):
