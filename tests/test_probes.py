@@ -146,3 +146,43 @@ def test_a_sweep_with_probes_puts_them_in_its_table(tiny_encoder_dir, probe_data
         assert "skipped" in probes["tasks"]["wc"]  # 1,000 mid-frequency words: more than this tiny corpus has
         assert os.path.isfile(os.path.join(spec["output_dir"], r["run"], "eval-validation", "metrics.json"))
     assert "probe_bow_content" in (tmp_path / "sweep" / "results.md").read_text()
+
+
+def test_session_probes_set_each_runs_predictions_beside_one_probe_per_representation(tiny_encoder_dir, probe_data,
+                                                                                     tmp_path, capsys):
+    """experiments/session_probes.py: a session's runs come back without weights; their probes are
+    trained here on the same corpus's splits and scored on exactly the sentences the runs decoded."""
+    import importlib.util
+
+    from recon.data import DataConfig
+    from recon.encoder import EncoderSpec
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "session_probes.py")
+    spec = importlib.util.spec_from_file_location("session_probes", path)
+    session_probes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(session_probes)
+    split = {"max_length": 32, "validation_fraction": 0.1, "test_fraction": 0.2, "split_seed": 0}
+    encoder = EncoderSpec(encoder=tiny_encoder_dir).build()
+    test = DataConfig(data=probe_data, validation_fraction=0.1, test_fraction=0.2).build(encoder.count_tokens, 32).texts("test")
+    sample = test[::2]  # a sample of the test split, as --eval-max-examples decodes
+    runs = tmp_path / "2-headline"
+    for name, representation, prediction in (("cls-s0", "cls", lambda t: t), ("cls-s1", "cls", lambda t: "the"),
+                                              ("mean-s0", "mean", lambda t: t)):
+        (runs / name / "eval-test").mkdir(parents=True)
+        (runs / name / "meta.json").write_text(json.dumps({"args": {"representation": representation, "layer": -1, **split}}))
+        (runs / name / "eval-test" / "predictions.jsonl").write_text(
+            "".join(json.dumps({"reference": t, "prediction": prediction(t)}) + "\n" for t in sample))
+    out = tmp_path / "probes"
+    assert session_probes.main(["--runs", str(runs), "--data", probe_data, "--train", "500", "--validation", "100",
+                                "--output-dir", str(out), "--encoder", tiny_encoder_dir, "--", "--bow-vocab", "40",
+                                "--stop-words", "3", "--probe-tasks", "bow"]) == 0
+    cls = json.loads((out / "cls-layer-1" / "probes.json").read_text())
+    rows = {r["decoding"]: r for r in cls["decodings"]}
+    perfect, poor = (rows[str(runs / n / "eval-test" / "predictions.jsonl")] for n in ("cls-s0", "cls-s1"))
+    assert perfect["probe_words_the_decoder_writes"] == pytest.approx(100.0)
+    assert poor["probe_words_the_decoder_writes"] < 50
+    mean = json.loads((out / "mean-layer-1" / "probes.json").read_text())
+    assert [r["decoding"] for r in mean["decodings"]] == [str(runs / "mean-s0" / "eval-test" / "predictions.jsonl")]
+    # a run that decoded sentences outside this corpus's test split is refused with what to give
+    (runs / "cls-s0" / "eval-test" / "predictions.jsonl").write_text(json.dumps({"reference": "not in it", "prediction": ""}) + "\n")
+    with pytest.raises(SystemExit, match="not in this corpus's test split"):
+        session_probes.main(["--runs", str(runs), "--data", probe_data, "--output-dir", str(out), "--encoder", tiny_encoder_dir])
