@@ -150,3 +150,23 @@ def test_the_shipped_plan_fits_the_lent_machine_and_names_real_flags():
         for part in plan["parts"]:
             for flags in [plan["base"], *part.get("runs", []), part.get("side_by_side", {}).get("flags", {})]:
                 assert set(flags) <= known, set(flags) - known
+
+
+def test_a_summary_that_fails_loses_nothing_the_part_wrote(plan, tmp_path, monkeypatch, capsys):
+    import recon.session as session
+    spec = yaml.safe_load(open(plan))
+    spec["parts"] = [{"name": "echo", "limit_s": 60, "commands": ["{python} -c \"print('| a | table |')\""]}]
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(spec))
+    packed, results, archive = str(tmp_path / "pack"), str(tmp_path / "results"), str(tmp_path / "out" / "p1.tgz")
+    assert session_main(["pack", str(small), "--output", packed]) == 0
+
+    def broken(folder):
+        raise ValueError("a run's metrics.json is not JSON")
+    monkeypatch.setattr(session, "part_summary", broken)
+    assert session_main(["run", packed, "--part", "1", "--results", results, "--archive", archive]) == 0
+    assert "summary.md not written (ValueError: a run's metrics.json is not JSON)" in capsys.readouterr().out
+    with tarfile.open(archive) as tar:  # the part's results still come back, without the summary
+        assert "1-echo/part.json" in tar.getnames() and "1-echo/summary.md" not in tar.getnames()
+    monkeypatch.undo()
+    assert "| a | table |" in session.summarize(results, log=lambda *a: None)  # built again from the files
