@@ -261,14 +261,18 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
 # greedy decoding on fixed shapes, one CUDA graph a token step
 
 
+def _choose(s, eos_id, valid, steps_left):
+    """Each row's next token from s["logits"] (B, V): greedy, valid text, [EOS] once done."""
+    if valid:
+        valid.mask_(s["logits"], s["state"], steps_left)
+    return s["logits"].argmax(-1).masked_fill(s["done"], eos_id)
+
+
 def _static_step(decoder, s, eos_id, valid, max_new_tokens):
     """One greedy step on fixed shapes and in place: choose each row's token from s["logits"] (B, V),
     write it, then run it through the decoder at position s["pos"] into s["logits"]. No Python
     number depends on the step and nothing leaves the device, so the step can be one CUDA graph."""
-    last = s["logits"]
-    if valid:
-        valid.mask_(last, s["state"], (max_new_tokens - 1) - s["t"])
-    nxt = last.argmax(-1).masked_fill(s["done"], eos_id)  # (B,)
+    nxt = _choose(s, eos_id, valid, (max_new_tokens - 1) - s["t"])  # (B,)
     if valid:
         s["state"].copy_(valid.advance(s["state"], nxt))
     s["out"].index_copy_(1, s["t"], nxt[:, None])
@@ -290,10 +294,8 @@ def _static_step(decoder, s, eos_id, valid, max_new_tokens):
                                                              attn_mask=seen)
         x = x + block.proj(y.transpose(1, 2).reshape(B, 1, D))
         x = x + block.mlp(block.ln2(x))
-    h = decoder.ln_f(x)
-    logits = torch.nn.functional.linear(h, decoder.tok_emb.weight)[:, 0]  # (B, V)
-    if "prior" in rows:
-        logits = logits + decoder.prior_gate(h)[:, 0] * rows["prior"].to(logits.dtype)
+    # the tied output layer and the prior as Decoder.token_logits; coverage below, counted in place
+    logits = decoder.token_logits(decoder.ln_f(x), rows, None, None)[:, 0]  # (B, V)
     if decoder.coverage is not None:  # the written counts, this token included (Decoder.penalise_written)
         written = rows["written"]
         written.scatter_add_(1, nxt[:, None], torch.ones(B, 1, device=written.device, dtype=written.dtype))
@@ -369,10 +371,7 @@ def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=N
         if t % 8 == 7 and bool(s["done"].all()):  # one host sync every 8 tokens
             break
     else:  # the last token: chosen, not run through the decoder (nor written past the cache's end)
-        last = s["logits"]
-        if valid:
-            valid.mask_(last, s["state"], 0)
-        s["out"][:, -1] = last.argmax(-1).masked_fill(s["done"], eos_id)
+        s["out"][:, -1] = _choose(s, eos_id, valid, 0)
     return [_strip(row, eos_id) for row in s["out"].cpu()]
 
 
