@@ -22,6 +22,7 @@ import time
 import torch
 from sacrebleu.metrics import BLEU
 
+from recon.batching import pad_batch
 from recon.decoding import greedy
 from recon.device import autocast
 from recon.metrics import corpus_scores, token_f1
@@ -42,11 +43,6 @@ def leave_one_out(rewards):
     """(B, k) rewards -> (B, k) advantages: each sample's reward minus the mean of its k-1 siblings'."""
     k = rewards.shape[1]
     return rewards - (rewards.sum(1, keepdim=True) - rewards) / (k - 1)
-
-
-def pad(rows, pad_id):
-    T = max(map(len, rows))
-    return torch.tensor([r + [pad_id] * (T - len(r)) for r in rows])
 
 
 def reinforce_loss(model, vectors, samples, advantages):
@@ -111,12 +107,13 @@ def main(argv=None):
         ids = sample(model, v, k, args.temperature, gen)
         r = torch.tensor([reward(tok.decode(x), refs[j // k], args.reward) for j, x in enumerate(ids)]).view(-1, k)
         model.decoder.train()
-        samples = pad([x[:model.decoder.max_target_len] + [c.eos_id] for x in ids], c.pad_id)
+        samples = pad_batch([x[:model.decoder.max_target_len] + [c.eos_id] for x in ids], c.pad_id, model.device)
         with autocast(model.device):
             loss = reinforce_loss(model, v.repeat_interleave(k, 0), samples, leave_one_out(r).view(-1))
             if args.mle_weight:
                 refs_ids = [targets[i] for i in idx]
-                loss = loss + args.mle_weight * model.training_loss(v, pad(refs_ids, c.pad_id)) / sum(map(len, refs_ids))
+                mle = model.training_loss(v, pad_batch(refs_ids, c.pad_id, model.device)) / sum(map(len, refs_ids))
+                loss = loss + args.mle_weight * mle
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

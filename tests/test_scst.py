@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 
+from recon.batching import pad_batch
+
 
 def load_scst():
     path = os.path.join(os.path.dirname(__file__), "..", "experiments", "scst.py")
@@ -27,7 +29,7 @@ def test_reinforce_step_raises_the_rewarded_sample_and_lowers_the_other(tiny_mod
     vector = torch.randn(1, c.vector_dim)
     tok = tiny_model.tokenizer
     good, bad = (tok.encode([t])[0] + [c.eos_id] for t in ("the red cat sees the dog .", "the fish near ."))
-    samples = scst.pad([good, bad], c.pad_id)
+    samples = pad_batch([good, bad], c.pad_id, torch.device("cpu"))
     vectors = vector.repeat(2, 1)
 
     def logp():
@@ -45,7 +47,8 @@ def test_reinforce_step_raises_the_rewarded_sample_and_lowers_the_other(tiny_mod
     assert after[0] > before[0] and after[1] < before[1]
     # equal rewards: no update at all
     opt.zero_grad()
-    scst.reinforce_loss(tiny_model, vectors, samples, scst.leave_one_out(torch.tensor([[0.5, 0.5]])).view(-1)).backward()
+    equal = scst.leave_one_out(torch.tensor([[0.5, 0.5]])).view(-1)
+    scst.reinforce_loss(tiny_model, vectors, samples, equal).backward()
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in tiny_model.decoder.parameters())
 
 
