@@ -340,7 +340,7 @@ class DataConfig:
     test_fraction: float = field(default=0.05, metadata={"help": "share of texts in the test split"})
     split_seed: int = field(default=0, metadata={"help": "salt of the split hash; change it for another split"})
     max_texts: Optional[int] = field(default=None, metadata={"help": "keep at most this many texts"})
-    substitute_copies: int = field(default=0, metadata={
+    substitute_copies: int = field(default=1, metadata={
         "help": "add this many rounds of copies of the training texts, each with some words swapped for words "
                 "seen between the same neighbours in the training split (recon/substitute.py; held-out texts "
                 "give nothing; probes never train on them); 0: off"})

@@ -183,6 +183,7 @@ def hypotheses_for(cfg, base, model, texts, vectors, stats, log, previous=None):
                                 cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size)
         log(f"--hypothesis-noise auto: {noise:g}")
     stats["hypothesis_noise"] = float(noise)  # what auto chose, in the run's data.json
+    stats["hypothesis_texts"] = len(texts["train"])
     rows["train"], _ = hypothesis_rows(base, model.decoder, vectors["train"], texts["train"], cfg.cache_dir,
                                        cfg.hypothesis_repeat_ngram, log, cfg.eval_batch_size, noise=float(noise))
     if cfg.hypothesis_mix:
@@ -235,8 +236,8 @@ def prepare(cfg, device, log=print):
     world = dist.world_size()
     log(f"decoder: {model.decoder_parameters() / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size} "
         f"({tokenizer.kind}); device {device}" + (f", {world} processes (DDP)" if world > 1 else ""))
-    if base and cfg.hypotheses:  # a corrector learns from the hypotheses of the first N training texts
-        texts["train"] = texts["train"][:cfg.hypotheses]
+    if base:  # a corrector learns from the hypotheses of the first N training sentences (not the base's copies)
+        texts["train"] = corpus.texts("train", copies=False)[:cfg.hypotheses or None]
     targets = {}
     for split, xs in texts.items():
         targets[split], cut = decoder_targets(tokenizer, xs, cfg.max_target_len)

@@ -344,7 +344,7 @@ def probe_encoder(encoder, spec, corpus, settings, cache_dir="", batch_size=256,
 
     def encode(texts):
         return cached_encode(encoder, texts, cache_dir, encoder_id, batch_size)[0].float().cpu()
-    splits = {s: corpus.texts(s) for s in SPLITS}
+    splits = {s: corpus.texts(s, copies=False) for s in SPLITS}  # a probe reads sentences as written
     given = [read_predictions(path, splits["test"]) + (path,) for path in prediction_files]  # refused before any work
     vectors = {s: encode(xs) for s, xs in splits.items()}
     decodings = {}
@@ -408,7 +408,7 @@ def main(argv=None):
             encoder = spec.build().to(device).eval()
             if cfg.export_senteval:
                 corpus = data.build(encoder.count_tokens, spec.max_length)
-                export_senteval({s: corpus.texts(s) for s in SPLITS}, cfg.export_senteval, wc_words=cfg.wc_words,
+                export_senteval({s: corpus.texts(s, copies=False) for s in SPLITS}, cfg.export_senteval, wc_words=cfg.wc_words,
                                 seed=cfg.seed)
             probe_and_report(encoder, spec, data, settings, cfg.output_dir, cfg.cache_dir, cfg.batch_size, seed=cfg.seed,
                              prediction_files=cfg.prediction_files)

@@ -23,7 +23,7 @@ def test_memorise_64_wikipedia_sentences(tmp_path):
     argv = ["--data", str(data), "--output-dir", str(out), "--validation-fraction", "0", "--test-fraction", "0",
             "--no-eval", "--max-steps", "300", "--warmup-steps", "20", "--lr", "2e-3", "--batch-size", "32",
             "--d-model", "128", "--n-layer", "2", "--n-head", "4", "--dropout", "0", "--vocab-size", "600", "--max-target-len", "128",
-            "--eval-steps", "300", "--cache-dir", ""]
+            "--eval-steps", "300", "--cache-dir", "", "--substitute-copies", "0"]  # the sentences alone
     assert train_script.main(argv) == 0
     ev = tmp_path / "ev"  # the decoder as it is: without the default ban on repeated 3-grams
     assert evaluate_script.main(["--checkpoint", str(out), "--data", str(data), "--split", "all",

@@ -55,6 +55,8 @@ def test_copies_join_the_training_split_alone_and_keep_the_held_out_splits(text_
     assert n > 0 and c.texts("validation") == base.texts("validation") and c.texts("test") == base.texts("test")
     copies = c.texts("train")[len(base.texts("train")):]
     assert c.texts("train")[:len(base.texts("train"))] == base.texts("train") and len(copies) == n
+    assert c.texts("train", copies=False) == base.texts("train")  # what the probes read
+    assert c.texts("all", copies=False) == base.texts("all")
     assert all(split_of(x, 0.1, 0.2) == "train" for x in copies) and not set(copies) & set(texts)
     held_out = base.texts("validation") + base.texts("test")
     # substitutes come from the training texts: a year seen only in a held-out text is never written
@@ -72,4 +74,26 @@ def test_flags_are_checked_and_new_data_gets_no_copies():
     assert not same and cfg.substitute_copies == 0
     # a run recorded before the flag trained on no copies, and its corpus is rebuilt so
     cfg, same = DataConfig.from_meta({"data": "x.txt"})
-    assert same and cfg.substitute_copies == 0
+    assert same and cfg.substitute_copies == 0 and DataConfig().substitute_copies == 1
+
+
+def test_a_run_trains_on_its_copies_and_its_corrector_on_the_sentences_alone(tiny_encoder_dir, tmp_path):
+    import json
+
+    import train as train_script
+    data = tmp_path / "data.txt"
+    # over 100 distinct words, so that some (the years) are outside the commonest and may be swapped
+    data.write_text("\n".join(f"The {c} {a} lived in {p} until {1800 + 3 * i} and then moved away." for i, (c, a, p) in
+                              enumerate((c, a, p) for c in ("red", "big", "old") for a in ("cat", "dog", "fox", "owl")
+                                        for p in ("Paris", "Oslo", "Rome", "Lima", "Kyiv", "Quito", "Accra", "Hanoi", "Perth", "Dakar"))) + "\n")
+    common = ["--cache-dir", "", "--eval-steps", "1000", "--no-eval", "--batch-size", "8"]
+    base = ["--data", str(data), "--output-dir", str(tmp_path / "base"), "--encoder", tiny_encoder_dir, "--d-model", "32",
+            "--n-layer", "1", "--n-head", "2", "--vocab-size", "200", "--decoder-tokenizer", "encoder", "--max-steps", "4",
+            "--validation-fraction", "0", "--test-fraction", "0", *common]
+    assert train_script.main(base) == 0
+    stats = json.loads((tmp_path / "base" / "data.json").read_text())
+    assert stats["training_substitute_copies"] > 0 and stats["train_texts"] == 120 + stats["training_substitute_copies"]
+    corrector = ["--base-model", str(tmp_path / "base"), "--output-dir", str(tmp_path / "corr"), "--max-steps", "2",
+                 "--hypotheses", "0", "--hypothesis-noise", "0", *common]
+    assert train_script.main(corrector) == 0
+    assert json.loads((tmp_path / "corr" / "data.json").read_text())["hypothesis_texts"] == 120
