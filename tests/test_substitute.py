@@ -97,3 +97,12 @@ def test_a_run_trains_on_its_copies_and_its_corrector_on_the_sentences_alone(tin
                  "--hypotheses", "0", "--hypothesis-noise", "0", *common]
     assert train_script.main(corrector) == 0
     assert json.loads((tmp_path / "corr" / "data.json").read_text())["hypothesis_texts"] == 120
+
+
+def test_a_run_recorded_before_the_flag_resumes_only_without_copies():
+    from dataclasses import asdict
+
+    from recon.config import TrainConfig
+    recorded = {k: v for k, v in asdict(TrainConfig()).items() if k != "substitute_copies"}
+    assert TrainConfig().changed_from(recorded) == ["substitute_copies"]  # it trained on none
+    assert TrainConfig(substitute_copies=0).changed_from(recorded) == []
