@@ -216,6 +216,28 @@ class Corpus:
         return self.splits[split][:len(self.splits[split]) - n]
 
 
+def _training_pieces(over, seen, in_train, count_tokens, max_length):
+    """The clause pieces of the long training texts `over` that are new (not in `seen`) and hash to
+    the training split themselves."""
+    parts = list(dict.fromkeys(p for t in over for p in _CLAUSE.split(t) if p))  # held-out texts give none
+    n_parts = dict(zip(parts, count_tokens(parts))) if parts else {}
+    pieces = []
+    for t in over:
+        for p in clause_pieces(t, lambda xs: [n_parts[x] for x in xs], max_length):
+            if p not in seen and in_train(p):
+                seen.add(p)
+                pieces.append(p)
+    return pieces
+
+
+def _fitting(texts, count_tokens, min_length, max_length, lengths):
+    """The texts within the length limits; their lengths are added to `lengths`."""
+    n = dict(zip(texts, count_tokens(texts))) if texts else {}
+    texts = [t for t in texts if min_length <= n[t] <= max_length]
+    lengths.update((t, n[t]) for t in texts)
+    return texts
+
+
 def build_corpus(
     source,
     count_tokens,
@@ -268,28 +290,16 @@ def build_corpus(
     else:
         kept = [t for t in kept if lengths[t] <= max_length]
         stats["dropped_too_long"] = len(over)
+    in_train = lambda t: split_of(t, validation_fraction, test_fraction, split_seed) == "train"  # noqa: E731
     if too_long == "pieces":
-        seen, pieces = set(kept), []
-        over = [t for t in over if split_of(t, validation_fraction, test_fraction, split_seed) == "train"]
-        parts = list(dict.fromkeys(p for t in over for p in _CLAUSE.split(t) if p))  # held-out texts give none
-        n_parts = dict(zip(parts, count_tokens(parts))) if parts else {}
-        for t in over:
-            for p in clause_pieces(t, lambda xs: [n_parts[x] for x in xs], max_length):
-                if p not in seen and split_of(p, validation_fraction, test_fraction, split_seed) == "train":
-                    seen.add(p)
-                    pieces.append(p)
-        n_pieces = dict(zip(pieces, count_tokens(pieces))) if pieces else {}
-        pieces = [p for p in pieces if min_length <= n_pieces[p] <= max_length]
-        lengths.update((p, n_pieces[p]) for p in pieces)
+        pieces = _fitting(_training_pieces([t for t in over if in_train(t)], set(kept), in_train, count_tokens, max_length),
+                          count_tokens, min_length, max_length, lengths)
         stats["training_pieces_of_too_long"] = len(pieces)
         kept += pieces
     if substitute_copies:
-        train = [t for t in kept if split_of(t, validation_fraction, test_fraction, split_seed) == "train"]
-        copies = Substituter(train, substitute_rate, substitute_forms, seed=split_seed).copies(
-            substitute_copies, keep=lambda c: split_of(c, validation_fraction, test_fraction, split_seed) == "train")
-        n_copies = dict(zip(copies, count_tokens(copies))) if copies else {}
-        copies = [c for c in copies if min_length <= n_copies[c] <= max_length]
-        lengths.update((c, n_copies[c]) for c in copies)
+        copies = Substituter([t for t in kept if in_train(t)], substitute_rate, substitute_forms, seed=split_seed).copies(
+            substitute_copies, keep=in_train)
+        copies = _fitting(copies, count_tokens, min_length, max_length, lengths)
         stats["training_substitute_copies"] = len(copies)
         kept += copies
     if not kept:
