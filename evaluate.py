@@ -17,7 +17,7 @@ import sys
 from recon import distributed
 from recon.cache import DEFAULT_CACHE_DIR
 from recon.checkpoint import load_meta, resolve_checkpoint
-from recon.config import EvalConfig, ProbeSettings, parse
+from recon.config import EvalConfig, ProbeSettings, describe_decoding, parse
 from recon.corrector import correction_table, evaluate_correction
 from recon.data import DataConfig, DataError, describe
 from recon.device import keep_freed_memory
@@ -52,13 +52,17 @@ def main(argv=None):
     try:
         cfg = parse(EvalConfig, argv)
         folder = resolve_checkpoint(cfg.checkpoint)
+        meta = load_meta(folder)
+        given_beams = cfg.num_beams is not None
+        cfg.with_decoding_of(meta.get("args", {}))
         model = ReconModel.from_pretrained(folder, encoder=cfg.encoder, representation=cfg.representation,
                                            device=distributed.setup(cfg.device))
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
         if model.base is None and (cfg.correction_steps or cfg.correction_beam > 1):
             raise ReconError(f"{folder} is not a corrector: --correction-steps needs a checkpoint trained with "
                              "`python train.py --base-model RUN_DIR`")
-        meta = load_meta(folder)
+        say(f"decoding: {describe_decoding(cfg.num_beams, cfg.rerank)}"
+            + ("" if given_beams else " (as the run's own evaluation decoded; --num-beams 1 for greedy)"))
         dcfg, same = DataConfig.from_meta(meta.get("args", {}), data=cfg.data, text_field=cfg.text_field,
                                           sentence_split=cfg.sentence_split)
         corpus = dcfg.build(model.encoder.count_tokens, model.config.max_length)

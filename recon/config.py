@@ -31,6 +31,7 @@ __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "ProbeConfi
            "TrainConfig", "UsageError", "parse"]
 
 RERANKS = ("none", "embedding")
+DEFAULT_BEAMS = 8  # train.py's final evaluation: 8 beams, the one whose re-encoded vector is nearest the target
 
 
 NO_REPEAT_MATCH_HELP = ("how --no-repeat-ngram compares n-grams: loose (decoder pieces as the metrics see words: case, "
@@ -41,6 +42,22 @@ NO_REPEAT_MATCH_HELP = ("how --no-repeat-ngram compares n-grams: loose (decoder 
 def _check_no_repeat(ngram, match):
     check(ngram == 0 or ngram >= 2, "--no-repeat-ngram must be 0 (off) or 2 or more")
     check(match in ("loose", "exact"), f"--no-repeat-match must be loose or exact, not {match!r}")
+
+
+def resolve_decoding(num_beams, rerank, beams_if_unset=1):
+    """The decoding flags as given, unset ones filled in: num_beams from `beams_if_unset`, rerank
+    embedding when there are beams to choose among (`--num-beams 4` reranks; `--rerank none` keeps
+    plain beam search), none for greedy."""
+    num_beams = beams_if_unset if num_beams is None else num_beams
+    return num_beams, rerank if rerank is not None else ("embedding" if num_beams > 1 else "none")
+
+
+def describe_decoding(num_beams, rerank):
+    """The decoding in words, for logs."""
+    if num_beams == 1:
+        return "greedy"
+    return f"{num_beams} beams, " + ("the one whose re-encoded vector is nearest the target" if rerank == "embedding"
+                                     else "the top one")
 
 
 def _check_rerank(rerank, num_beams):
@@ -118,9 +135,12 @@ class RunConfig:
     eval_split: str = field(default="test", metadata={
         "help": "the split of the final evaluation (written to eval-<split>/): test, or validation to choose "
                 "settings without looking at the test split"})
-    num_beams: int = field(default=1, metadata={"help": "beams in the final evaluation (1: greedy)"})
-    rerank: str = field(default="none", metadata={
-        "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (needs beams)"})
+    num_beams: Optional[int] = field(default=None, metadata={
+        "help": f"beams in the final evaluation (1: greedy; default {DEFAULT_BEAMS}, and 1 for a corrector "
+                "(--base-model), whose correction loop is its search)"})
+    rerank: Optional[str] = field(default=None, metadata={
+        "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (default: "
+                "embedding when there are beams, none for greedy)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
     eval_max_examples: Optional[int] = field(default=None, metadata={
         "help": "final evaluation: at most this many texts of the split, its first (a random sample: the split "
@@ -143,6 +163,7 @@ class RunConfig:
                 "--min-lr-ratio), recorded in meta.json"})
 
     def __post_init__(self):
+        self.num_beams, self.rerank = resolve_decoding(self.num_beams, self.rerank, DEFAULT_BEAMS)
         for name in ("eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         check(self.save_steps >= 0 and self.time_limit >= 0, "step counts and --time-limit cannot be negative")
@@ -173,6 +194,8 @@ class TrainConfig(ModelSpecs, RunConfig, CorrectionSpec, OptimConfig, TokenizerS
     """Every flag of train.py: the specs of the model's parts, how they are trained and run."""
 
     def __post_init__(self):
+        if self.base_model:  # a corrector's final evaluation runs its loop from the base's greedy pass
+            self.num_beams, self.rerank = resolve_decoding(self.num_beams, self.rerank)
         for spec in TRAINED_WITH + (RunConfig,):
             spec.__post_init__(self)
         check(not self.early_stopping_patience or self.validation_fraction > 0,
@@ -224,9 +247,13 @@ class EvalConfig(ProbeSettings):
     text_field: Optional[str] = field(default=None, metadata={"help": "text field of a .jsonl/.csv (default: as trained)"})
     sentence_split: Optional[str] = field(default=None, metadata={"help": "auto, yes or no (default: as trained)"})
     max_examples: Optional[int] = field(default=None, metadata={"help": "evaluate at most this many texts"})
-    num_beams: int = field(default=1, metadata={"help": "beams (1: greedy)"})
-    rerank: str = field(default="none", metadata={
-        "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (needs beams)"})
+    num_beams: Optional[int] = field(default=None, metadata={
+        "help": "beams (1: greedy; default: as the checkpoint's run evaluated itself, its --num-beams, 1 for runs "
+                "from before that was recorded)"})
+    rerank: Optional[str] = field(default=None, metadata={
+        "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (default: as "
+                "the checkpoint's run evaluated itself when --num-beams is not given; else embedding when there "
+                "are beams, none for greedy)"})
     retrieval_pool: Optional[int] = field(default=None, metadata={
         "help": "training texts searched by the retrieval control (default: all of the training split; 0: skip it)"})
     length_penalty: float = field(default=1.0, metadata={"help": "beam score / length ** this"})
@@ -258,9 +285,10 @@ class EvalConfig(ProbeSettings):
         ProbeSettings.__post_init__(self)
         check(self.split in (None, "train", "validation", "test", "all"),
               f"--split must be train, validation, test or all, not {self.split!r}")
-        check(self.num_beams >= 1 and self.batch_size >= 1, "--num-beams and --batch-size must be at least 1")
+        check((self.num_beams or 1) >= 1 and self.batch_size >= 1, "--num-beams and --batch-size must be at least 1")
         _check_no_repeat(self.no_repeat_ngram, self.no_repeat_match)
-        _check_rerank(self.rerank, self.num_beams)
+        # unset --num-beams / --rerank are the checkpoint's own decoding: with_decoding_of fills them in
+        check(self.rerank in (None,) + RERANKS, f"--rerank must be none or embedding, not {self.rerank!r}")
         check(self.retrieval_pool is None or self.retrieval_pool >= 0, "--retrieval-pool cannot be negative")
         check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
         check(self.correction_steps is None or self.correction_steps >= 0, "--correction-steps cannot be negative")
@@ -268,6 +296,19 @@ class EvalConfig(ProbeSettings):
         check(all(n in CORRECTION_ABLATIONS for n in self.ablations),
               f"--correction-ablations must name some of {', '.join(CORRECTION_ABLATIONS)} (or be none), "
               f"not {self.correction_ablations!r}")
+
+    def with_decoding_of(self, recorded):
+        """Fill in unset --num-beams / --rerank from a run's recorded flags (meta "args"): evaluate.py
+        decodes as the run's own final evaluation did (greedy for runs from before it was recorded)."""
+        corrector = bool(recorded.get("base_model"))
+        if self.num_beams is None:
+            self.num_beams, self.rerank = recorded.get("num_beams", 1), self.rerank or recorded.get("rerank", "none")
+        elif self.rerank is None:
+            self.rerank = "none" if corrector else resolve_decoding(self.num_beams, None)[1]
+        check(not (corrector and self.rerank != "none"), "a corrector keeps its candidates by their re-encoded vectors "
+              "already (--correction-beam K); drop --rerank")
+        _check_rerank(self.rerank, self.num_beams)
+        return self
 
     @property
     def ablations(self):

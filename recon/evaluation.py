@@ -86,13 +86,7 @@ def decode(model, vectors, rerank="none", **gen):
 def _decode(model, vectors, rerank, gen):
     if rerank != "embedding":
         return model.generate_from_vectors(vectors, **gen), None
-    best, beams = model.generate_from_vectors(vectors, return_all=True, **gen)
-    flat = [text for row in beams for text, _ in row]
-    cand = model.decoder.standardize(model.encode(flat))  # (N*K, D)
-    target = model.decoder.standardize(vectors).repeat_interleave(gen["num_beams"], dim=0)
-    cand_cos = cosine(cand, target).view(len(beams), gen["num_beams"])
-    reranked = [row[i][0] for row, i in zip(beams, cand_cos.argmax(-1).tolist())]
-    return reranked, best
+    return model.rerank_beams(vectors, **gen)
 
 
 def retrieval_control(model, texts, vectors, pool_texts, pool_vectors, encode):
@@ -109,15 +103,15 @@ def retrieval_control(model, texts, vectors, pool_texts, pool_vectors, encode):
                        "retrieval_pool_size": len(pool_texts)}
 
 
-def decoded_controls(vectors, predictions, generate, seed, plain, random=None):
-    """The random and shuffled controls' outputs; generate(vectors) decodes. random: the random
-    control's outputs if already decoded. plain: `predictions` are generate(vectors)'s, so the
-    shuffled control is them permuted (decoding reads the vector alone: another sentence's vector
-    decodes to that sentence's reconstruction), not decoded again."""
+def decoded_controls(vectors, predictions, generate, seed, random=None):
+    """The random and shuffled controls' outputs; generate(vectors) decodes as `predictions` were
+    decoded. random: the random control's outputs if already decoded. The shuffled control is
+    `predictions` permuted, not decoded again: decoding (a rerank and a correction loop included)
+    reads the vector alone, so another sentence's vector decodes to that sentence's reconstruction."""
     controls = {"random": list(random) if random is not None else generate(matched_random_vectors(vectors, seed))}
     if len(predictions) > 1:
         order = derangement(len(predictions), seed)
-        controls["shuffled"] = [predictions[i] for i in order.tolist()] if plain else generate(vectors[order])
+        controls["shuffled"] = [predictions[i] for i in order.tolist()]
     return controls
 
 
@@ -161,8 +155,8 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     def encode(xs):
         return sharded(model.encode, xs)
 
-    def generate(v):
-        return sharded(lambda part: model.generate_from_vectors(part, **gen), v)
+    def generate(v):  # the controls decode as the reconstruction does, rerank included
+        return decode(model, v, rerank=rerank, **gen)[0]
 
     vectors = encode(texts)  # (N, D)
     t_encode = time.time() - t0
@@ -175,7 +169,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     re_encoded = encode(predictions)
     fidelity = cosine(re_encoded, vectors)  # (N,) re-encoded reconstruction vs target
     fidelity_std = cosine(model.decoder.standardize(re_encoded), model.decoder.standardize(vectors))
-    controls = decoded_controls(vectors, predictions, generate, seed, plain=rerank == "none", random=given.get("random"))
+    controls = decoded_controls(vectors, predictions, generate, seed, random=given.get("random"))
     overlap = {}
     if pool_texts:
         controls["retrieval"], overlap = retrieval_control(model, texts, vectors, pool_texts, pool_vectors, encode)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from recon.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, resolve_checkpoint
@@ -143,8 +144,11 @@ class ReconModel(nn.Module):
     @torch.no_grad()
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
                               return_all=False, no_repeat_ngram=0, correction_steps=None, correction_beam=1,
-                              no_repeat_match="loose", temperature=0.0, seed=0):
+                              no_repeat_match="loose", temperature=0.0, seed=0, rerank="none"):
         """(N, vector_dim) vectors from anywhere -> list of N strings.
+
+        rerank="embedding" (beam search; train.py's default evaluation is 8 beams so reranked):
+        each sentence keeps the beam whose re-encoded vector is closest to its target vector.
 
         return_all (beam search): also return every beam, best first, as N lists of (text, score).
         no_repeat_ngram: never write the same n-gram of decoder tokens twice (0: off); no_repeat_match:
@@ -169,8 +173,15 @@ class ReconModel(nn.Module):
             if correction_steps:
                 raise ValueError("this model has no corrector: train one with `python train.py --base-model RUN_DIR` "
                                  "and load that checkpoint to correct")
+            if rerank == "embedding":
+                return self.rerank_beams(vectors, num_beams=num_beams, length_penalty=length_penalty,
+                                         max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                         no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match)[0]
             return self.decode_rows(vectors, num_beams, length_penalty, max_new_tokens, batch_size, return_all,
                                     no_repeat_ngram, no_repeat_match, temperature, seed)
+        if rerank != "none":
+            raise ValueError("a corrector keeps its candidates by their re-encoded vectors already: give it "
+                             "correction_beam, not rerank")
         if temperature:
             raise ValueError("temperature samples one pass: give it to the base model (model.base), not a corrector")
         if return_all:
@@ -181,6 +192,20 @@ class ReconModel(nn.Module):
                              no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
                              length_penalty=length_penalty)
         return outputs[-1]
+
+    @torch.no_grad()
+    def rerank_beams(self, vectors, num_beams=8, **gen):
+        """Beam search, then each sentence's beam whose re-encoded vector is closest (cosine of the
+        standardised vectors) to its target: vec2text's sequence-level selection, reading nothing
+        but the vector. Returns (reranked texts, the top beams as beam search ranked them)."""
+        if num_beams < 2:
+            raise ValueError(f"the rerank chooses among beams: give num_beams 2 or more, not {num_beams}")
+        vectors = torch.as_tensor(vectors)
+        best, beams = self.decode_rows(vectors, num_beams, return_all=True, **gen)
+        cand = self.decoder.standardize(self.encode([text for row in beams for text, _ in row]))  # (N*K, D)
+        target = self.decoder.standardize(vectors.to(cand.device)).repeat_interleave(num_beams, dim=0)
+        cos = F.cosine_similarity(cand.float(), target.float(), dim=-1).view(len(beams), num_beams)
+        return [row[i][0] for row, i in zip(beams, cos.argmax(-1).tolist())], best
 
     @torch.no_grad()
     def decode_rows(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,

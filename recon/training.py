@@ -24,6 +24,7 @@ from recon import distributed as dist
 from recon.batching import Batches, pad_batch
 from recon.checkpoint import (git_commit, list_checkpoints, load_trainer_state, append_log, save_checkpoint,
                               truncate_log)
+from recon.config import describe_decoding
 from recon.corrector import adopt_base
 from recon.device import autocast, resolve_precision, to_device
 from recon.encoder import SCRATCH
@@ -262,7 +263,8 @@ def final_evaluation(cfg, run, step, log, checkpoint=None):
                              no_repeat_ngram=cfg.no_repeat_ngram, no_repeat_match=cfg.no_repeat_match,
                              pool_texts=run.corpus.texts("train"),
                              pool_vectors=run.vectors["train"] if run.pool_vectors is None else run.pool_vectors)
-    log(f"\n{split} split ({metrics['num_examples']} sentences, report in {out}/report.md):\n{headline_table(metrics)}")
+    log(f"\n{split} split ({metrics['num_examples']} sentences, {describe_decoding(cfg.num_beams, cfg.rerank)}; "
+        f"report in {out}/report.md):\n{headline_table(metrics)}")
     return metrics
 
 

@@ -88,3 +88,56 @@ def test_ngram_overlap():
     assert ngram_overlap("the cat sat", "The cat sat down.") == 1.0
     assert ngram_overlap("the cat sat", "a cat sat") == 0.5
     assert ngram_overlap("cat", "the cat") == 1.0 and ngram_overlap("", "x") == 0.0
+
+
+def test_reranked_controls_decode_as_the_reconstruction_does(tiny_model):
+    """With the rerank, the random control is reranked towards its random vectors and the
+    shuffled control is the reranked reconstructions permuted (plain beams would flatter the rerank)."""
+    texts = sentences(10)
+    metrics, rows = evaluate(tiny_model, texts, [len(t.split()) for t in texts], num_beams=3, rerank="embedding",
+                             seed=2, log=lambda *a: None)
+    vecs = tiny_model.encode(texts)
+    rerank = dict(num_beams=3, rerank="embedding")
+    predictions = tiny_model.generate_from_vectors(vecs, **rerank)
+    assert [r["prediction"] for r in rows] == predictions
+    assert [r["control_random_prediction"] for r in rows] == \
+        tiny_model.generate_from_vectors(matched_random_vectors(vecs, 2), **rerank)
+    assert [r["control_shuffled_prediction"] for r in rows] == [predictions[i] for i in derangement(10, 2).tolist()]
+    assert metrics["decoding"]["rerank"] == "embedding"
+
+
+def test_generate_from_vectors_reranks_as_evaluation_does(tiny_model):
+    vecs = tiny_model.encode(sentences(5))
+    chosen, top = decode(tiny_model, vecs, num_beams=4, batch_size=2, rerank="embedding")
+    assert tiny_model.generate_from_vectors(vecs, num_beams=4, rerank="embedding") == chosen
+    assert tiny_model.reconstruct(sentences(5), num_beams=4, rerank="embedding") == chosen
+    assert tiny_model.generate_from_vectors(vecs, num_beams=4) == top
+    with pytest.raises(ValueError, match="num_beams 2 or more"):
+        tiny_model.generate_from_vectors(vecs, rerank="embedding")
+
+
+def test_decoding_defaults():
+    """train.py evaluates with 8 beams and the rerank, a corrector run greedily (its loop is its
+    search); evaluate.py decodes as the checkpoint's run evaluated itself, greedy for older runs."""
+    from recon.config import ConfigError, EvalConfig, TrainConfig
+    assert (TrainConfig().num_beams, TrainConfig().rerank) == (8, "embedding")
+    assert (TrainConfig(num_beams=1).num_beams, TrainConfig(num_beams=1).rerank) == (1, "none")
+    assert TrainConfig(num_beams=4).rerank == "embedding" and TrainConfig(num_beams=4, rerank="none").rerank == "none"
+    corrector = TrainConfig(base_model="runs/base")
+    assert (corrector.num_beams, corrector.rerank) == (1, "none")
+    with pytest.raises(ConfigError, match="--num-beams 2 or more"):
+        TrainConfig(num_beams=1, rerank="embedding")
+
+    def ev(recorded, **flags):
+        cfg = EvalConfig(checkpoint="x", output_dir="y", **flags).with_decoding_of(recorded)
+        return cfg.num_beams, cfg.rerank
+    assert ev({}) == (1, "none")  # a run from before the decoding was recorded
+    assert ev({"num_beams": 8, "rerank": "embedding"}) == (8, "embedding")
+    assert ev({"num_beams": 8, "rerank": "embedding"}, num_beams=1) == (1, "none")
+    assert ev({"num_beams": 8, "rerank": "embedding"}, rerank="none") == (8, "none")
+    assert ev({}, num_beams=2) == (2, "embedding")
+    assert ev({"base_model": "b", "num_beams": 1, "rerank": "none"}, num_beams=3) == (3, "none")
+    with pytest.raises(ConfigError, match="drop --rerank"):
+        ev({"base_model": "b", "num_beams": 1, "rerank": "none"}, num_beams=3, rerank="embedding")
+    with pytest.raises(ConfigError, match="--num-beams 2 or more"):
+        ev({}, rerank="embedding")

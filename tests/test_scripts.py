@@ -62,6 +62,13 @@ def test_evaluate_defaults_to_the_held_out_split(trained_run):
     test = json.loads((out / "eval-test" / "metrics.json").read_text())
     assert m["split"] == "test" and m["num_examples"] == test["num_examples"]
     assert m["bleu"] == pytest.approx(test["bleu"])  # same checkpoint, same split, same numbers
+    # decoded as train.py's own evaluation was: 8 beams and the rerank, the controls so decoded too
+    assert m["decoding"]["num_beams"] == test["decoding"]["num_beams"] == 8
+    assert m["decoding"]["rerank"] == test["decoding"]["rerank"] == "embedding"
+    def outputs(folder):
+        rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        return [(r["prediction"], r["control_random_prediction"], r["control_shuffled_prediction"]) for r in rows]
+    assert outputs(tmp / "ev") == outputs(out / "eval-test")
 
 
 def test_evaluate_repeat_ban_match_is_recorded_and_reported(trained_run, tmp_path):
