@@ -62,7 +62,8 @@ def main(argv=None):
             raise ReconError(f"{folder} is not a corrector: --correction-steps needs a checkpoint trained with "
                              "`python train.py --base-model RUN_DIR`")
         say(f"decoding: {describe_decoding(cfg.num_beams, cfg.rerank)}"
-            + ("" if given_beams else " (as the run's own evaluation decoded; --num-beams 1 for greedy)"))
+            + ("" if given_beams else " (as the run's own evaluation decoded"
+               + ("; --num-beams 1 for greedy)" if cfg.num_beams > 1 else ")")))
         dcfg, same = DataConfig.from_meta(meta.get("args", {}), data=cfg.data, text_field=cfg.text_field,
                                           sentence_split=cfg.sentence_split)
         corpus = dcfg.build(model.encoder.count_tokens, model.config.max_length)

@@ -173,6 +173,11 @@ class ReconModel(nn.Module):
             if correction_steps:
                 raise ValueError("this model has no corrector: train one with `python train.py --base-model RUN_DIR` "
                                  "and load that checkpoint to correct")
+            if rerank not in ("none", "embedding"):
+                raise ValueError(f"rerank must be none or embedding, not {rerank!r}")
+            if rerank == "embedding" and (return_all or temperature):
+                raise ValueError("rerank='embedding' chooses among beams: use rerank_beams for the beams too, and "
+                                 "no temperature")
             if rerank == "embedding":
                 return self.rerank_beams(vectors, num_beams=num_beams, length_penalty=length_penalty,
                                          max_new_tokens=max_new_tokens, batch_size=batch_size,

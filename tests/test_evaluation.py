@@ -114,6 +114,10 @@ def test_generate_from_vectors_reranks_as_evaluation_does(tiny_model):
     assert tiny_model.generate_from_vectors(vecs, num_beams=4) == top
     with pytest.raises(ValueError, match="num_beams 2 or more"):
         tiny_model.generate_from_vectors(vecs, rerank="embedding")
+    for bad, says in ((dict(rerank="cosine"), "none or embedding"), (dict(rerank="embedding", num_beams=4,
+                                                                         return_all=True), "use rerank_beams")):
+        with pytest.raises(ValueError, match=says):
+            tiny_model.generate_from_vectors(vecs, **bad)
 
 
 def test_decoding_defaults():
