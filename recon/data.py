@@ -252,7 +252,7 @@ def build_corpus(
     max_texts=None,
     substitute_copies=0,
     substitute_rate=0.15,
-    substitute_forms=("upper", "lower", "digit"),
+    substitute_forms=FORMS,
 ):
     """Load `source` and return a Corpus.
 

@@ -42,13 +42,14 @@ class Substituter:
         count = collections.Counter(w for s in self.words for _, w, _ in s if w)
         self.common = {w for w, _ in count.most_common(n_common)}
         self.between, self.after, self.before = (collections.defaultdict(set) for _ in range(3))
-        for s in self.words:
+        for s in self.words:  # each word indexed by its form, so a substitute's form is the looked-up one
             for i in self._spots(s, FORMS):
                 left, right = self._neighbours(s, i)
                 w = s[i][1]
-                self.between[left, right].add(w)
-                self.after[left].add(w)
-                self.before[right].add(w)
+                f = form(w)
+                self.between[left, right, f].add(w)
+                self.after[left, f].add(w)
+                self.before[right, f].add(w)
 
     def _spots(self, s, forms):
         return [i for i, (lead, w, trail) in enumerate(s)
@@ -72,10 +73,10 @@ class Substituter:
                 break
             left, right = self._neighbours(s, j)
             w = s[j][1]
-            cands = [x for x in self.between.get((left, right), ()) if x != w and form(x) == form(w)]
+            f = form(w)
+            cands = [x for x in self.between.get((left, right, f), ()) if x != w]
             if not cands:
-                cands = [x for x in self.after.get(left, set()) & self.before.get(right, set())
-                         if x != w and form(x) == form(w)]
+                cands = [x for x in self.after.get((left, f), set()) & self.before.get((right, f), set()) if x != w]
             if cands:
                 out[j] = ("", self.rng.choice(sorted(cands)), "")
                 todo -= 1
