@@ -26,7 +26,7 @@ from recon.evaluation import evaluate_split
 from recon.model import ReconModel
 from recon.progress import quiet_libraries
 from recon.probes import probe_checkpoint
-from recon.report import headline_table
+from recon.report import headline_table, uncertainty_lines
 from recon.spec import part
 
 
@@ -95,6 +95,7 @@ def main(argv=None):
                                  pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")
         say(headline_table(metrics))
+        say(uncertainty_lines(metrics))
         if correction is not None:
             say(f"\n{correction_table(correction)}")
         if cfg.probes and distributed.is_main():

@@ -508,6 +508,7 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
 
     from recon.evaluation import cosine, matched_random_vectors
     from recon.metrics import corpus_scores
+    from recon.significance import Scores, paired
     vectors = model.encode(texts, batch_size)
     target = model.decoder.standardize(vectors)
     # no feedback keeps the sequence beam: it takes away the corrector's input of the hypothesis's
@@ -522,6 +523,7 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     conditions = {"correction": dict(beam=beam), **dict(every[a] for a in ABLATIONS if a in ablations)}
     result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
               "no_repeat_match": no_repeat_match, "conditions": {}}
+    ends = {}  # (condition, step) -> Scores of its outputs, for the paired tests
     for name, how in conditions.items():
         how = dict(how)
         v, n = how.pop("vectors", vectors), how.pop("steps", steps)
@@ -531,13 +533,20 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
         for step, preds in enumerate(outputs):
             s = corpus_scores(preds, texts)
             z = model.decoder.standardize(model.encode(preds, batch_size))
+            cos = cosine(z, target)  # (N,)
             curve.append({"step": step, "bleu": s["bleu"], "exact_match": s["exact_match"],
-                          "token_f1": s["token_f1"], "cosine_standardized": float(cosine(z, target).mean()),
+                          "token_f1": s["token_f1"], "cosine_standardized": float(cos.mean()),
                           "seconds": seconds[step], "seconds_per_sentence": seconds[step] / len(texts)})
+            if step in (0, len(outputs) - 1) and name in ("correction", "no feedback"):
+                ends[name, step] = Scores(preds, texts, extra={"cosine_standardized": cos.tolist()})
         result["conditions"][name] = {"curve": curve, "predictions": outputs[-1]}
         last = curve[-1]
         log(f"{name}: BLEU {curve[0]['bleu']:.2f} -> {last['bleu']:.2f}, exact match {last['exact_match']:.2f}%, "
             f"standardised cosine {curve[0]['cosine_standardized']:.3f} -> {last['cosine_standardized']:.3f}")
+    last = ("correction", steps)
+    against = {"the base's single pass": ("correction", 0), "no feedback": ("no feedback", steps)}
+    result["tests"] = {name: paired(ends[last], ends[other], seed=seed) for name, other in against.items()
+                       if other in ends and other != last}
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "correction.json"), "w") as f:
@@ -558,6 +567,12 @@ def correction_table(result):
         for r in c["curve"]:
             lines.append(f"| {name} | {r['step']} | {r['bleu']:.2f} | {r['exact_match']:.2f} | {r['token_f1']:.2f} | "
                          f"{r['cosine_standardized']:.3f} | {r['seconds_per_sentence']:.4f} |")
+    if result.get("tests"):
+        from recon.significance import SAMPLES, paired_line
+        lines += ["", f"The correction after step {result['steps']}, paired on {SAMPLES:,} resamples of the texts "
+                  "(95% intervals of the difference; the same weights, one seed):"]
+        lines += [f"- against {paired_line(name, t, ('bleu', 'token_f1', 'cosine_standardized'))}"
+                  for name, t in result["tests"].items()]
     return "\n".join(lines)
 
 

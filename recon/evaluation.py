@@ -24,6 +24,7 @@ from recon.data import DataError
 from recon.distributed import is_main, sharded
 from recon.metrics import corpus_scores, example_scores, ngram_overlap, repeats_ngram
 from recon.report import write_report
+from recon.significance import SAMPLES, Scores, intervals, paired
 
 LENGTH_BUCKETS = ((1, 8), (9, 16), (17, 24), (25, 32), (33, 48), (49, 64), (65, 10**9))
 CONTROLS = ("random", "shuffled", "retrieval")
@@ -180,6 +181,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     for name, outs in controls.items():
         c = corpus_scores(outs, texts, [_scores(r, f"control_{name}_") for r in rows])
         metrics.update({f"control_{name}_{k}": v for k, v in c.items() if k not in ("num_examples", "sacrebleu_signature")})
+    metrics.update(uncertainty(texts, predictions, fidelity_std.tolist(), controls, rows, seed))
     if plain_beam is not None:
         b = corpus_scores(plain_beam, texts)
         metrics.update({f"beam_without_rerank_{k}": b[k] for k in ("bleu", "exact_match", "token_f1")})
@@ -204,6 +206,17 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         "by_length": by_length(rows, list(controls)),
     })
     return metrics, rows
+
+
+def uncertainty(texts, predictions, cosines, controls, rows, seed=0):
+    """95% bootstrap intervals of the reconstruction's metrics over the evaluated texts, and a
+    paired test of the reconstruction against each control (recon/significance.py)."""
+    scores = Scores(predictions, texts, [_scores(r) for r in rows], extra={"cosine_standardized": cosines})
+    versus = {name: paired(scores, Scores(outs, texts, [_scores(r, f"control_{name}_") for r in rows]), seed=seed,
+                           metrics=("bleu", "token_f1"))
+              for name, outs in controls.items()}
+    return {"intervals": intervals(scores, seed=seed), "versus_controls": versus,
+            "bootstrap": {"samples": SAMPLES, "level": 0.95, "seed": seed}}
 
 
 def unreachable_under_ban(model, texts, n, match="exact"):

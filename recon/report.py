@@ -42,6 +42,29 @@ def headline_table(metrics):
     return "\n".join(lines)
 
 
+def uncertainty_text(metrics):
+    """Where the metrics hold them (evaluations since the bootstrap): the reconstruction's 95%
+    intervals and its paired tests against the controls, as a paragraph; "" otherwise."""
+    if "intervals" not in metrics:
+        return ""
+    from recon.significance import LABELS, figure, paired_line
+    b, n = metrics["bootstrap"], metrics["num_examples"]
+    text = (f"95% intervals over {b['samples']:,} resamples of the {n:,} evaluated sentences (the same weights on "
+            "another draw of such sentences; another training seed moves a figure too): " + ", ".join(
+                f"{LABELS[k]} {figure(k, lo)} to {figure(k, hi)}" for k, (lo, hi) in metrics["intervals"].items() if k in LABELS) + ".")
+    versus = metrics.get("versus_controls", {})
+    if versus:
+        text += " The reconstruction minus each control, paired on the same resamples: " + "; ".join(
+            paired_line(CONTROL_LABELS[c], t) for c, t in versus.items()) + "."
+    return text
+
+
+def uncertainty_lines(metrics, width=110):
+    """uncertainty_text wrapped for a terminal or a log file."""
+    import textwrap
+    return "\n".join(textwrap.wrap(uncertainty_text(metrics), width))
+
+
 def length_table(by_length, controls):
     head = "| length (encoder tokens) | n | BLEU | exact match % | token F1 | cosine (standardised) | " + \
         " | ".join(f"BLEU: {CONTROL_LABELS[c]}" for c in controls) + " |"
@@ -118,6 +141,7 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
         f"# {title}",
         decoding,
         headline_table(metrics),
+        *([uncertainty_text(metrics)] if "intervals" in metrics else []),
         "Controls: *random vector* decodes Gaussian vectors with the mean and covariance of the real ones "
         "(the decoder's language prior alone); *another sentence's vector* decodes each text from a different "
         "evaluated text's vector; *nearest training sentence* is the training text whose vector is closest by "

@@ -32,7 +32,7 @@ from recon.errors import ConfigError
 from recon.evaluation import evaluate_split
 from recon.prepare import claim_run_folder, on_rank0, prepare, set_seed
 from recon.progress import say
-from recon.report import headline_table
+from recon.report import headline_table, uncertainty_lines
 from recon.schedule import EarlyStopping, lr_factor, run_schedule, total_steps
 from recon.speed import peak_flops
 from recon.trainer import Batch, Trainer, TrainingDiverged, TrainingInterrupted
@@ -264,7 +264,7 @@ def final_evaluation(cfg, run, step, log, checkpoint=None):
                              pool_texts=run.corpus.texts("train"),
                              pool_vectors=run.vectors["train"] if run.pool_vectors is None else run.pool_vectors)
     log(f"\n{split} split ({metrics['num_examples']} sentences, {describe_decoding(cfg.num_beams, cfg.rerank)}; "
-        f"report in {out}/report.md):\n{headline_table(metrics)}")
+        f"report in {out}/report.md):\n{headline_table(metrics)}\n{uncertainty_lines(metrics)}")
     return metrics
 
 

@@ -113,6 +113,14 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["decoding"]["correction_steps"] == 1 and metrics["decoding"]["correction_beam"] == 2
     assert metrics["bleu"] == pytest.approx(curve[1]["bleu"])  # the headline is the last step's
+    # paired tests of the last step against the base's pass and against no feedback, on the same sentences
+    tests = result["tests"]
+    assert set(tests) == {"the base's single pass", "no feedback"}
+    base = tests["the base's single pass"]["bleu"]
+    assert (base["a"], base["b"]) == pytest.approx((curve[1]["bleu"], curve[0]["bleu"]))
+    blind = tests["no feedback"]["cosine_standardized"]
+    assert blind["b"] == pytest.approx(result["conditions"]["no feedback"]["curve"][1]["cosine_standardized"], abs=1e-6)
+    assert "- against no feedback: " in (out / "correction.md").read_text()
     # the four conditions alone: the reconstruction and the random control are the correction's and
     # the random target's own outputs, and the shuffled control is the reconstruction permuted
     assert len(calls) == 4 and sum(calls) == 1
@@ -131,6 +139,7 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
                                  "--correction-steps", "1", "--retrieval-pool", "0", "--correction-ablations", "reference"]) == 0
     fewer = json.loads((tmp / "ev1" / "correction.json").read_text())
     assert list(fewer["conditions"]) == ["correction", "reference as hypothesis"] and len(calls) == 3
+    assert list(fewer["tests"]) == ["the base's single pass"]
     assert "| no feedback |" not in (tmp / "ev1" / "correction.md").read_text()
     assert json.loads((tmp / "ev1" / "metrics.json").read_text())["control_random_bleu"] >= 0
     assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(tmp / "ev3"),
@@ -344,3 +353,4 @@ def test_a_plain_run_recorded_before_the_corrector_flags_resumes_and_an_old_corr
     assert "hypothesis_noise" in old.changed_from({**recorded, "base_model": "some-run"})
     assert "hypothesis_noise" not in TrainConfig(base_model="some-run", hypothesis_noise="0").changed_from(
         {**recorded, "base_model": "some-run"})
+

@@ -82,6 +82,14 @@ def test_report_and_plot_are_written(tiny_model, tmp_path):
     assert os.path.getsize(tmp_path / "length_curves.png") > 5000
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["decoding"]["rerank"] == "embedding" and "beam_without_rerank_bleu" in saved
+    # intervals around each headline figure, and the reconstruction paired with each control
+    for key in ("bleu", "token_f1", "exact_match", "cosine_standardized"):
+        lo, hi = saved["intervals"][key]
+        assert lo <= saved[key] + 1e-9 and saved[key] <= hi + 1e-9
+    assert set(saved["versus_controls"]) == {"random", "shuffled", "retrieval"}
+    retrieval = saved["versus_controls"]["retrieval"]["bleu"]
+    assert retrieval["a"] == pytest.approx(saved["bleu"]) and retrieval["b"] == pytest.approx(saved["control_retrieval_bleu"])
+    assert "95% intervals over 1,000 resamples of the 9 evaluated sentences" in text and "nearest training sentence: " in text
 
 
 def test_ngram_overlap():

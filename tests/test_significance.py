@@ -1,0 +1,116 @@
+"""Bootstrap intervals and paired tests: BLEU on a resample is sacrebleu's on those sentences,
+and the tests say what they should of equal, better and worse decodings."""
+
+import json
+
+import numpy as np
+import pytest
+from sacrebleu.metrics import BLEU
+
+from conftest import sentences
+from recon import significance
+from recon.metrics import corpus_scores
+from recon.significance import Scores, intervals, paired, resample_weights
+
+
+def _pair(n=60, seed=0):
+    """References, a decoding with about half the words right, and a worse one."""
+    rng = np.random.default_rng(seed)
+    refs = sentences(n, seed=seed)
+    def damage(text, rate):
+        words = text.split()
+        return " ".join(w if rng.random() > rate else "xyz" for w in words)
+    return refs, [damage(t, 0.3) for t in refs], [damage(t, 0.7) for t in refs]
+
+
+def test_the_whole_set_and_each_resample_score_as_sacrebleu_and_the_metrics_do():
+    refs, good, _ = _pair()
+    s = Scores(good, refs)
+    whole, expected = s.whole(), corpus_scores(good, refs)
+    assert whole["bleu"] == pytest.approx(expected["bleu"], abs=1e-9)
+    assert whole["token_f1"] == pytest.approx(expected["token_f1"]) and whole["exact_match"] == pytest.approx(expected["exact_match"])
+    weights = next(resample_weights(len(refs), samples=3, seed=1))
+    assert weights.shape == (3, len(refs)) and (weights.sum(1) == len(refs)).all()
+    drawn = s.on(weights)
+    for row, score in zip(weights, drawn["bleu"]):
+        idx = np.repeat(np.arange(len(refs)), row)  # the resample, written out sentence by sentence
+        assert score == pytest.approx(BLEU().corpus_score([good[i] for i in idx], [[refs[i] for i in idx]]).score, abs=1e-9)
+
+
+def test_intervals_hold_the_figure_and_narrow_with_more_sentences():
+    refs, good, _ = _pair(200)
+    wide, narrow = intervals(Scores(good[:20], refs[:20])), intervals(Scores(good, refs))
+    whole = Scores(good, refs).whole()
+    for k in ("bleu", "token_f1"):
+        assert narrow[k][0] < whole[k] < narrow[k][1]
+        assert narrow[k][1] - narrow[k][0] < wide[k][1] - wide[k][0]
+    # the same seed gives the same interval; another seed another one
+    assert intervals(Scores(good, refs), seed=3) == intervals(Scores(good, refs), seed=3) != narrow
+
+
+def test_paired_tests_of_equal_better_and_worse_decodings():
+    refs, good, bad = _pair(80)
+    a, b = Scores(good, refs), Scores(bad, refs)
+    better = paired(a, b, samples=500)
+    assert better["bleu"]["difference"] > 0 and better["bleu"]["low"] > 0
+    assert better["bleu"]["p"] == pytest.approx(2 / 501)  # no resample reverses it
+    worse = paired(b, a, samples=500)
+    assert worse["token_f1"]["difference"] == pytest.approx(-better["token_f1"]["difference"])
+    assert worse["token_f1"]["high"] < 0 and worse["token_f1"]["p"] == better["token_f1"]["p"]
+    same = paired(a, Scores(list(good), refs), samples=500)
+    assert same["bleu"]["difference"] == 0 and same["bleu"]["p"] == 1
+    # one changed sentence in 80 is no evidence either way
+    nearly = list(good)
+    nearly[0] = refs[0]
+    close = paired(Scores(nearly, refs), a, samples=500)["token_f1"]
+    assert close["difference"] > 0 and close["p"] > 0.05 and close["low"] <= 0 <= close["high"]
+    with pytest.raises(ValueError, match="same sentences"):
+        paired(a, Scores(good[:10], refs[:10]))
+
+
+def _write(folder, refs, preds, cosines=None):
+    folder.mkdir()
+    with open(folder / "predictions.jsonl", "w") as f:
+        for i, (r, p) in enumerate(zip(refs, preds)):
+            f.write(json.dumps({"reference": r, "prediction": p, **({"cosine_standardized": cosines[i]} if cosines else {})}) + "\n")
+
+
+def test_the_command_matches_rows_by_reference_and_reads_correction_conditions(tmp_path, capsys):
+    refs, good, bad = _pair(50)
+    cos_good, cos_bad = [0.8] * 50, [0.5] * 50
+    _write(tmp_path / "good", refs, good, cos_good)
+    order = list(reversed(range(50)))  # the other evaluation lists its rows in another order
+    _write(tmp_path / "bad", [refs[i] for i in order], [bad[i] for i in order], [cos_bad[i] for i in order])
+    (tmp_path / "good" / "correction.json").write_text(json.dumps({"conditions": {"no feedback": {"predictions": bad}}}))
+    out = tmp_path / "tests.json"
+    assert significance.main(["--baseline", str(tmp_path / "bad"), "--systems",
+                              f"{tmp_path / 'good'},{tmp_path / 'good'}@no feedback", "--samples", "200",
+                              "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| BLEU |" in printed and "cosine (std.)" in printed
+    saved = json.loads(out.read_text())["systems"]
+    r = lambda xs: [xs[i] for i in order]  # rows in the baseline's order, as the command resamples them
+    direct = paired(Scores(r(good), r(refs), extra={"cosine_standardized": r(cos_good)}),
+                    Scores(r(bad), r(refs), extra={"cosine_standardized": r(cos_bad)}), samples=200)
+    assert saved[str(tmp_path / "good")]["bleu"] == pytest.approx(direct["bleu"])
+    assert saved[str(tmp_path / "good")]["cosine_standardized"]["difference"] == pytest.approx(0.3)
+    condition = saved[f"{tmp_path / 'good'}@no feedback"]
+    assert condition["bleu"]["difference"] == 0 and "cosine_standardized" not in condition
+
+
+def test_the_command_says_what_is_wrong(tmp_path, capsys):
+    refs, good, _ = _pair(10)
+    _write(tmp_path / "a", refs, good)
+    _write(tmp_path / "b", sentences(10, seed=9), good)
+    cases = [([str(tmp_path / "a"), str(tmp_path / "nowhere")], "no predictions.jsonl there"),
+             ([str(tmp_path / "a"), str(tmp_path / "b")], "holds other sentences than the baseline"),
+             ([str(tmp_path / "a"), f"{tmp_path / 'a'}@no feedback"], "no correction.json in"),
+             (["", str(tmp_path / "a")], "--baseline is required")]
+    for (baseline, systems), message in cases:
+        assert significance.main(["--baseline", baseline, "--systems", systems]) == 2
+        assert message in capsys.readouterr().err
+    assert significance.main(["--baseline", str(tmp_path / "a")]) == 0  # its intervals alone
+    assert "95% intervals over 1000 resamples" in capsys.readouterr().out
+    (tmp_path / "a" / "correction.json").write_text(json.dumps({"conditions": {"correction": {"predictions": good}}}))
+    assert significance.main(["--baseline", str(tmp_path / "a"), "--systems", f"{tmp_path / 'a'}@no feedback"]) == 2
+    assert "has no condition 'no feedback'; it has correction" in capsys.readouterr().err
