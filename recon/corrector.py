@@ -44,6 +44,9 @@ class CorrectionSpec:
     hypotheses: int = field(default=8192, metadata={
         "help": "the corrector learns from the base's hypotheses of this many training texts (decoded once "
                 "and cached; 0: all of the training split)"})
+    hypothesis_copies: bool = field(default=False, metadata={
+        "help": "also learn from the base's hypotheses of its training split's substitute copies "
+                "(--substitute-copies): more rows, each a (vector, text) pair the base trained on"})
     hypothesis_repeat_ngram: int = field(default=3, metadata={
         "help": "the base's hypotheses for training are decoded greedily with this no-repeat n-gram ban "
                 "(as the evaluation decodes; 0: off)"})

@@ -236,8 +236,8 @@ def prepare(cfg, device, log=print):
     world = dist.world_size()
     log(f"decoder: {model.decoder_parameters() / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size} "
         f"({tokenizer.kind}); device {device}" + (f", {world} processes (DDP)" if world > 1 else ""))
-    if base:  # a corrector learns from the hypotheses of the first N training sentences (not the base's copies)
-        texts["train"] = corpus.texts("train", copies=False)[:cfg.hypotheses or None]
+    if base:  # a corrector learns from the hypotheses of the first N training texts (the copies last, if at all)
+        texts["train"] = corpus.texts("train", copies=cfg.hypothesis_copies)[:cfg.hypotheses or None]
     targets = {}
     for split, xs in texts.items():
         targets[split], cut = decoder_targets(tokenizer, xs, cfg.max_target_len)

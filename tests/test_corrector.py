@@ -354,3 +354,23 @@ def test_a_plain_run_recorded_before_the_corrector_flags_resumes_and_an_old_corr
     assert "hypothesis_noise" not in TrainConfig(base_model="some-run", hypothesis_noise="0").changed_from(
         {**recorded, "base_model": "some-run"})
 
+
+def test_hypothesis_copies_add_the_bases_substitute_copies_to_the_rows(tiny_encoder_dir, tmp_path):
+    import random
+    rng = random.Random(0)
+    words = sorted({"".join(rng.choice("bcdfghklmnprst") + rng.choice("aeiou") for _ in range(3)) for _ in range(200)})
+    # words rare enough to be swapped, between the same neighbours: the substitute copies have some to swap
+    texts = [f"The {rng.choice(words)} stood near {rng.choice(words)} with {rng.choice(words)} today." for _ in range(100)]
+    (tmp_path / "data.txt").write_text("\n".join(texts) + "\n")
+    common = ["--cache-dir", str(tmp_path / "cache"), "--batch-size", "16", "--no-eval"]
+    assert train_script.main(["--encoder", tiny_encoder_dir, "--data", str(tmp_path / "data.txt"), "--output-dir",
+                              str(tmp_path / "base"), "--d-model", "32", "--n-layer", "1", "--n-head", "2",
+                              "--vocab-size", "400", "--decoder-tokenizer", "encoder", "--validation-fraction", "0",
+                              "--test-fraction", "0", "--max-steps", "2", *common]) == 0
+    copies = json.loads((tmp_path / "base" / "data.json").read_text())["training_substitute_copies"]
+    assert copies > 0  # the base trained on copies of its sentences (--substitute-copies 1, the default)
+    for name, flag in (("plain", []), ("copies", ["--hypothesis-copies", "true"])):
+        assert train_script.main(["--base-model", str(tmp_path / "base"), "--output-dir", str(tmp_path / name),
+                                  "--max-steps", "1", "--hypotheses", "0", "--hypothesis-noise", "0", *common, *flag]) == 0
+    rows = lambda name: json.loads((tmp_path / name / "data.json").read_text())["hypothesis_texts"]  # noqa: E731
+    assert rows("plain") == 100 and rows("copies") == 100 + copies
