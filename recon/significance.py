@@ -197,9 +197,7 @@ def compare(baseline, systems, samples=SAMPLES, seed=0):
     results = {}
     for spec in systems:
         preds, ex = aligned(*load_system(spec), references, spec)
-        shared = {k: v for k, v in ex.items() if k in extra}
-        results[spec] = paired(Scores(preds, references, extra=shared), Scores(predictions, references, extra={
-            k: extra[k] for k in shared}), samples, seed)
+        results[spec] = paired(Scores(preds, references, extra=ex), base, samples, seed)  # the metrics both have
     return results, intervals(base, samples, seed)
 
 
