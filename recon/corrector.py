@@ -510,7 +510,7 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     import json
 
     from recon.evaluation import cosine, matched_random_vectors
-    from recon.metrics import corpus_scores
+    from recon.metrics import corpus_scores, example_scores
     from recon.significance import Scores, paired
     vectors = model.encode(texts, batch_size)
     target = model.decoder.standardize(vectors)
@@ -534,14 +534,15 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
                                    no_repeat_match=no_repeat_match, log=lambda line: log(f"{name}: {line}"), **how)
         curve = []
         for step, preds in enumerate(outputs):
-            s = corpus_scores(preds, texts)
+            per_example = [example_scores(p, t) for p, t in zip(preds, texts)]  # for the scores and the tests
+            s = corpus_scores(preds, texts, per_example)
             z = model.decoder.standardize(model.encode(preds, batch_size))
             cos = cosine(z, target)  # (N,)
             curve.append({"step": step, "bleu": s["bleu"], "exact_match": s["exact_match"],
                           "token_f1": s["token_f1"], "cosine_standardized": float(cos.mean()),
                           "seconds": seconds[step], "seconds_per_sentence": seconds[step] / len(texts)})
             if step in (0, len(outputs) - 1) and name in ("correction", "no feedback"):
-                ends[name, step] = Scores(preds, texts, extra={"cosine_standardized": cos.tolist()})
+                ends[name, step] = Scores(preds, texts, per_example, extra={"cosine_standardized": cos.tolist()})
         result["conditions"][name] = {"curve": curve, "predictions": outputs[-1]}
         last = curve[-1]
         log(f"{name}: BLEU {curve[0]['bleu']:.2f} -> {last['bleu']:.2f}, exact match {last['exact_match']:.2f}%, "

@@ -141,7 +141,7 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
         f"# {title}",
         decoding,
         headline_table(metrics),
-        *([uncertainty_text(metrics)] if "intervals" in metrics else []),
+        *filter(None, [uncertainty_text(metrics)]),  # "" for metrics written before the bootstrap
         "Controls: *random vector* decodes Gaussian vectors with the mean and covariance of the real ones "
         "(the decoder's language prior alone); *another sentence's vector* decodes each text from a different "
         "evaluated text's vector; *nearest training sentence* is the training text whose vector is closest by "
