@@ -543,7 +543,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
                           "seconds": seconds[step], "seconds_per_sentence": seconds[step] / len(texts)})
             if step in (0, len(outputs) - 1) and name in ("correction", "no feedback"):
                 ends[name, step] = Scores(preds, texts, per_example, extra={"cosine_standardized": cos.tolist()})
-        result["conditions"][name] = {"curve": curve, "predictions": outputs[-1]}
+        # the last step's outputs and their cosines, row by row, for recon.significance
+        result["conditions"][name] = {"curve": curve, "predictions": outputs[-1], "cosine_standardized": cos.tolist()}
         last = curve[-1]
         log(f"{name}: BLEU {curve[0]['bleu']:.2f} -> {last['bleu']:.2f}, exact match {last['exact_match']:.2f}%, "
             f"standardised cosine {curve[0]['cosine_standardized']:.3f} -> {last['cosine_standardized']:.3f}")

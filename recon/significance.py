@@ -11,14 +11,23 @@ sentences for both decodings and reports their difference: its interval, and a t
 has the other sign (or is zero); with 1,000 resamples the smallest p it can give is 0.002.
 
 What it measures: how much a figure would move on another test set of the same kind of text, with
-the same trained weights. It says nothing of another training seed: run seeds for that.
+the same trained weights. Of one run it says nothing of another training seed. Give a setting as
+several runs, one per seed (RUN_S0+RUN_S1+RUN_S2), and each resample also draws that many of its
+runs with replacement: its figure is the mean over the drawn runs, so the interval and the p-value
+take in the seeds' spread as well as the sentences' (a two-level bootstrap; with three seeds a
+coarse one). `--paired-seeds true` draws the same runs of both sides, for settings whose i-th runs
+share their weights (a corrector and its own no-feedback loop); independently trained settings
+draw theirs apart.
 
     python -m recon.significance --baseline RUN/eval-test                       # its intervals
     python -m recon.significance --baseline RUN/eval-test --systems OTHER/eval-test
     python -m recon.significance --baseline "RUN/eval-test-s2b4@no feedback" --systems RUN/eval-test-s2b4
+    python -m recon.significance --baseline "A_S0/ev@no feedback+A_S1/ev@no feedback" --systems A_S0/ev+A_S1/ev \
+        --paired-seeds true                                                    # pooled over two seeds
 
 A system is an evaluation folder (its predictions.jsonl) or a predictions.jsonl file; FOLDER@CONDITION
-takes a condition of the folder's correction.json (its last step) instead, such as "no feedback".
+takes a condition of the folder's correction.json (its last step) instead, such as "no feedback";
+runs joined by "+" are one setting's seeds, decodings of the same sentences.
 """
 
 import json
@@ -74,13 +83,43 @@ class Scores:
         return {k: float(v[0]) for k, v in self.on(np.ones((1, self.n), dtype=np.int64)).items()}
 
 
-def draws(scores, samples=SAMPLES, seed=0):
-    """The same resamples scored for each decoding in `scores`: one {metric: (samples,)} each."""
-    parts = [[] for _ in scores]
-    for w in resample_weights(scores[0].n, samples, seed):
-        for part, s in zip(parts, scores):
-            part.append(s.on(w))
+def _runs(x):
+    """A setting's runs: a Scores is a setting of one run; a list of Scores, one run per seed."""
+    runs = list(x) if isinstance(x, (list, tuple)) else [x]
+    if not runs or any(r.n != runs[0].n for r in runs):
+        raise ValueError(f"a setting's runs must decode the same sentences: {[r.n for r in runs]} of them")
+    return runs
+
+
+def _seed_counts(rng, rows, k):
+    return rng.multinomial(k, np.full(k, 1.0 / k), size=rows)  # (rows, k): how often each run is drawn
+
+
+def draws(settings, samples=SAMPLES, seed=0, paired_seeds=False):
+    """The same resamples of the sentences scored for each setting (a Scores, or a list of Scores,
+    one per training seed): one {metric: (samples,)} each. A setting of several runs also draws as
+    many of its runs with replacement in each resample and scores the mean over them; with
+    paired_seeds every setting draws the same runs (they need as many)."""
+    settings = [_runs(s) for s in settings]
+    if paired_seeds and len({len(r) for r in settings}) > 1:
+        raise ValueError(f"paired seeds need as many runs on each side, not {[len(r) for r in settings]}")
+    rng = np.random.default_rng([seed, 1])  # the runs' draws, apart from the sentences'
+    keys = set.intersection(*(set(r.whole()) for runs in settings for r in runs))
+    parts = [[] for _ in settings]
+    for w in resample_weights(settings[0][0].n, samples, seed):
+        shared = _seed_counts(rng, len(w), len(settings[0])) if paired_seeds else None
+        for part, runs in zip(parts, settings):
+            counts = shared if paired_seeds else _seed_counts(rng, len(w), len(runs))
+            scored = [r.on(w) for r in runs]
+            part.append({k: (counts * np.stack([s[k] for s in scored], 1)).sum(1) / len(runs) for k in keys})
     return [{k: np.concatenate([p[k] for p in part]) for k in part[0]} for part in parts]
+
+
+def whole(setting):
+    """Each metric on all the sentences, the mean over the setting's runs: {metric: float}."""
+    runs = _runs(setting)
+    each = [r.whole() for r in runs]
+    return {k: float(np.mean([e[k] for e in each])) for k in each[0] if all(k in e for e in each)}
 
 
 def _bounds(samples, level=LEVEL):
@@ -89,17 +128,21 @@ def _bounds(samples, level=LEVEL):
 
 
 def intervals(scores, samples=SAMPLES, seed=0):
-    """{metric: [low, high]}, the 95% bootstrap interval of each metric of one decoding."""
+    """{metric: [low, high]}, the 95% bootstrap interval of each metric of one decoding (a Scores),
+    or of a setting's mean over its runs (a list of Scores, one per seed)."""
     return {k: list(_bounds(v)) for k, v in draws([scores], samples, seed)[0].items()}
 
 
-def paired(a, b, samples=SAMPLES, seed=0, metrics=None):
-    """a against b, two decodings of the same sentences: {metric: {"a", "b", "difference", "low",
-    "high", "p"}}, the difference a - b on all sentences, its 95% interval and two-sided p-value."""
-    if a.n != b.n:
-        raise ValueError(f"a paired test needs the same sentences: {a.n} against {b.n}")
-    whole_a, whole_b = a.whole(), b.whole()
-    draw_a, draw_b = draws([a, b], samples, seed)
+def paired(a, b, samples=SAMPLES, seed=0, metrics=None, paired_seeds=False):
+    """a against b, two decodings of the same sentences, or two settings of several runs each (lists
+    of Scores): {metric: {"a", "b", "difference", "low", "high", "p"}}, the difference a - b on all
+    sentences (of the runs' means), its 95% interval and two-sided p-value; with several runs,
+    "a_runs" and "b_runs" hold each run's figure too."""
+    runs_a, runs_b = _runs(a), _runs(b)
+    if runs_a[0].n != runs_b[0].n:
+        raise ValueError(f"a paired test needs the same sentences: {runs_a[0].n} against {runs_b[0].n}")
+    whole_a, whole_b = whole(runs_a), whole(runs_b)
+    draw_a, draw_b = draws([runs_a, runs_b], samples, seed, paired_seeds)
     out = {}
     for k in metrics or [k for k in whole_a if k in whole_b]:
         d = draw_a[k] - draw_b[k]
@@ -108,6 +151,9 @@ def paired(a, b, samples=SAMPLES, seed=0, metrics=None):
         lo, hi = _bounds(d)
         out[k] = {"a": whole_a[k], "b": whole_b[k], "difference": diff, "low": lo, "high": hi,
                   "p": min(1.0, 2 * (1 + flips) / (len(d) + 1))}
+        for side, runs in (("a", runs_a), ("b", runs_b)):
+            if len(runs) > 1:
+                out[k][f"{side}_runs"] = [r.whole()[k] for r in runs]
     return out
 
 
@@ -133,22 +179,30 @@ def paired_line(name, test, metrics=("bleu", "token_f1")):
     return f"{name}: " + ", ".join(parts)
 
 
+def _value(k, t, side):
+    """A side's figure; with several runs, their mean and each run's: '8.76 (8.72 / 8.96 / 8.59)'."""
+    runs = t.get(f"{side}_runs")
+    return figure(k, t[side]) + (f" ({' / '.join(figure(k, v) for v in runs)})" if runs else "")
+
+
 def paired_table(baseline_name, results, metrics=("bleu", "token_f1", "exact_match", "cosine_standardized"), samples=SAMPLES):
-    """Markdown: one row per system and metric, its difference from the baseline."""
+    """Markdown: one row per system and metric, its difference from the baseline (a setting of
+    several runs: their mean, each run's figure in brackets)."""
     lines = [f"| system | metric | system | baseline ({baseline_name}) | difference | 95% interval | p |",
              "|---|---|---:|---:|---:|---|---:|"]
     for name, test in results.items():
         for k in metrics:
             if k in test:
                 t = test[k]
-                lines.append(f"| {name} | {LABELS[k]} | {figure(k, t['a'])} | {figure(k, t['b'])} | {figure(k, t['difference'], '+')} | "
+                lines.append(f"| {name} | {LABELS[k]} | {_value(k, t, 'a')} | {_value(k, t, 'b')} | {figure(k, t['difference'], '+')} | "
                              f"{figure(k, t['low'], '+')} to {figure(k, t['high'], '+')} | {format_p(t['p'], samples)} |")
     return "\n".join(lines)
 
 
 def load_system(spec):
     """(references, predictions, extra) of an evaluation folder or predictions.jsonl, or of
-    FOLDER@CONDITION: a condition of the folder's correction.json (its last step)."""
+    FOLDER@CONDITION: a condition of the folder's correction.json (its last step; with its rows'
+    standardised cosines where the evaluation wrote them)."""
     from recon.errors import ReconError
     path, _, condition = spec.partition("@")
     folder = path if os.path.isdir(path) else os.path.dirname(path)
@@ -173,7 +227,8 @@ def load_system(spec):
     predictions = conditions[condition]["predictions"]
     if len(predictions) != len(references):
         raise ReconError(f"{spec}: {len(predictions)} predictions for the {len(references)} references of {file}")
-    return references, predictions, {}
+    cosines = conditions[condition].get("cosine_standardized")  # written since the pooled tests
+    return references, predictions, {"cosine_standardized": cosines} if cosines else {}
 
 
 def aligned(references, predictions, extra, order, spec):
@@ -189,15 +244,31 @@ def aligned(references, predictions, extra, order, spec):
     return [predictions[i] for i in take], {k: [v[i] for i in take] for k, v in extra.items()}
 
 
-def compare(baseline, systems, samples=SAMPLES, seed=0):
+def load_setting(spec, order=None):
+    """(references, [Scores, one per run]) of SPEC or RUN_A+RUN_B+...: one setting's runs, each
+    load_system's rows put in the order of `order` (default: the first run's references)."""
+    runs = []
+    for part in spec.split("+"):
+        references, predictions, extra = load_system(part)
+        order = references if order is None else order
+        predictions, extra = aligned(references, predictions, extra, order, part)
+        runs.append(Scores(predictions, order, extra=extra))
+    return order, runs
+
+
+def compare(baseline, systems, samples=SAMPLES, seed=0, paired_seeds=False):
     """Each system against the baseline, as paired tests: {system spec: paired()}; and the
-    baseline's own intervals. Rows are matched by reference text."""
-    references, predictions, extra = load_system(baseline)
-    base = Scores(predictions, references, extra=extra)
+    baseline's own intervals. Rows are matched by reference text; a spec of runs joined by "+" is
+    one setting's seeds (see the module's docstring)."""
+    from recon.errors import ReconError
+    references, base = load_setting(baseline)
     results = {}
     for spec in systems:
-        preds, ex = aligned(*load_system(spec), references, spec)
-        results[spec] = paired(Scores(preds, references, extra=ex), base, samples, seed)  # the metrics both have
+        runs = load_setting(spec, references)[1]
+        if paired_seeds and len(runs) != len(base):
+            raise ReconError(f"--paired-seeds true pairs run i of {spec} with run i of the baseline: it has {len(runs)} "
+                             f"runs and the baseline {len(base)}; give as many, or --paired-seeds false")
+        results[spec] = paired(runs, base, samples, seed, paired_seeds=paired_seeds)  # the metrics both have
     return results, intervals(base, samples, seed)
 
 
@@ -206,9 +277,14 @@ class SignificanceConfig:
     """python -m recon.significance: paired bootstrap tests of evaluations of the same sentences."""
 
     baseline: str = field(default="", metadata={
-        "help": "an evaluation folder, its predictions.jsonl, or FOLDER@CONDITION of a correction.json"})
+        "help": "an evaluation folder, its predictions.jsonl, or FOLDER@CONDITION of a correction.json; "
+                "several runs of one setting (its seeds) joined by +"})
     systems: str = field(default="", metadata={
-        "help": "comma-separated evaluations to compare with the baseline (none: the baseline's intervals alone)"})
+        "help": "comma-separated evaluations to compare with the baseline, each one or several runs joined by + "
+                "(none: the baseline's intervals alone)"})
+    paired_seeds: bool = field(default=False, metadata={
+        "help": "draw the same runs of both sides in each resample: for settings whose i-th runs share weights "
+                "(a corrector and its own ablation); independently trained settings keep false"})
     samples: int = field(default=SAMPLES, metadata={"help": "bootstrap resamples"})
     seed: int = field(default=0, metadata={"help": "seed of the resampling"})
     output: str = field(default="", metadata={"help": "also write the results as JSON to this file"})
@@ -225,18 +301,20 @@ def main(argv=None):
     try:
         cfg = parse(SignificanceConfig, argv)
         systems = [s for s in cfg.systems.split(",") if s]
-        results, base_intervals = compare(cfg.baseline, systems, cfg.samples, cfg.seed)
+        results, base_intervals = compare(cfg.baseline, systems, cfg.samples, cfg.seed, cfg.paired_seeds)
     except ReconError as e:
         print_error(e)
         return 2
-    print(f"baseline {cfg.baseline}: 95% intervals over {cfg.samples} resamples of its sentences: " + ", ".join(
+    runs = len(cfg.baseline.split("+"))
+    over = f"{cfg.samples} resamples of its sentences" + (f" and of its {runs} runs" if runs > 1 else "")
+    print(f"baseline {cfg.baseline}: 95% intervals over {over}: " + ", ".join(
         f"{LABELS[k]} {figure(k, lo)} to {figure(k, hi)}" for k, (lo, hi) in base_intervals.items() if k in LABELS))
     if results:
         print(paired_table(cfg.baseline, results, samples=cfg.samples))
     if cfg.output:
         with open(cfg.output, "w") as f:
             json.dump({"baseline": cfg.baseline, "baseline_intervals": base_intervals, "samples": cfg.samples,
-                       "seed": cfg.seed, "systems": results}, f, indent=2)
+                       "seed": cfg.seed, "paired_seeds": cfg.paired_seeds, "systems": results}, f, indent=2)
     return 0
 
 

@@ -121,6 +121,11 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
     blind = tests["no feedback"]["cosine_standardized"]
     assert blind["b"] == pytest.approx(result["conditions"]["no feedback"]["curve"][1]["cosine_standardized"], abs=1e-6)
     assert "- against no feedback: " in (out / "correction.md").read_text()
+    # each condition's rows carry their cosines, which recon.significance reads back for pooled tests
+    rows_cos = result["conditions"]["no feedback"]["cosine_standardized"]
+    assert len(rows_cos) == result["num_examples"] and sum(rows_cos) / len(rows_cos) == pytest.approx(blind["b"], abs=1e-6)
+    from recon.significance import load_system
+    assert load_system(f"{out}@no feedback")[2]["cosine_standardized"] == rows_cos
     # the four conditions alone: the reconstruction and the random control are the correction's and
     # the random target's own outputs, and the shuffled control is the reconstruction permuted
     assert len(calls) == 4 and sum(calls) == 1

@@ -114,3 +114,62 @@ def test_the_command_says_what_is_wrong(tmp_path, capsys):
     (tmp_path / "a" / "correction.json").write_text(json.dumps({"conditions": {"correction": {"predictions": good}}}))
     assert significance.main(["--baseline", str(tmp_path / "a"), "--systems", f"{tmp_path / 'a'}@no feedback"]) == 2
     assert "has no condition 'no feedback'; it has correction" in capsys.readouterr().err
+
+
+def _better(preds, refs, every=4):
+    """The same decoding with every `every`-th sentence rebuilt exactly."""
+    return [r if i % every == 0 else p for i, (p, r) in enumerate(zip(preds, refs))]
+
+
+def test_a_setting_of_several_runs_takes_in_the_seeds_spread():
+    refs, good, bad = _pair(80)
+    g, b = Scores(good, refs), Scores(bad, refs)
+    # a setting of one run is the paired test of before, to the digit
+    assert paired([g], [b], samples=300) == paired(g, b, samples=300)
+    assert intervals([g], samples=300) == intervals(g, samples=300)
+    # two runs that agree: the seeds add nothing; two that disagree: the interval spans both
+    same, split = intervals([g, Scores(list(good), refs)], samples=400), intervals([g, b], samples=400)
+    assert same == intervals(g, samples=400)
+    mean = (g.whole()["bleu"] + b.whole()["bleu"]) / 2
+    assert split["bleu"][0] < (mean + b.whole()["bleu"]) / 2 and split["bleu"][1] > (mean + g.whole()["bleu"]) / 2
+    test = paired([g, b], [b, b], samples=300)["bleu"]
+    assert test["a"] == pytest.approx(mean) and test["a_runs"] == pytest.approx([g.whole()["bleu"], b.whole()["bleu"]])
+
+
+def test_paired_seeds_see_a_gain_that_every_run_shares():
+    refs, good, bad = _pair(80)
+    base = [Scores(good, refs), Scores(bad, refs)]  # two seeds far apart
+    fixed = [Scores(_better(good, refs), refs), Scores(_better(bad, refs), refs)]  # each run a little better
+    together = paired(fixed, base, samples=400, paired_seeds=True)["bleu"]
+    apart = paired(fixed, base, samples=400)["bleu"]
+    assert together["difference"] == apart["difference"] > 0
+    assert together["low"] > 0 and together["p"] < 0.01  # every resample draws the same runs of both sides
+    assert apart["low"] < 0 < apart["high"] and apart["p"] > 0.05  # the seeds' spread swamps the gain
+    with pytest.raises(ValueError, match="as many runs"):
+        paired(fixed, base[:1], paired_seeds=True)
+
+
+def test_the_command_pools_runs_joined_by_plus(tmp_path, capsys):
+    refs, good, bad = _pair(60)
+    for name, preds in (("b0", good), ("b1", bad), ("a0", _better(good, refs)), ("a1", _better(bad, refs))):
+        _write(tmp_path / name, refs, preds)
+    (tmp_path / "a0" / "correction.json").write_text(json.dumps(
+        {"conditions": {"no feedback": {"predictions": good, "cosine_standardized": [0.5] * 60}}}))
+    out = tmp_path / "pooled.json"
+    base, system = f"{tmp_path / 'b0'}+{tmp_path / 'b1'}", f"{tmp_path / 'a0'}+{tmp_path / 'a1'}"
+    assert significance.main(["--baseline", base, "--systems", system, "--paired-seeds", "true", "--samples", "300",
+                              "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "and of its 2 runs" in printed and " / " in printed.split("| BLEU |")[1].splitlines()[0]
+    saved = json.loads(out.read_text())
+    assert saved["paired_seeds"] is True
+    direct = paired([Scores(_better(good, refs), refs), Scores(_better(bad, refs), refs)],
+                    [Scores(good, refs), Scores(bad, refs)], samples=300, paired_seeds=True)
+    assert saved["systems"][system]["bleu"] == pytest.approx(direct["bleu"])
+    # a correction.json condition brings its rows' cosines
+    assert significance.load_system(f"{tmp_path / 'a0'}@no feedback")[2] == {"cosine_standardized": [0.5] * 60}
+    assert significance.main(["--baseline", base, "--systems", str(tmp_path / "a0"), "--paired-seeds", "true"]) == 2
+    assert "pairs run i of" in capsys.readouterr().err
+    _write(tmp_path / "other", sentences(60, seed=5), good)
+    assert significance.main(["--baseline", base, "--systems", f"{tmp_path / 'a0'}+{tmp_path / 'other'}"]) == 2
+    assert "holds other sentences than the baseline" in capsys.readouterr().err
