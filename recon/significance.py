@@ -115,10 +115,7 @@ def draws(settings, samples=SAMPLES, seed=0, paired_seeds=False):
     return [{k: np.concatenate([p[k] for p in part]) for k in part[0]} for part in parts]
 
 
-def whole(setting):
-    """Each metric on all the sentences, the mean over the setting's runs: {metric: float}."""
-    runs = _runs(setting)
-    each = [r.whole() for r in runs]
+def _mean(each):  # each run's {metric: value} on all the sentences -> the metrics all have, averaged over the runs
     return {k: float(np.mean([e[k] for e in each])) for k in each[0] if all(k in e for e in each)}
 
 
@@ -141,7 +138,8 @@ def paired(a, b, samples=SAMPLES, seed=0, metrics=None, paired_seeds=False):
     runs_a, runs_b = _runs(a), _runs(b)
     if runs_a[0].n != runs_b[0].n:
         raise ValueError(f"a paired test needs the same sentences: {runs_a[0].n} against {runs_b[0].n}")
-    whole_a, whole_b = whole(runs_a), whole(runs_b)
+    each_a, each_b = [r.whole() for r in runs_a], [r.whole() for r in runs_b]
+    whole_a, whole_b = _mean(each_a), _mean(each_b)
     draw_a, draw_b = draws([runs_a, runs_b], samples, seed, paired_seeds)
     out = {}
     for k in metrics or [k for k in whole_a if k in whole_b]:
@@ -151,9 +149,9 @@ def paired(a, b, samples=SAMPLES, seed=0, metrics=None, paired_seeds=False):
         lo, hi = _bounds(d)
         out[k] = {"a": whole_a[k], "b": whole_b[k], "difference": diff, "low": lo, "high": hi,
                   "p": min(1.0, 2 * (1 + flips) / (len(d) + 1))}
-        for side, runs in (("a", runs_a), ("b", runs_b)):
-            if len(runs) > 1:
-                out[k][f"{side}_runs"] = [r.whole()[k] for r in runs]
+        for side, each in (("a", each_a), ("b", each_b)):
+            if len(each) > 1:
+                out[k][f"{side}_runs"] = [e[k] for e in each]
     return out
 
 
