@@ -104,7 +104,7 @@ def draws(settings, samples=SAMPLES, seed=0, paired_seeds=False):
     if paired_seeds and len({len(r) for r in settings}) > 1:
         raise ValueError(f"paired seeds need as many runs on each side, not {[len(r) for r in settings]}")
     rng = np.random.default_rng([seed, 1])  # the runs' draws, apart from the sentences'
-    keys = set.intersection(*(set(r.whole()) for runs in settings for r in runs))
+    keys = set.intersection(*({"bleu", *r.values} for runs in settings for r in runs))  # the metrics on() scores
     parts = [[] for _ in settings]
     for w in resample_weights(settings[0][0].n, samples, seed):
         shared = _seed_counts(rng, len(w), len(settings[0])) if paired_seeds else None
