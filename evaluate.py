@@ -6,6 +6,8 @@ Any other text (a .txt/.jsonl/.csv file; evaluates all of it by default), with b
     python evaluate.py --checkpoint checkpoints/default --data my.txt --num-beams 4 --device cuda --output-dir out/
 A corrector (train.py --base-model), 5 correction steps with a sequence beam of 4:
     python evaluate.py --checkpoint checkpoints/corrector --correction-steps 5 --correction-beam 4 --output-dir out/
+Vector feedback, no corrector (any checkpoint: the decoded vector moved by the re-encoded output's residual):
+    python evaluate.py --checkpoint checkpoints/default --correction-steps 3 --correction-beam 8 --output-dir out/
 Sharded over 8 GPUs (each process decodes every 8th text; rank 0 gathers them and writes):
     torchrun --standalone --nproc_per_node 8 evaluate.py --checkpoint checkpoints/default --device cuda --output-dir out/
 `python evaluate.py --help` lists every flag.
@@ -58,12 +60,16 @@ def main(argv=None):
         model = ReconModel.from_pretrained(folder, encoder=cfg.encoder, representation=cfg.representation,
                                            device=distributed.setup(cfg.device))
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
-        if model.base is None and (cfg.correction_steps or cfg.correction_beam > 1):
-            raise ReconError(f"{folder} is not a corrector: --correction-steps needs a checkpoint trained with "
-                             "`python train.py --base-model RUN_DIR`")
+        if model.base is None and cfg.correction_beam > 1 and not cfg.correction_steps:
+            raise ReconError(f"{folder} is not a corrector: --correction-beam needs --correction-steps N (vector "
+                             "feedback on a plain checkpoint), or a checkpoint of `python train.py --base-model RUN_DIR`")
+        if model.base is not None and cfg.feedback_rate is not None:
+            raise ReconError(f"{folder} is a corrector, which reads its hypothesis's vector itself: --feedback-rate "
+                             "is for vector feedback on a plain checkpoint; drop it")
+        plain_loop = model.base is None and bool(cfg.correction_steps)
         say(f"decoding: {describe_decoding(cfg.num_beams, cfg.rerank)}"
-            + ("" if given_beams else " (as the run's own evaluation decoded"
-               + ("; --num-beams 1 for greedy)" if cfg.num_beams > 1 else ")")))
+            + ("" if given_beams else " (step 0 of vector feedback: the single pass)" if plain_loop
+               else " (as the run's own evaluation decoded" + ("; --num-beams 1 for greedy)" if cfg.num_beams > 1 else ")")))
         dcfg, same = DataConfig.from_meta(meta.get("args", {}), data=cfg.data, text_field=cfg.text_field,
                                           sentence_split=cfg.sentence_split)
         corpus = dcfg.build(model.encoder.count_tokens, model.config.max_length)
@@ -73,12 +79,14 @@ def main(argv=None):
                 "the split is still by text hash, so the test split holds no training text")
         split = cfg.split or ("test" if same else "all")
         correction, given = None, None
-        if model.base is not None and distributed.is_main():
+        if (model.base is not None or cfg.correction_steps) and distributed.is_main():
             steps = model.correction_steps if cfg.correction_steps is None else cfg.correction_steps
-            say(f"correction, step by step, beside its ablations (correction.md in {cfg.output_dir}):")
+            say(f"{'correction' if model.base is not None else 'vector feedback'}, step by step, beside its ablations "
+                f"(correction.md in {cfg.output_dir}):")
             correction = evaluate_correction(model, corpus.texts(split)[:cfg.max_examples], steps, cfg.correction_beam,
                                              cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say,
-                                             no_repeat_match=cfg.no_repeat_match, ablations=cfg.ablations)
+                                             no_repeat_match=cfg.no_repeat_match, ablations=cfg.ablations,
+                                             rate=cfg.feedback_rate)
             if cfg.num_beams == 1 and cfg.rerank == "none" and cfg.length_penalty == 1.0 and distributed.world_size() == 1:
                 # the headline's reconstruction and random control are that run's last step: not decoded twice
                 given = {"predictions": correction["conditions"]["correction"]["predictions"],
@@ -91,7 +99,7 @@ def main(argv=None):
                                  length_penalty=cfg.length_penalty, batch_size=cfg.batch_size, seed=cfg.seed,
                                  no_repeat_ngram=cfg.no_repeat_ngram, no_repeat_match=cfg.no_repeat_match,
                                  rerank=cfg.rerank, correction_steps=cfg.correction_steps,
-                                 correction_beam=cfg.correction_beam,
+                                 correction_beam=cfg.correction_beam, feedback_rate=cfg.feedback_rate,
                                  pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")
         say(headline_table(metrics))

@@ -268,14 +268,19 @@ class EvalConfig(ProbeSettings):
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda ..."})
     seed: int = field(default=0, metadata={"help": "seed of the random-vector control (and of the probes)"})
     correction_steps: Optional[int] = field(default=None, metadata={
-        "help": "a corrector checkpoint: correct the base's output this many times (default 1), and write "
-                "correction.md/.json/.png: every step beside the ablations of --correction-ablations"})
+        "help": "a corrector checkpoint: correct the base's output this many times (default 1); a plain "
+                "checkpoint: correct its output through its input this many times (vector feedback, "
+                "recon/feedback.py; none by default). Writes correction.md/.json/.png: every step beside the "
+                "ablations of --correction-ablations"})
     correction_beam: int = field(default=1, metadata={
-        "help": "a corrector: keep this many candidates per sentence at each step, those whose re-encoded "
-                "vectors are closest to the target (vec2text's sequence beam)"})
+        "help": "keep this many candidates per sentence at each step, those whose re-encoded vectors are "
+                "closest to the target (vec2text's sequence beam); each step decodes with this many beams"})
     correction_ablations: str = field(default="no-feedback,random-target,reference", metadata={
-        "help": "a corrector: the ablations run beside the correction, comma-separated: no-feedback, "
-                "random-target, reference (one greedy step from the reference itself), or none"})
+        "help": "the ablations run beside the correction, comma-separated: no-feedback, random-target, "
+                "reference (a corrector: one greedy step from the reference itself), or none"})
+    feedback_rate: Optional[float] = field(default=None, metadata={
+        "help": "vector feedback (a plain checkpoint with --correction-steps): each step moves the decoded "
+                "vector by this times the residual of the re-encoded output (default 0.15)"})
     probes: bool = field(default=False, metadata={
         "help": "also train the probes (recon/probes.py) on the checkpoint's vectors of its training data and set "
                 "its decoder beside them (its greedy pass, and this evaluation's decoding when it covers the whole "
@@ -293,6 +298,8 @@ class EvalConfig(ProbeSettings):
         check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
         check(self.correction_steps is None or self.correction_steps >= 0, "--correction-steps cannot be negative")
         check(self.correction_beam >= 1, "--correction-beam must be at least 1")
+        check(self.feedback_rate is None or self.feedback_rate > 0,
+              f"--feedback-rate must be above 0 (a step of the residual), not {self.feedback_rate}")
         check(all(n in CORRECTION_ABLATIONS for n in self.ablations),
               f"--correction-ablations must name some of {', '.join(CORRECTION_ABLATIONS)} (or be none), "
               f"not {self.correction_ablations!r}")
@@ -301,12 +308,15 @@ class EvalConfig(ProbeSettings):
         """Fill in unset --num-beams / --rerank from a run's recorded flags (meta "args"): evaluate.py
         decodes as the run's own final evaluation did (greedy for runs from before it was recorded)."""
         corrector = bool(recorded.get("base_model"))
-        if self.num_beams is None:
+        loop = corrector or bool(self.correction_steps)  # vector feedback on a plain checkpoint is a loop too
+        if self.num_beams is None and loop and not corrector:
+            self.num_beams, self.rerank = 1, self.rerank or "none"  # step 0 is the single pass, as a corrector's
+        elif self.num_beams is None:
             self.num_beams, self.rerank = recorded.get("num_beams", 1), self.rerank or recorded.get("rerank", "none")
         elif self.rerank is None:
-            self.rerank = "none" if corrector else resolve_decoding(self.num_beams, None)[1]
-        check(not (corrector and self.rerank != "none"), "a corrector keeps its candidates by their re-encoded vectors "
-              "already (--correction-beam K); drop --rerank")
+            self.rerank = "none" if loop else resolve_decoding(self.num_beams, None)[1]
+        check(not (loop and self.rerank != "none"), "a correction loop keeps its candidates by their re-encoded "
+              "vectors already (--correction-beam K); drop --rerank")
         _check_rerank(self.rerank, self.num_beams)
         return self
 

@@ -439,10 +439,11 @@ def adopt_base(cfg):
 
 @torch.no_grad()
 def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_repeat_ngram=0, num_beams=1,
-            length_penalty=1.0, log=None, no_repeat_match="loose", start=None, max_seconds=0.0):
+            length_penalty=1.0, log=None, no_repeat_match="loose", start=None, max_seconds=0.0, rate=None, seed=0):
     """Correct the base's reconstructions of `vectors` (N, Dv) for `steps` steps.
 
-    model: a corrector ReconModel (model.base is the base). beam: keep this many candidates per
+    model: a corrector ReconModel (model.base is the base), or a plain one, whose loop moves the vector
+    it decodes instead (recon/feedback.py: `rate`, `seed`). beam: keep this many candidates per
     sentence, those whose re-encoded vectors are closest to the target (vec2text's sequence beam;
     each step decodes every candidate with a beam of this width). feedback=False: the hypothesis
     vector is replaced by the training mean (zero once standardised), the no-feedback ablation.
@@ -450,6 +451,14 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     step starts after this many seconds (a machine lent for a fixed time); fewer steps are returned.
     Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
+    if model.base is None:
+        from recon.feedback import DEFAULT_RATE, feedback_loop
+        return feedback_loop(model, vectors, steps, beam, feedback, DEFAULT_RATE if rate is None else rate, seed,
+                             batch_size, no_repeat_ngram, num_beams, length_penalty, log, no_repeat_match, start,
+                             max_seconds)
+    if rate is not None:
+        raise ValueError("a corrector reads the hypothesis's vector itself: the feedback rate is for a plain "
+                         "decoder's loop (recon/feedback.py)")
     base, dec = model.base, model.decoder
     gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
                length_penalty=length_penalty)
@@ -500,16 +509,20 @@ ABLATIONS = ("no-feedback", "random-target", "reference")  # evaluate.py --corre
 
 
 def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_repeat_ngram=0, output_dir=None,
-                        log=print, no_repeat_match="loose", ablations=ABLATIONS):
+                        log=print, no_repeat_match="loose", ablations=ABLATIONS, rate=None):
     """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
     for the corrector and, as `ablations` names them, two ablations: no-feedback (the hypothesis
     vector replaced by the training mean; the same sequence beam) and random-target (Gaussian vectors
     matched to the real ones); and reference, a check of what it reads: one greedy step from the
     reference itself as the hypothesis (a corrector that reads its hypothesis keeps a right one).
+    A plain model (no corrector) runs recon/feedback.py's loop at `rate`: its no-feedback ablation moves
+    each vector by another sentence's residual, and it has no reference check (a right hypothesis has no
+    residual, so its step decodes the target vector again).
     Writes correction.json, correction.md and correction.png to output_dir. Returns the dict."""
     import json
 
     from recon.evaluation import cosine, matched_random_vectors
+    from recon.feedback import DEFAULT_RATE
     from recon.metrics import corpus_scores, example_scores
     from recon.significance import Scores, paired
     vectors = model.encode(texts, batch_size)
@@ -523,15 +536,24 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
              "random-target": ("random target", dict(beam=beam, vectors=matched_random_vectors(vectors, seed))),
              # greedy: a sequence beam keeps the old candidates, and the reference is always the closest
              "reference": ("reference as hypothesis", dict(beam=1, start=texts, steps=1))}
+    plain = model.base is None
+    if plain and "reference" in ablations:
+        log("vector feedback: no 'reference as hypothesis' check (a right hypothesis leaves no residual to move by)")
+        ablations = [a for a in ablations if a != "reference"]
     conditions = {"correction": dict(beam=beam), **dict(every[a] for a in ABLATIONS if a in ablations)}
     result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
-              "no_repeat_match": no_repeat_match, "conditions": {}}
+              "no_repeat_match": no_repeat_match, "conditions": {},
+              **({"loop": "vector feedback", "rate": DEFAULT_RATE if rate is None else rate} if plain else
+                 {"loop": "corrector"})}
+    if plain:
+        rate = result["rate"]
     ends = {}  # (condition, step) -> Scores of its outputs, for the paired tests
     for name, how in conditions.items():
         how = dict(how)
         v, n = how.pop("vectors", vectors), how.pop("steps", steps)
         outputs, seconds = correct(model, v, n, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
-                                   no_repeat_match=no_repeat_match, log=lambda line: log(f"{name}: {line}"), **how)
+                                   no_repeat_match=no_repeat_match, log=lambda line: log(f"{name}: {line}"),
+                                   rate=rate, seed=seed, **how)
         curve = []
         for step, preds in enumerate(outputs):
             per_example = [example_scores(p, t) for p, t in zip(preds, texts)]  # for the scores and the tests
@@ -563,9 +585,15 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
 
 
 def correction_table(result):
-    lines = [f"Correction of {result['num_examples']} texts, {result['steps']} steps, sequence beam {result['beam']}; "
-             "step 0 is the base model's single pass (for 'reference as hypothesis', the reference itself: one "
-             "greedy step from it shows whether the corrector keeps a right hypothesis).", "",
+    if result.get("loop") == "vector feedback":
+        head = (f"Vector feedback on {result['num_examples']} texts: {result['steps']} steps of rate {result['rate']:g}, "
+                f"{result['beam']} beam(s) a step and the {result['beam']} closest candidates kept; step 0 is the "
+                "decoder's single pass; 'no feedback' moves each vector by another sentence's residual.")
+    else:
+        head = (f"Correction of {result['num_examples']} texts, {result['steps']} steps, sequence beam {result['beam']}; "
+                "step 0 is the base model's single pass (for 'reference as hypothesis', the reference itself: one "
+                "greedy step from it shows whether the corrector keeps a right hypothesis).")
+    lines = [head, "",
              "| condition | step | BLEU | exact match % | token F1 | standardised cosine | s per sentence |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, c in result["conditions"].items():

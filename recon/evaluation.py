@@ -132,7 +132,7 @@ def example_rows(texts, predictions, lengths, fidelity, fidelity_std, controls):
 
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
              pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print,
-             no_repeat_match="loose", given=None):
+             no_repeat_match="loose", given=None, feedback_rate=None):
     """Score `model` on `texts`; lengths: encoder-token length of each text.
 
     pool_texts: the training texts for the retrieval control and the overlap check (none: skipped);
@@ -149,8 +149,15 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
     gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
                no_repeat_match=no_repeat_match)
-    if model.base is not None:  # a corrector: every output (controls too) is the base's, corrected
+    # a corrector, or a plain decoder with correction steps (recon/feedback.py): every output, the
+    # controls' too, goes through the same loop
+    loop = model.base is not None or bool(correction_steps)
+    if loop:
         gen.update(correction_steps=correction_steps, correction_beam=correction_beam)
+    if loop and model.base is None:
+        from recon.feedback import DEFAULT_RATE
+        feedback_rate = DEFAULT_RATE if feedback_rate is None else feedback_rate
+        gen.update(feedback_rate=feedback_rate)
     t0 = time.time()
     # under torchrun each process encodes and decodes its shard, and all get the whole result back
     def encode(xs):
@@ -196,7 +203,8 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
                      "no_repeat_match": no_repeat_match,
                      "max_new_tokens": model.config.max_target_len + 1,
                      **({"correction_steps": model.correction_steps if correction_steps is None else correction_steps,
-                         "correction_beam": correction_beam} if model.base is not None else {})},
+                         "correction_beam": correction_beam} if loop else {}),
+                     **({"feedback_rate": feedback_rate} if loop and model.base is None else {})},
         "controls": {"random": "Gaussian vectors with the mean and covariance of the evaluated vectors",
                      "shuffled": "each text decoded from another evaluated text's vector",
                      "retrieval": "the training text with the closest vector by cosine (standardised)"},

@@ -144,7 +144,7 @@ class ReconModel(nn.Module):
     @torch.no_grad()
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
                               return_all=False, no_repeat_ngram=0, correction_steps=None, correction_beam=1,
-                              no_repeat_match="loose", temperature=0.0, seed=0, rerank="none"):
+                              no_repeat_match="loose", temperature=0.0, seed=0, rerank="none", feedback_rate=None):
         """(N, vector_dim) vectors from anywhere -> list of N strings.
 
         rerank="embedding" (beam search; train.py's default evaluation is 8 beams so reranked):
@@ -154,9 +154,11 @@ class ReconModel(nn.Module):
         no_repeat_ngram: never write the same n-gram of decoder tokens twice (0: off); no_repeat_match:
         loose (tokens compared as the metrics compare words: case, accents and punctuation ignored)
         or exact (token ids).
-        correction_steps, correction_beam (a corrector checkpoint only): the base model's output,
-        corrected this many times (default self.correction_steps), keeping correction_beam
-        candidates per sentence by the cosine of their re-encoded vectors to the target.
+        correction_steps, correction_beam: a corrector checkpoint: the base model's output, corrected
+        this many times (default self.correction_steps), keeping correction_beam candidates per
+        sentence by the cosine of their re-encoded vectors to the target. A plain checkpoint: its
+        own output corrected through its input, by steps of feedback_rate times the residual of
+        the re-encoded output (recon/feedback.py; no corrector needed), keeping candidates the same way.
         temperature > 0 (one pass, num_beams=1): sample each token at this temperature instead of
         taking the most likely, drawn from a generator seeded with `seed` (the same seed, the same
         samples on one device).
@@ -169,10 +171,17 @@ class ReconModel(nn.Module):
                 f"vectors of shape {tuple(vectors.shape)} do not fit this model: it decodes "
                 f"(N, {self.config.vector_dim}) vectors ({self.config.representation} of {self.config.encoder})"
             )
+        from recon.corrector import correct
         if self.base is None:
             if correction_steps:
-                raise ValueError("this model has no corrector: train one with `python train.py --base-model RUN_DIR` "
-                                 "and load that checkpoint to correct")
+                if rerank != "none" or return_all or temperature:
+                    raise ValueError("vector feedback keeps its candidates by their re-encoded vectors already: "
+                                     "give it correction_beam, not rerank, return_all or a temperature")
+                outputs, _ = correct(self, vectors, correction_steps, correction_beam, batch_size=batch_size,
+                                     num_beams=num_beams, no_repeat_ngram=no_repeat_ngram,
+                                     no_repeat_match=no_repeat_match, length_penalty=length_penalty,
+                                     rate=feedback_rate, seed=seed)
+                return outputs[-1]
             if rerank not in ("none", "embedding"):
                 raise ValueError(f"rerank must be none or embedding, not {rerank!r}")
             if rerank == "embedding" and (return_all or temperature):
@@ -191,7 +200,8 @@ class ReconModel(nn.Module):
             raise ValueError("temperature samples one pass: give it to the base model (model.base), not a corrector")
         if return_all:
             raise ValueError("return_all is not available with correction; correction_beam keeps the closest candidates")
-        from recon.corrector import correct
+        if feedback_rate is not None:
+            raise ValueError("feedback_rate moves a plain decoder's input; a corrector reads its hypothesis's vector itself")
         steps = self.correction_steps if correction_steps is None else correction_steps
         outputs, _ = correct(self, vectors, steps, correction_beam, batch_size=batch_size, num_beams=num_beams,
                              no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,

@@ -85,8 +85,8 @@ def test_a_corrector_trains_for_its_base_and_corrects_its_output(runs, capsys):
     truth = [t.lower() for t in texts]  # the tiny encoder's vocabulary is uncased
     bleu = lambda preds: corpus_scores(preds, truth)["bleu"]  # noqa: E731
     assert bleu(once) > bleu(base_out) + 10 and bleu(three) > bleu(base_out) + 10, (bleu(base_out), bleu(once), bleu(three))
-    with pytest.raises(ValueError, match="this model has no corrector"):
-        model.base.reconstruct(texts, correction_steps=1)
+    with pytest.raises(ValueError, match="feedback_rate moves a plain decoder"):
+        model.reconstruct(texts, correction_steps=1, feedback_rate=0.2)
     # the hypotheses were decoded once: a second run reads them from the cache
     capsys.readouterr()
     again = [str(tmp / "corr2") if a == str(tmp / "corr") else "1" if a == "200" else a for a in corrector]
@@ -150,10 +150,14 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
     assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(tmp / "ev3"),
                                  "--correction-ablations", "no-feedback,shuffle"]) == 2
     assert "--correction-ablations must name some of no-feedback, random-target, reference" in capsys.readouterr().err
-    # a model that is not a corrector is refused, with what to do
+    # a sequence beam with no steps on a plain checkpoint is refused, with what to do; so is a feedback rate
+    # for a corrector (vector feedback on a plain checkpoint: tests/test_feedback.py)
     assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev2"),
-                                 "--correction-steps", "2"]) == 2
-    assert "train.py --base-model" in capsys.readouterr().err
+                                 "--correction-beam", "2"]) == 2
+    assert "--correction-steps N" in capsys.readouterr().err
+    assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(tmp / "ev2"),
+                                 "--correction-steps", "1", "--feedback-rate", "0.2"]) == 2
+    assert "--feedback-rate is for vector feedback on a plain checkpoint" in capsys.readouterr().err
 
 
 def test_a_corrector_for_a_fine_tuned_base_re_encodes_with_the_bases_trained_encoder(runs):

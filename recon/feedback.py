@@ -1,0 +1,85 @@
+"""Vector feedback: a plain decoder corrected through its input, with no model trained for it.
+
+The decoder D writes h = D(v) from a vector v; re-encoded, E(h) misses the target v* by a residual
+r = v* - E(h). The loop moves the vector it decodes by a step of that residual,
+
+    v_0 = v*,    v_k = v_{k-1} + rate * (v* - E(h_{k-1})),    h_k = D(v_k)  (greedy, or K beams),
+
+and keeps, of every sentence it has written, the K whose re-encoded vectors are closest (standardised
+cosine) to v*: a fixed-point search for the input whose output re-encodes to the target. It reads
+nothing of a sentence but its vector and the vectors of its own outputs, as vec2text's corrector does,
+and needs no training: any checkpoint's decoder runs it (`evaluate.py --correction-steps N` on a
+plain checkpoint). Its no-feedback ablation moves each vector by another sentence's residual (the same
+size and statistics, the wrong direction), so the two loops decode the same number of perturbed
+vectors and keep their candidates the same way; only the direction differs.
+"""
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_RATE = 0.15  # chosen on the default run's validation split (docs/correction.md)
+
+
+def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=DEFAULT_RATE, seed=0, batch_size=256,
+                  no_repeat_ngram=0, num_beams=1, length_penalty=1.0, log=None, no_repeat_match="loose", start=None,
+                  max_seconds=0.0):
+    """Correct a plain decoder's reconstructions of `vectors` (N, Dv) for `steps` steps through its input.
+
+    beam: each step decodes the moved vectors with this many beams, and every sentence keeps the `beam`
+    candidates so far (its first pass's included) closest to its target; the next step moves by the
+    residual of this step's closest new candidate. feedback=False: each sentence moves by another
+    sentence's residual (a new permutation each step, drawn from `seed`). Returns (outputs per step,
+    step 0 the single pass or `start`; seconds per step), as recon.corrector.correct does.
+    """
+    if rate <= 0:
+        raise ValueError(f"the feedback rate must be above 0 (a step of the residual), not {rate}")
+    dec = model.decoder
+    gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
+               length_penalty=length_penalty)
+    generator = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    target = torch.as_tensor(vectors).float().cpu()  # (N, Dv)
+    last = list(start) if start is not None else model.generate_from_vectors(target, num_beams=num_beams, **gen)
+    last_vectors = model.encode(last, batch_size).float().cpu()  # (N, Dv)
+    z_target = dec.standardize(target).cpu()
+    sims = F.cosine_similarity(dec.standardize(last_vectors).cpu(), z_target, dim=-1)
+    kept = [[(float(s), h)] for s, h in zip(sims.tolist(), last)]  # per sentence: (cosine, text), closest first
+    outputs, seconds, v = [last], [time.time() - t0], target.clone()
+    for _ in range(steps):
+        if max_seconds and sum(seconds) > max_seconds:
+            if log:
+                log(f"stopped after {len(outputs) - 1} of {steps} steps: --max-seconds {max_seconds:g} reached")
+            break
+        t0 = time.time()
+        residual = target - last_vectors  # (N, Dv)
+        if not feedback:
+            residual = residual[torch.randperm(len(residual), generator=generator)]
+        v = v + rate * residual
+        if beam == 1:
+            new = [[h] for h in model.decode_rows(v, **gen)]
+        else:
+            _, beams = model.decode_rows(v, num_beams=beam, return_all=True, **gen)
+            new = [list(dict.fromkeys(h for h, _ in row)) for row in beams]
+        flat = [h for row in new for h in row]
+        owner = torch.tensor([i for i, row in enumerate(new) for _ in row])
+        flat_vectors = model.encode(flat, batch_size).float().cpu()  # (M, Dv)
+        sim = F.cosine_similarity(dec.standardize(flat_vectors).cpu(), z_target[owner], dim=-1)
+        at, picks = 0, []
+        for i, row in enumerate(new):
+            s = sim[at:at + len(row)]
+            j = int(s.argmax())
+            picks.append(at + j)  # this step's closest new candidate: the trajectory's next residual
+            seen = {h for _, h in kept[i]}
+            pool = kept[i] + [(float(x), h) for x, h in zip(s.tolist(), row) if h not in seen]
+            kept[i] = sorted(pool, key=lambda p: -p[0])[:beam]
+            at += len(row)
+        last_vectors = flat_vectors[picks]
+        last = [flat[p] for p in picks]
+        outputs.append([row[0][1] for row in kept])
+        seconds.append(time.time() - t0)
+        if log:
+            log(f"feedback step {len(outputs) - 1} of {steps}: {seconds[-1]:.1f}s "
+                f"({seconds[-1] / max(len(target), 1):.4f}s a sentence)")
+    return outputs, seconds
