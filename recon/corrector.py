@@ -451,8 +451,8 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     step starts after this many seconds (a machine lent for a fixed time); fewer steps are returned.
     Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
+    from recon.feedback import DEFAULT_RATE, feedback_loop, out_of_time
     if model.base is None:
-        from recon.feedback import DEFAULT_RATE, feedback_loop
         return feedback_loop(model, vectors, steps, beam, feedback, DEFAULT_RATE if rate is None else rate, seed,
                              batch_size, no_repeat_ngram, num_beams, length_penalty, log, no_repeat_match, start,
                              max_seconds)
@@ -467,9 +467,7 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     outputs, seconds, cands = [first], [time.time() - t0], [[h] for h in first]
     target = dec.standardize(vectors).cpu()
     for _ in range(steps):
-        if max_seconds and sum(seconds) > max_seconds:
-            if log:
-                log(f"stopped after {len(outputs) - 1} of {steps} steps: --max-seconds {max_seconds:g} reached")
+        if out_of_time(seconds, max_seconds, steps, log):
             break
         t0 = time.time()
         flat = [c for row in cands for c in row]

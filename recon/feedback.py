@@ -22,6 +22,15 @@ import torch.nn.functional as F
 DEFAULT_RATE = 0.15  # chosen on the default run's validation split (docs/correction.md)
 
 
+def out_of_time(seconds, max_seconds, steps, log):
+    """True when a loop that has spent `seconds` (one entry a step, step 0 first) may start no more steps."""
+    if not (max_seconds and sum(seconds) > max_seconds):
+        return False
+    if log:
+        log(f"stopped after {len(seconds) - 1} of {steps} steps: --max-seconds {max_seconds:g} reached")
+    return True
+
+
 def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=DEFAULT_RATE, seed=0, batch_size=256,
                   no_repeat_ngram=0, num_beams=1, length_penalty=1.0, log=None, no_repeat_match="loose", start=None,
                   max_seconds=0.0):
@@ -48,9 +57,7 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=DEFAULT_RAT
     kept = [[(float(s), h)] for s, h in zip(sims.tolist(), last)]  # per sentence: (cosine, text), closest first
     outputs, seconds, v = [last], [time.time() - t0], target.clone()
     for _ in range(steps):
-        if max_seconds and sum(seconds) > max_seconds:
-            if log:
-                log(f"stopped after {len(outputs) - 1} of {steps} steps: --max-seconds {max_seconds:g} reached")
+        if out_of_time(seconds, max_seconds, steps, log):
             break
         t0 = time.time()
         residual = target - last_vectors  # (N, Dv)
