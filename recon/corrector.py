@@ -451,9 +451,9 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     step starts after this many seconds (a machine lent for a fixed time); fewer steps are returned.
     Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
-    from recon.feedback import DEFAULT_RATE, feedback_loop, out_of_time
+    from recon.feedback import feedback_loop, out_of_time
     if model.base is None:
-        return feedback_loop(model, vectors, steps, beam, feedback, DEFAULT_RATE if rate is None else rate, seed,
+        return feedback_loop(model, vectors, steps, beam, feedback, rate, seed,
                              batch_size, no_repeat_ngram, num_beams, length_penalty, log, no_repeat_match, start,
                              max_seconds)
     if rate is not None:

@@ -130,6 +130,20 @@ def example_rows(texts, predictions, lengths, fidelity, fidelity_std, controls):
     return rows
 
 
+def loop_settings(model, correction_steps, correction_beam, feedback_rate):
+    """generate_from_vectors' correction settings, resolved ({} for a single pass): a corrector, or a plain
+    decoder given correction steps (vector feedback, recon/feedback.py). Every output, the controls' too,
+    goes through the same loop, and metrics.json records these."""
+    if model.base is None and not correction_steps:
+        return {}
+    loop = {"correction_steps": model.correction_steps if correction_steps is None else correction_steps,
+            "correction_beam": correction_beam}
+    if model.base is None:
+        from recon.feedback import DEFAULT_RATE
+        loop["feedback_rate"] = DEFAULT_RATE if feedback_rate is None else feedback_rate
+    return loop
+
+
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
              pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print,
              no_repeat_match="loose", given=None, feedback_rate=None):
@@ -149,15 +163,8 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
     gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
                no_repeat_match=no_repeat_match)
-    # a corrector, or a plain decoder with correction steps (recon/feedback.py): every output, the
-    # controls' too, goes through the same loop
-    loop = model.base is not None or bool(correction_steps)
-    if loop:
-        gen.update(correction_steps=correction_steps, correction_beam=correction_beam)
-    if loop and model.base is None:
-        from recon.feedback import DEFAULT_RATE
-        feedback_rate = DEFAULT_RATE if feedback_rate is None else feedback_rate
-        gen.update(feedback_rate=feedback_rate)
+    loop = loop_settings(model, correction_steps, correction_beam, feedback_rate)
+    gen.update(loop)
     t0 = time.time()
     # under torchrun each process encodes and decodes its shard, and all get the whole result back
     def encode(xs):
@@ -202,9 +209,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
                      "length_penalty": length_penalty, "rerank": rerank, "no_repeat_ngram": no_repeat_ngram,
                      "no_repeat_match": no_repeat_match,
                      "max_new_tokens": model.config.max_target_len + 1,
-                     **({"correction_steps": model.correction_steps if correction_steps is None else correction_steps,
-                         "correction_beam": correction_beam} if loop else {}),
-                     **({"feedback_rate": feedback_rate} if loop and model.base is None else {})},
+                     **loop},
         "controls": {"random": "Gaussian vectors with the mean and covariance of the evaluated vectors",
                      "shuffled": "each text decoded from another evaluated text's vector",
                      "retrieval": "the training text with the closest vector by cosine (standardised)"},

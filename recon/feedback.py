@@ -31,7 +31,7 @@ def out_of_time(seconds, max_seconds, steps, log):
     return True
 
 
-def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=DEFAULT_RATE, seed=0, batch_size=256,
+def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=0, batch_size=256,
                   no_repeat_ngram=0, num_beams=1, length_penalty=1.0, log=None, no_repeat_match="loose", start=None,
                   max_seconds=0.0):
     """Correct a plain decoder's reconstructions of `vectors` (N, Dv) for `steps` steps through its input.
@@ -39,9 +39,10 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=DEFAULT_RAT
     beam: each step decodes the moved vectors with this many beams, and every sentence keeps the `beam`
     candidates so far (its first pass's included) closest to its target; the next step moves by the
     residual of this step's closest new candidate. feedback=False: each sentence moves by another
-    sentence's residual (a new permutation each step, drawn from `seed`). Returns (outputs per step,
+    sentence's residual (a new permutation each step, drawn from `seed`). rate: None for DEFAULT_RATE. Returns (outputs per step,
     step 0 the single pass or `start`; seconds per step), as recon.corrector.correct does.
     """
+    rate = DEFAULT_RATE if rate is None else rate
     if rate <= 0:
         raise ValueError(f"the feedback rate must be above 0 (a step of the residual), not {rate}")
     dec = model.decoder
