@@ -33,14 +33,15 @@ def out_of_time(seconds, max_seconds, steps, log):
 
 def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=0, batch_size=256,
                   no_repeat_ngram=0, num_beams=1, length_penalty=1.0, log=None, no_repeat_match="loose", start=None,
-                  max_seconds=0.0):
+                  max_seconds=0.0, return_kept=False):
     """Correct a plain decoder's reconstructions of `vectors` (N, Dv) for `steps` steps through its input.
 
     beam: each step decodes the moved vectors with this many beams, and every sentence keeps the `beam`
     candidates so far (its first pass's included) closest to its target; the next step moves by the
     residual of this step's closest new candidate. feedback=False: each sentence moves by another
     sentence's residual (a new permutation each step, drawn from `seed`). rate: None for DEFAULT_RATE. Returns (outputs per step,
-    step 0 the single pass or `start`; seconds per step), as recon.corrector.correct does.
+    step 0 the single pass or `start`; seconds per step), as recon.corrector.correct does;
+    return_kept: also each sentence's kept candidates at the end, as (cosine, text), closest first.
     """
     rate = DEFAULT_RATE if rate is None else rate
     if rate <= 0:
@@ -90,4 +91,4 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
         if log:
             log(f"feedback step {len(outputs) - 1} of {steps}: {seconds[-1]:.1f}s "
                 f"({seconds[-1] / max(len(target), 1):.4f}s a sentence)")
-    return outputs, seconds
+    return (outputs, seconds, kept) if return_kept else (outputs, seconds)

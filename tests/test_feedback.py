@@ -71,6 +71,14 @@ def test_feedback_finds_the_input_whose_output_re_encodes_to_the_target(beam):
     # correct() runs this loop for a model with no corrector, and passes the rate on
     same, _ = correct(model, target, 25, beam, rate=0.3)
     assert same == outputs
+    # return_kept: each sentence's kept candidates, closest first, their first the written output
+    _, _, kept = feedback_loop(model, target, 25, beam=beam, rate=0.3, return_kept=True)
+    assert [row[0][1] for row in kept] == outputs[-1]
+    for row, t in zip(kept, target):
+        assert 1 <= len(row) <= beam and len({h for _, h in row}) == len(row)
+        sims = [c for c, _ in row]
+        assert sims == sorted(sims, reverse=True)
+        assert torch.allclose(cosines(model, [h for _, h in row], t[None]), torch.tensor(sims), atol=1e-4)
     with pytest.raises(ValueError, match="above 0"):
         feedback_loop(model, target, 1, rate=0.0)
 
