@@ -47,10 +47,7 @@ def mean_logp(vecs, cands, batch=256):
         ids = [(x + [c.eos_id])[:64] for x in model.tokenizer.encode(cands[s:s + batch])]  # within the positions
         T = max(map(len, ids))
         targets = torch.tensor([x + [c.pad_id] * (T - len(x)) for x in ids])
-        bos = torch.full((len(ids), 1), c.bos_id)
-        logits = model.decoder(vecs[s:s + batch].float(), torch.cat([bos, targets[:, :-1]], 1)).float()
-        lp = -F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(targets == c.pad_id, -100),
-                              ignore_index=-100, reduction="none")
+        lp = -model.loss(vecs[s:s + batch].float(), targets, reduction="none").view(targets.shape)  # 0 at pads
         out.append(lp.sum(1) / (targets != c.pad_id).sum(1))
     return torch.cat(out)
 
