@@ -2,7 +2,9 @@
 re-encoded vectors are closest to the target and writes the closest. Here the same K are chosen
 again: by the raw vectors' cosine and the standardised vectors' distance, by the decoder's own likelihood of each under the target vector (mean log-probability a
 token, teacher-forced), by its bag-of-words head (the mean log-probability of the candidate's
-distinct tokens), by the cosine mixed with each (z-scored within a sentence's candidates), and by
+distinct tokens), by the cosine mixed with each (z-scored within a sentence's candidates), by
+consensus among the kept (minimum Bayes risk: the candidate with the highest mean sentence BLEU or
+token F1 against the others, alone, weighted by the others' cosine, or mixed with the cosine), and by
 the oracle (the candidate nearest its reference by sentence BLEU: a ceiling, not a method).
 
     python experiments/feedback_select.py checkpoints/default validation 6 8 0.15 [--data=FILE]
@@ -21,7 +23,7 @@ from sacrebleu.metrics import BLEU
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recon.feedback import feedback_loop  # noqa: E402
-from recon.metrics import corpus_scores  # noqa: E402
+from recon.metrics import corpus_scores, token_f1  # noqa: E402
 from recon.model import ReconModel  # noqa: E402
 
 opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
@@ -85,6 +87,27 @@ rows = [len(r) for r in kept]
 zc, zl, zb = z(cos, rows), z(lp, rows), z(bow, rows)
 
 
+def consensus(utility, weighted=False):
+    """Each candidate's mean utility against the sentence's other kept candidates (weights exp(z(cosine)))."""
+    out, at = torch.zeros(len(flat)), 0
+    for n in rows:
+        w = torch.exp(zc[at:at + n]) if weighted else torch.ones(n)
+        for a in range(n):
+            others = [b for b in range(n) if b != a]
+            if others:
+                u = torch.tensor([utility(flat[at + a], flat[at + b]) for b in others])
+                out[at + a] = float((u * w[others]).sum() / w[others].sum())
+        at += n
+    return out
+
+
+mbr_b = consensus(lambda h, o: sb.sentence_score(h, [o]).score)
+mbr_bw = consensus(lambda h, o: sb.sentence_score(h, [o]).score, weighted=True)
+mbr_f = consensus(token_f1)
+zm = z(mbr_b, rows)
+zn = z(torch.tensor([float(len(h.split())) for h in flat]), rows)  # length in words
+
+
 def pick(score):
     out, at = [], 0
     for n in rows:
@@ -95,14 +118,21 @@ def pick(score):
 
 print(f"{ckpt}, {split} ({len(texts)} texts): {steps} steps of beam {beam} at rate {rate}, "
       f"{sum(rows) / len(rows):.1f} kept candidates a sentence")
-print("| selector | BLEU | token F1 |")
-print("|---|---:|---:|")
+print("| selector | BLEU | token F1 | brevity penalty |")
+print("|---|---:|---:|---:|")
 selectors = {"cosine (the loop's)": cos, "cosine of the raw vectors": raw_cos,
              "distance of the standardised vectors (nearest)": neg_l2, "decoder log-probability": lp}
 selectors.update({f"z(cosine) + {w:g} z(log-probability)": zc + w * zl for w in (0.25, 0.5, 1.0)})
 selectors["bag-of-words head: mean log-probability of the distinct tokens"] = bow
 selectors.update({f"z(cosine) + {w:g} z(bag of words)": zc + w * zb for w in (0.25, 0.5, 1.0)})
+selectors["consensus: mean sentence BLEU against the other kept"] = mbr_b
+selectors["consensus: the same, the others weighted by exp(z(cosine))"] = mbr_bw
+selectors["consensus: mean token F1 against the other kept"] = mbr_f
+selectors.update({f"z(cosine) + {w:g} z(consensus BLEU)": zc + w * zm for w in (0.25, 0.5, 1.0, 2.0)})
+selectors.update({f"z(cosine) + {w:g} z(length in words)": zc + w * zn for w in (0.25, 0.5)})
 selectors["oracle: sentence BLEU against the reference (reads it)"] = sbleu
 for name, score in selectors.items():
-    s = corpus_scores(pick(score), texts)
-    print(f"| {name} | {s['bleu']:.2f} | {s['token_f1']:.2f} |", flush=True)
+    chosen = pick(score)
+    s = corpus_scores(chosen, texts)
+    bp = BLEU().corpus_score(chosen, [texts]).bp
+    print(f"| {name} | {s['bleu']:.2f} | {s['token_f1']:.2f} | {bp:.3f} |", flush=True)
