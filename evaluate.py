@@ -63,9 +63,12 @@ def main(argv=None):
         if model.base is None and cfg.correction_beam > 1 and not cfg.correction_steps:
             raise ReconError(f"{folder} is not a corrector: --correction-beam needs --correction-steps N (vector "
                              "feedback on a plain checkpoint), or a checkpoint of `python train.py --base-model RUN_DIR`")
-        if model.base is not None and cfg.feedback_rate is not None:
+        if model.base is not None and cfg.feedback_rate is not None and not cfg.feedback_steps:
             raise ReconError(f"{folder} is a corrector, which reads its hypothesis's vector itself: --feedback-rate "
-                             "is for vector feedback on a plain checkpoint; drop it")
+                             "is for vector feedback on a plain checkpoint, or on its base with --feedback-steps N")
+        if model.base is None and cfg.feedback_steps:
+            raise ReconError(f"{folder} is not a corrector: --feedback-steps runs vector feedback on a corrector's base "
+                             "first; on a plain checkpoint give --correction-steps N (its vector feedback) instead")
         plain_loop = model.base is None and bool(cfg.correction_steps)
         say(f"decoding: {describe_decoding(cfg.num_beams, cfg.rerank)}"
             + ("" if given_beams else " (step 0 of vector feedback: the single pass)" if plain_loop
@@ -86,7 +89,8 @@ def main(argv=None):
             correction = evaluate_correction(model, corpus.texts(split)[:cfg.max_examples], steps, cfg.correction_beam,
                                              cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say,
                                              no_repeat_match=cfg.no_repeat_match, ablations=cfg.ablations,
-                                             rate=cfg.feedback_rate)
+                                             rate=cfg.feedback_rate, feedback_steps=cfg.feedback_steps,
+                                             feedback_beam=cfg.feedback_beam)
             if cfg.num_beams == 1 and cfg.rerank == "none" and cfg.length_penalty == 1.0 and distributed.world_size() == 1:
                 # the headline's reconstruction and random control are that run's last step: not decoded twice
                 given = {"predictions": correction["conditions"]["correction"]["predictions"],
@@ -100,6 +104,7 @@ def main(argv=None):
                                  no_repeat_ngram=cfg.no_repeat_ngram, no_repeat_match=cfg.no_repeat_match,
                                  rerank=cfg.rerank, correction_steps=cfg.correction_steps,
                                  correction_beam=cfg.correction_beam, feedback_rate=cfg.feedback_rate,
+                                 feedback_steps=cfg.feedback_steps, feedback_beam=cfg.feedback_beam,
                                  pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")
         say(headline_table(metrics))

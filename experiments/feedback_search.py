@@ -5,7 +5,8 @@ closest candidates not yet expanded are each moved by their own residual and dec
     python experiments/feedback_search.py checkpoints/default validation line:0.15:6:8 tree:0.15:6:8:1
 
 Arguments: checkpoint, split, then variants, each printed with its BLEU after every step:
-    line:RATE:STEPS:BEAM       the library's loop (one moved vector a sentence, BEAM beams a step)
+    line:RATE:STEPS:BEAM[:FIRST]  the library's loop (one moved vector a sentence, BEAM beams a step; the
+                               first pass greedy, or FIRST beams, every one a candidate)
     blind:RATE:STEPS:BEAM      its no-feedback ablation (each vector moved by another sentence's residual)
     tree:RATE:STEPS:K:B        best-first: the K closest unexpanded candidates, each decoded with B beams
                                (the first pass's output, the only candidate at step 1, with K * B)
@@ -79,7 +80,9 @@ print("|---|---|---:|---:|---:|")
 for variant in variants:
     kind, *p = variant.split(":")
     if kind in ("line", "blind"):
-        outputs, seconds = feedback_loop(model, vectors, int(p[1]), int(p[2]), kind == "line", float(p[0]), **GEN)
+        first = dict(num_beams=int(p[3])) if len(p) > 3 else {}
+        outputs, seconds = feedback_loop(model, vectors, int(p[1]), int(p[2]), kind == "line", float(p[0]), **GEN,
+                                         **first)
     else:
         outputs, seconds = tree_loop(model, vectors, int(p[1]), float(p[0]), int(p[2]), int(p[3]))
     scores = [corpus_scores(preds, texts) for preds in outputs]

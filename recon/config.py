@@ -279,8 +279,13 @@ class EvalConfig(ProbeSettings):
         "help": "the ablations run beside the correction, comma-separated: no-feedback, random-target, "
                 "reference (a corrector: one greedy step from the reference itself), or none"})
     feedback_rate: Optional[float] = field(default=None, metadata={
-        "help": "vector feedback (a plain checkpoint with --correction-steps): each step moves the decoded "
-                "vector by this times the residual of the re-encoded output (default 0.15)"})
+        "help": "vector feedback (a plain checkpoint with --correction-steps, or a corrector's --feedback-steps): "
+                "each step moves the decoded vector by this times the residual of the re-encoded output (default 0.15)"})
+    feedback_steps: int = field(default=0, metadata={
+        "help": "a corrector: this many steps of vector feedback on its base first (keeping --correction-beam "
+                "candidates), then --correction-steps of the corrector on the closest it kept"})
+    feedback_beam: Optional[int] = field(default=None, metadata={
+        "help": "with --feedback-steps: the feedback's beams a step and candidates kept (default --correction-beam)"})
     probes: bool = field(default=False, metadata={
         "help": "also train the probes (recon/probes.py) on the checkpoint's vectors of its training data and set "
                 "its decoder beside them (its greedy pass, and this evaluation's decoding when it covers the whole "
@@ -298,6 +303,8 @@ class EvalConfig(ProbeSettings):
         check(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
         check(self.correction_steps is None or self.correction_steps >= 0, "--correction-steps cannot be negative")
         check(self.correction_beam >= 1, "--correction-beam must be at least 1")
+        check(self.feedback_steps >= 0, "--feedback-steps cannot be negative")
+        check(self.feedback_beam is None or self.feedback_beam >= 1, "--feedback-beam must be at least 1")
         check(self.feedback_rate is None or self.feedback_rate > 0,
               f"--feedback-rate must be above 0 (a step of the residual), not {self.feedback_rate}")
         check(all(n in CORRECTION_ABLATIONS for n in self.ablations),

@@ -439,7 +439,8 @@ def adopt_base(cfg):
 
 @torch.no_grad()
 def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_repeat_ngram=0, num_beams=1,
-            length_penalty=1.0, log=None, no_repeat_match="loose", start=None, max_seconds=0.0, rate=None, seed=0):
+            length_penalty=1.0, log=None, no_repeat_match="loose", start=None, max_seconds=0.0, rate=None, seed=0,
+            feedback_steps=0, feedback_beam=None):
     """Correct the base's reconstructions of `vectors` (N, Dv) for `steps` steps.
 
     model: a corrector ReconModel (model.base is the base), or a plain one, whose loop moves the vector
@@ -447,7 +448,10 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     sentence, those whose re-encoded vectors are closest to the target (vec2text's sequence beam;
     each step decodes every candidate with a beam of this width). feedback=False: the hypothesis
     vector is replaced by the training mean (zero once standardised), the no-feedback ablation.
-    start: the first hypotheses (a text per vector) instead of the base's. max_seconds > 0: no
+    start: the first hypotheses (a text, or a list of texts, per vector) instead of the base's.
+    feedback_steps (a corrector): first run this many steps of vector feedback on the base (at `rate`,
+    keeping `feedback_beam` candidates, `beam` if None; feedback=False runs its ablation too), then
+    correct the `beam` closest it kept; the outputs list the feedback's steps, then the corrector's. max_seconds > 0: no
     step starts after this many seconds (a machine lent for a fixed time); fewer steps are returned.
     Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
@@ -456,23 +460,41 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
         return feedback_loop(model, vectors, steps, beam, feedback, rate, seed,
                              batch_size, no_repeat_ngram, num_beams, length_penalty, log, no_repeat_match, start,
                              max_seconds)
-    if rate is not None:
+    if rate is not None and not feedback_steps:
         raise ValueError("a corrector reads the hypothesis's vector itself: the feedback rate is for a plain "
-                         "decoder's loop (recon/feedback.py)")
+                         "decoder's loop (recon/feedback.py), or for feedback_steps on its base first")
     base, dec = model.base, model.decoder
     gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
                length_penalty=length_penalty)
+    before, before_seconds, carried = [], [], 0.0
+    if feedback_steps:  # vector feedback on the base first; the corrector takes up all it kept
+        before, before_seconds, kept = feedback_loop(base, vectors, feedback_steps, feedback_beam or beam, feedback,
+                                                     rate, seed,
+                                                     batch_size, no_repeat_ngram, num_beams, length_penalty, log,
+                                                     no_repeat_match, start, max_seconds, return_kept=True)
+        start = [[h for _, h in row] for row in kept]  # closest first: its first is the feedback's output
+        before, before_seconds, carried = before[:-1], before_seconds[:-1], before_seconds[-1]
     t0 = time.time()
-    first = list(start) if start is not None else base.generate_from_vectors(vectors, num_beams=num_beams, **gen)
-    outputs, seconds, cands = [first], [time.time() - t0], [[h] for h in first]
+    if start is None:
+        start = base.generate_from_vectors(vectors, num_beams=num_beams, **gen)
+    cands = [list(dict.fromkeys([h] if isinstance(h, str) else h))[:beam] for h in start]
+    outputs, seconds = before + [[row[0] for row in cands]], before_seconds + [carried + time.time() - t0]
     target = dec.standardize(vectors).cpu()
+    seen = {}  # text -> its vector: each candidate is encoded once
+
+    def encode(texts):
+        new = [t for t in dict.fromkeys(texts) if t not in seen]
+        if new:
+            seen.update(zip(new, base.encode(new, batch_size)))
+        return torch.stack([seen[t] for t in texts])
+
     for _ in range(steps):
-        if out_of_time(seconds, max_seconds, steps, log):
+        if out_of_time(seconds, max_seconds, len(before) + steps, log):
             break
         t0 = time.time()
         flat = [c for row in cands for c in row]
         owner = torch.tensor([i for i, row in enumerate(cands) for _ in row])
-        hv = base.encode(flat, batch_size) if feedback else dec.vector_mean.cpu().expand(len(flat), -1)
+        hv = encode(flat) if feedback else dec.vector_mean.cpu().expand(len(flat), -1)
         rows = dec.rows(vectors.cpu()[owner], hv, model.tokenizer.encode(flat))
         if beam == 1:
             cands = [[x] for x in model.decode_rows(rows, **gen)]
@@ -483,7 +505,7 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
                 pools[i] += [text for text, _ in row]
             pools = [list(dict.fromkeys(p)) for p in pools]
             texts = [t for p in pools for t in p]
-            z = dec.standardize(base.encode(texts, batch_size)).cpu()
+            z = dec.standardize(encode(texts)).cpu()
             who = torch.tensor([i for i, p in enumerate(pools) for _ in p])
             sim = torch.nn.functional.cosine_similarity(z, target[who], dim=-1)
             cands, at = [], 0
@@ -494,7 +516,7 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
         outputs.append([row[0] for row in cands])
         seconds.append(time.time() - t0)
         if log:
-            log(f"correction step {len(outputs) - 1} of {steps}: {seconds[-1]:.1f}s "
+            log(f"correction step {len(outputs) - 1 - len(before)} of {steps}: {seconds[-1]:.1f}s "
                 f"({seconds[-1] / max(len(vectors), 1):.4f}s a sentence)")
     return outputs, seconds
 
@@ -507,7 +529,8 @@ ABLATIONS = ("no-feedback", "random-target", "reference")  # evaluate.py --corre
 
 
 def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_repeat_ngram=0, output_dir=None,
-                        log=print, no_repeat_match="loose", ablations=ABLATIONS, rate=None):
+                        log=print, no_repeat_match="loose", ablations=ABLATIONS, rate=None, feedback_steps=0,
+                        feedback_beam=None):
     """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
     for the corrector and, as `ablations` names them, two ablations: no-feedback (the hypothesis
     vector replaced by the training mean; the same sequence beam) and random-target (Gaussian vectors
@@ -515,7 +538,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     reference itself as the hypothesis (a corrector that reads its hypothesis keeps a right one).
     A plain model (no corrector) runs recon/feedback.py's loop at `rate`: its no-feedback ablation moves
     each vector by another sentence's residual, and it has no reference check (a right hypothesis has no
-    residual, so its step decodes the target vector again).
+    residual, so its step decodes the target vector again). feedback_steps (a corrector): that many steps of
+    vector feedback on its base first (correct()); its no-feedback ablation takes both loops' feedback away.
     Writes correction.json, correction.md and correction.png to output_dir. Returns the dict."""
     import json
 
@@ -533,7 +557,7 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     every = {"no-feedback": ("no feedback", dict(beam=beam, feedback=False)),
              "random-target": ("random target", dict(beam=beam, vectors=matched_random_vectors(vectors, seed))),
              # greedy: a sequence beam keeps the old candidates, and the reference is always the closest
-             "reference": ("reference as hypothesis", dict(beam=1, start=texts, steps=1))}
+             "reference": ("reference as hypothesis", dict(beam=1, start=texts, steps=1, feedback_steps=0))}
     plain = model.base is None
     if plain and "reference" in ablations:
         log("vector feedback: no 'reference as hypothesis' check (a right hypothesis leaves no residual to move by)")
@@ -542,16 +566,19 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
               "no_repeat_match": no_repeat_match, "conditions": {},
               **({"loop": "vector feedback", "rate": DEFAULT_RATE if rate is None else rate} if plain else
-                 {"loop": "corrector"})}
+                 {"loop": "corrector", "feedback_steps": feedback_steps, "feedback_beam": feedback_beam or beam,
+                  **({"rate": DEFAULT_RATE if rate is None else rate} if feedback_steps else {})})}
     if plain:
         rate = result["rate"]
     ends = {}  # (condition, step) -> Scores of its outputs, for the paired tests
     for name, how in conditions.items():
         how = dict(how)
         v, n = how.pop("vectors", vectors), how.pop("steps", steps)
+        how.setdefault("feedback_steps", feedback_steps)
         outputs, seconds = correct(model, v, n, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
                                    no_repeat_match=no_repeat_match, log=lambda line: log(f"{name}: {line}"),
-                                   rate=rate, seed=seed, **how)
+                                   rate=rate if plain or how["feedback_steps"] else None, seed=seed,
+                                   feedback_beam=feedback_beam, **how)
         curve = []
         for step, preds in enumerate(outputs):
             per_example = [example_scores(p, t) for p, t in zip(preds, texts)]  # for the scores and the tests
@@ -568,8 +595,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
         last = curve[-1]
         log(f"{name}: BLEU {curve[0]['bleu']:.2f} -> {last['bleu']:.2f}, exact match {last['exact_match']:.2f}%, "
             f"standardised cosine {curve[0]['cosine_standardized']:.3f} -> {last['cosine_standardized']:.3f}")
-    last = ("correction", steps)
-    against = {"the base's single pass": ("correction", 0), "no feedback": ("no feedback", steps)}
+    last = ("correction", steps + feedback_steps)
+    against = {"the base's single pass": ("correction", 0), "no feedback": ("no feedback", steps + feedback_steps)}
     result["tests"] = {name: paired(ends[last], ends[other], seed=seed) for name, other in against.items()
                        if other in ends and other != last}
     if output_dir:
@@ -588,8 +615,11 @@ def correction_table(result):
                 f"{result['beam']} beam(s) a step and the {result['beam']} closest candidates kept; step 0 is the "
                 "decoder's single pass; 'no feedback' moves each vector by another sentence's residual.")
     else:
-        head = (f"Correction of {result['num_examples']} texts, {result['steps']} steps, sequence beam {result['beam']}; "
-                "step 0 is the base model's single pass (for 'reference as hypothesis', the reference itself: one "
+        first = (f"{result['feedback_steps']} steps of vector feedback on the base (rate {result['rate']:g}, "
+                 f"{result.get('feedback_beam', result['beam'])} beams), then "
+                 if result.get("feedback_steps") else "")
+        head = (f"Correction of {result['num_examples']} texts, {first}{result['steps']} steps of the corrector, "
+                f"sequence beam {result['beam']}; step 0 is the base model's single pass (for 'reference as hypothesis', the reference itself: one "
                 "greedy step from it shows whether the corrector keeps a right hypothesis).")
     lines = [head, "",
              "| condition | step | BLEU | exact match % | token F1 | standardised cosine | s per sentence |",
@@ -600,7 +630,8 @@ def correction_table(result):
                          f"{r['cosine_standardized']:.3f} | {r['seconds_per_sentence']:.4f} |")
     if result.get("tests"):
         from recon.significance import SAMPLES, paired_line
-        lines += ["", f"The correction after step {result['steps']}, paired on {SAMPLES:,} resamples of the texts "
+        end = result["steps"] + result.get("feedback_steps", 0)
+        lines += ["", f"The correction after step {end}, paired on {SAMPLES:,} resamples of the texts "
                   "(95% intervals of the difference; the same weights, one seed):"]
         lines += [f"- against {paired_line(name, t, ('bleu', 'token_f1', 'cosine_standardized'))}"
                   for name, t in result["tests"].items()]

@@ -130,7 +130,7 @@ def example_rows(texts, predictions, lengths, fidelity, fidelity_std, controls):
     return rows
 
 
-def loop_settings(model, correction_steps, correction_beam, feedback_rate):
+def loop_settings(model, correction_steps, correction_beam, feedback_rate, feedback_steps=0, feedback_beam=None):
     """generate_from_vectors' correction settings, resolved ({} for a single pass): a corrector, or a plain
     decoder given correction steps (vector feedback, recon/feedback.py). Every output, the controls' too,
     goes through the same loop, and metrics.json records these."""
@@ -138,15 +138,17 @@ def loop_settings(model, correction_steps, correction_beam, feedback_rate):
         return {}
     loop = {"correction_steps": model.correction_steps if correction_steps is None else correction_steps,
             "correction_beam": correction_beam}
-    if model.base is None:
+    if model.base is None or feedback_steps:
         from recon.feedback import DEFAULT_RATE
         loop["feedback_rate"] = DEFAULT_RATE if feedback_rate is None else feedback_rate
+    if model.base is not None and feedback_steps:  # vector feedback on the corrector's base first
+        loop["feedback_steps"], loop["feedback_beam"] = feedback_steps, feedback_beam or correction_beam
     return loop
 
 
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
              pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print,
-             no_repeat_match="loose", given=None, feedback_rate=None):
+             no_repeat_match="loose", given=None, feedback_rate=None, feedback_steps=0, feedback_beam=None):
     """Score `model` on `texts`; lengths: encoder-token length of each text.
 
     pool_texts: the training texts for the retrieval control and the overlap check (none: skipped);
@@ -163,7 +165,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
     gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
                no_repeat_match=no_repeat_match)
-    loop = loop_settings(model, correction_steps, correction_beam, feedback_rate)
+    loop = loop_settings(model, correction_steps, correction_beam, feedback_rate, feedback_steps, feedback_beam)
     gen.update(loop)
     t0 = time.time()
     # under torchrun each process encodes and decodes its shard, and all get the whole result back

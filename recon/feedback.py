@@ -38,7 +38,9 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
 
     beam: each step decodes the moved vectors with this many beams, and every sentence keeps the `beam`
     candidates so far (its first pass's included) closest to its target; the next step moves by the
-    residual of this step's closest new candidate. feedback=False: each sentence moves by another
+    residual of this step's closest new candidate. num_beams > 1: the first pass is a beam search whose
+    beams are all candidates (its closest, the rerank's choice, starts the trajectory); start: the first
+    pass's outputs instead, a text or a list of texts per vector. feedback=False: each sentence moves by another
     sentence's residual (a new permutation each step, drawn from `seed`). rate: None for DEFAULT_RATE. Returns (outputs per step,
     step 0 the single pass or `start`; seconds per step), as recon.corrector.correct does;
     return_kept: also each sentence's kept candidates at the end, as (cosine, text), closest first.
@@ -52,11 +54,24 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
     generator = torch.Generator().manual_seed(seed)
     t0 = time.time()
     target = torch.as_tensor(vectors).float().cpu()  # (N, Dv)
-    last = list(start) if start is not None else model.generate_from_vectors(target, num_beams=num_beams, **gen)
-    last_vectors = model.encode(last, batch_size).float().cpu()  # (N, Dv)
+    if start is None and num_beams > 1:  # every beam of the first pass is a candidate
+        start = [[h for h, _ in row] for row in model.decode_rows(target, num_beams=num_beams, return_all=True,
+                                                                   **gen)[1]]
+    if start is None:
+        start = model.generate_from_vectors(target, **gen)
+    pools = [list(dict.fromkeys([h] if isinstance(h, str) else h)) for h in start]
+    flat = [h for p in pools for h in p]
+    flat_vectors = model.encode(flat, batch_size).float().cpu()  # (M, Dv)
     z_target = dec.standardize(target).cpu()
-    sims = F.cosine_similarity(dec.standardize(last_vectors).cpu(), z_target, dim=-1)
-    kept = [[(float(s), h)] for s, h in zip(sims.tolist(), last)]  # per sentence: (cosine, text), closest first
+    owner = torch.tensor([i for i, p in enumerate(pools) for _ in p])
+    sims = F.cosine_similarity(dec.standardize(flat_vectors).cpu(), z_target[owner], dim=-1)
+    kept, picks, at = [], [], 0  # per sentence: (cosine, text), closest first
+    for p in pools:
+        order = sims[at:at + len(p)].argsort(descending=True).tolist()
+        kept.append([(float(sims[at + j]), p[j]) for j in order][:max(beam, 1)])
+        picks.append(at + order[0])
+        at += len(p)
+    last, last_vectors = [flat[j] for j in picks], flat_vectors[picks]  # (N, Dv)
     outputs, seconds, v = [last], [time.time() - t0], target.clone()
     for _ in range(steps):
         if out_of_time(seconds, max_seconds, steps, log):

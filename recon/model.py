@@ -144,7 +144,8 @@ class ReconModel(nn.Module):
     @torch.no_grad()
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
                               return_all=False, no_repeat_ngram=0, correction_steps=None, correction_beam=1,
-                              no_repeat_match="loose", temperature=0.0, seed=0, rerank="none", feedback_rate=None):
+                              no_repeat_match="loose", temperature=0.0, seed=0, rerank="none", feedback_rate=None,
+                              feedback_steps=0, feedback_beam=None):
         """(N, vector_dim) vectors from anywhere -> list of N strings.
 
         rerank="embedding" (beam search; train.py's default evaluation is 8 beams so reranked):
@@ -159,6 +160,9 @@ class ReconModel(nn.Module):
         sentence by the cosine of their re-encoded vectors to the target. A plain checkpoint: its
         own output corrected through its input, by steps of feedback_rate times the residual of
         the re-encoded output (recon/feedback.py; no corrector needed), keeping candidates the same way.
+        feedback_steps (a corrector): first that many steps of vector feedback on the base (at
+        feedback_rate, keeping feedback_beam candidates: correction_beam if None), then the
+        corrector's steps on the correction_beam closest it kept.
         temperature > 0 (one pass, num_beams=1): sample each token at this temperature instead of
         taking the most likely, drawn from a generator seeded with `seed` (the same seed, the same
         samples on one device).
@@ -172,6 +176,9 @@ class ReconModel(nn.Module):
                 f"(N, {self.config.vector_dim}) vectors ({self.config.representation} of {self.config.encoder})"
             )
         from recon.corrector import correct
+        if self.base is None and feedback_steps:
+            raise ValueError("feedback_steps runs vector feedback on a corrector's base first; a plain checkpoint "
+                             "runs its own with correction_steps")
         if self.base is None:
             if correction_steps:
                 if rerank != "none" or return_all or temperature:
@@ -200,12 +207,14 @@ class ReconModel(nn.Module):
             raise ValueError("temperature samples one pass: give it to the base model (model.base), not a corrector")
         if return_all:
             raise ValueError("return_all is not available with correction; correction_beam keeps the closest candidates")
-        if feedback_rate is not None:
-            raise ValueError("feedback_rate moves a plain decoder's input; a corrector reads its hypothesis's vector itself")
+        if feedback_rate is not None and not feedback_steps:
+            raise ValueError("feedback_rate moves a plain decoder's input (or a corrector's base's, with "
+                             "feedback_steps); a corrector reads its hypothesis's vector itself")
         steps = self.correction_steps if correction_steps is None else correction_steps
         outputs, _ = correct(self, vectors, steps, correction_beam, batch_size=batch_size, num_beams=num_beams,
                              no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
-                             length_penalty=length_penalty)
+                             length_penalty=length_penalty, rate=feedback_rate, seed=seed,
+                             feedback_steps=feedback_steps, feedback_beam=feedback_beam)
         return outputs[-1]
 
     @torch.no_grad()

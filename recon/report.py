@@ -122,7 +122,12 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
     if d.get("no_repeat_ngram"):
         decoding += f", no {d['no_repeat_ngram']}-gram of decoder tokens written twice" + (
             " (compared loosely: case, accents and punctuation ignored)" if d.get("no_repeat_match") == "loose" else "")
-    if d.get("correction_steps") and "feedback_rate" in d:
+    if d.get("feedback_steps"):
+        decoding += (f", then {d['feedback_steps']} steps of vector feedback on the base (rate {d['feedback_rate']:g}, "
+                     f"{d.get('feedback_beam', d.get('correction_beam', 1))} beams) and {d['correction_steps']} "
+                     "correction steps of the closest candidates it kept (sequence beam "
+                     f"{d.get('correction_beam', 1)})")
+    elif d.get("correction_steps") and "feedback_rate" in d:
         decoding += (f", then {d['correction_steps']} steps of vector feedback (the decoded vector moved by "
                      f"{d['feedback_rate']:g} of the residual of the re-encoded output, {d.get('correction_beam', 1)} "
                      "beam(s) a step, the candidate closest to the target kept)")
@@ -194,7 +199,11 @@ def decoding_label(d):
     if d.get("rerank") == "embedding":
         label += ", embedding rerank"
     label += f", {d['no_repeat_ngram']}-gram ban" if d.get("no_repeat_ngram") else ", no ban"
-    if d.get("correction_steps") and "feedback_rate" in d:
+    if d.get("feedback_steps"):
+        label += (f", then {d['feedback_steps']} vector-feedback steps on the base (rate {d['feedback_rate']:g}, "
+                  f"beam {d.get('feedback_beam', d.get('correction_beam', 1))}) and "
+                  f"{d['correction_steps']} correction steps (sequence beam {d.get('correction_beam', 1)})")
+    elif d.get("correction_steps") and "feedback_rate" in d:
         label += f", then {d['correction_steps']} vector-feedback steps (rate {d['feedback_rate']:g}" + (
             f", beam {d['correction_beam']})" if d.get("correction_beam", 1) > 1 else ")")
     elif d.get("correction_steps"):

@@ -383,3 +383,41 @@ def test_hypothesis_copies_add_the_bases_substitute_copies_to_the_rows(tiny_enco
                                   "--max-steps", "1", "--hypotheses", "0", "--hypothesis-noise", "0", *common, *flag]) == 0
     rows = lambda name: json.loads((tmp_path / name / "data.json").read_text())["hypothesis_texts"]  # noqa: E731
     assert rows("plain") == 100 and rows("copies") == 100 + copies
+
+
+def test_vector_feedback_on_the_base_first_then_the_corrector_on_all_it_kept(runs, capsys):
+    from recon.corrector import correct
+    from recon.feedback import feedback_loop
+    tmp, _, _ = runs
+    model = ReconModel.from_pretrained(str(tmp / "corr"))
+    vectors = model.encode(sentences(16))
+    outputs, seconds = correct(model, vectors, 2, beam=2, feedback_steps=2, rate=0.2)
+    feedback, _ = feedback_loop(model.base, vectors, 2, beam=2, rate=0.2)
+    assert len(outputs) == len(seconds) == 5 and outputs[:3] == feedback  # the feedback's steps, then the corrector's
+    z = model.decoder.standardize(vectors)
+    curve = [torch.nn.functional.cosine_similarity(model.decoder.standardize(model.encode(o)), z, dim=-1) for o in outputs]
+    for before, after in zip(curve, curve[1:]):  # both loops keep the closest candidates: no sentence gets worse
+        assert (after >= before - 1e-5).all()
+    assert model.generate_from_vectors(vectors, correction_steps=2, correction_beam=2, feedback_steps=2,
+                                       feedback_rate=0.2) == outputs[-1]
+    wide, _ = correct(model, vectors, 1, beam=1, feedback_steps=2, rate=0.2, feedback_beam=3)  # 3 kept, 1 corrected
+    assert wide[:3] == feedback_loop(model.base, vectors, 2, beam=3, rate=0.2)[0]
+    with pytest.raises(ValueError, match="on a corrector's base first"):
+        model.base.generate_from_vectors(vectors, feedback_steps=1)
+    out = tmp / "ev-fb"
+    assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(out), "--split", "train",
+                                 "--correction-steps", "1", "--correction-beam", "2", "--feedback-steps", "2",
+                                 "--retrieval-pool", "0", "--correction-ablations", "no-feedback"]) == 0
+    result = json.loads((out / "correction.json").read_text())
+    assert result["feedback_steps"] == 2 and result["rate"] == 0.15
+    for name in ("correction", "no feedback"):
+        assert [r["step"] for r in result["conditions"][name]["curve"]] == [0, 1, 2, 3]
+    assert "2 steps of vector feedback on the base (rate 0.15, 2 beams), then 1 steps of the corrector" in (out / "correction.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["decoding"]["feedback_steps"] == 2 and metrics["decoding"]["feedback_rate"] == 0.15
+    assert metrics["bleu"] == pytest.approx(result["conditions"]["correction"]["curve"][-1]["bleu"])
+    assert "vector feedback on the base" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev-fb2"),
+                                 "--correction-steps", "1", "--feedback-steps", "2"]) == 2
+    assert "is not a corrector: --feedback-steps" in capsys.readouterr().err

@@ -83,6 +83,22 @@ def test_feedback_finds_the_input_whose_output_re_encodes_to_the_target(beam):
         feedback_loop(model, target, 1, rate=0.0)
 
 
+def test_feedback_keeps_every_beam_of_a_wide_first_pass():
+    model = Rotating()
+    target = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    beams = [[h for h, _ in row] for row in model.decode_rows(target, num_beams=4, return_all=True)[1]]
+    outputs, _, kept = feedback_loop(model, target, 0, beam=4, rate=0.3, num_beams=4, return_kept=True)
+    for row, first in zip(kept, beams):  # every beam is a candidate, closest first
+        assert sorted(h for _, h in row) == sorted(first)
+    closest = [max(row, key=lambda h: float(cosines(model, [h], t[None])[0])) for row, t in zip(beams, target)]
+    assert outputs[0] == closest  # the first pass writes the rerank's choice, and its trajectory starts there
+    wide, _ = feedback_loop(model, target, 3, beam=4, rate=0.3, num_beams=4)
+    assert feedback_loop(model, target, 3, beam=4, rate=0.3, start=beams)[0] == wide  # start: lists of texts
+    narrow, _ = feedback_loop(model, target, 3, beam=4, rate=0.3)
+    assert wide != narrow and wide[0] != narrow[0]
+    assert (cosines(model, wide[-1], target) >= cosines(model, wide[0], target) - 1e-6).all()
+
+
 @pytest.fixture(scope="module")
 def base_run(tiny_encoder_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("feedback")
