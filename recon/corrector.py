@@ -438,6 +438,18 @@ def adopt_base(cfg):
 
 
 @torch.no_grad()
+def closest(dec, pools, encode, target, k):
+    """Each sentence's k candidates (of its pool of texts) whose vectors are closest to its target, closest first."""
+    z = dec.standardize(encode([t for p in pools for t in p])).cpu()
+    who = torch.tensor([i for i, p in enumerate(pools) for _ in p])
+    sim = torch.nn.functional.cosine_similarity(z, target[who], dim=-1)
+    out, at = [], 0
+    for p in pools:
+        out.append([p[j] for j in sim[at:at + len(p)].argsort(descending=True)[:k].tolist()])
+        at += len(p)
+    return out
+
+
 def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_repeat_ngram=0, num_beams=1,
             length_penalty=1.0, log=None, no_repeat_match="loose", start=None, max_seconds=0.0, rate=None, seed=0,
             feedback_steps=0, feedback_beam=None):
@@ -503,16 +515,7 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
             pools = [list(row) for row in cands]  # the candidates so far compete with the new ones
             for i, row in zip(owner.tolist(), beams):
                 pools[i] += [text for text, _ in row]
-            pools = [list(dict.fromkeys(p)) for p in pools]
-            texts = [t for p in pools for t in p]
-            z = dec.standardize(encode(texts)).cpu()
-            who = torch.tensor([i for i, p in enumerate(pools) for _ in p])
-            sim = torch.nn.functional.cosine_similarity(z, target[who], dim=-1)
-            cands, at = [], 0
-            for p in pools:
-                order = sim[at:at + len(p)].argsort(descending=True)[:beam].tolist()
-                cands.append([p[j] for j in order])
-                at += len(p)
+            cands = closest(dec, [list(dict.fromkeys(p)) for p in pools], encode, target, beam)
         outputs.append([row[0] for row in cands])
         seconds.append(time.time() - t0)
         if log:
