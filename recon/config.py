@@ -282,8 +282,8 @@ class EvalConfig(ProbeSettings):
         "help": "vector feedback (a plain checkpoint with --correction-steps, or a corrector's --feedback-steps): "
                 "each step moves the decoded vector by this times the residual of the re-encoded output (default 0.15)"})
     feedback_steps: int = field(default=0, metadata={
-        "help": "a corrector: this many steps of vector feedback on its base first (keeping --correction-beam "
-                "candidates), then --correction-steps of the corrector on the closest it kept"})
+        "help": "a corrector: this many steps of vector feedback on its base first (keeping --feedback-beam "
+                "candidates), then --correction-steps of the corrector on the --correction-beam closest it kept"})
     feedback_beam: Optional[int] = field(default=None, metadata={
         "help": "with --feedback-steps: the feedback's beams a step and candidates kept (default --correction-beam)"})
     probes: bool = field(default=False, metadata={
