@@ -66,6 +66,9 @@ def main(argv=None):
         if model.base is not None and cfg.feedback_rate is not None and not cfg.feedback_steps:
             raise ReconError(f"{folder} is a corrector, which reads its hypothesis's vector itself: --feedback-rate "
                              "is for vector feedback on a plain checkpoint, or on its base with --feedback-steps N")
+        if model.base is None and cfg.correction_rate:
+            raise ReconError(f"{folder} is not a corrector: --correction-rate moves a corrector's target slot; vector "
+                             "feedback on a plain checkpoint moves its input by --feedback-rate")
         if model.base is None and cfg.feedback_steps:
             raise ReconError(f"{folder} is not a corrector: --feedback-steps runs vector feedback on a corrector's base "
                              "first; on a plain checkpoint give --correction-steps N (its vector feedback) instead")
@@ -90,7 +93,7 @@ def main(argv=None):
                                              cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say,
                                              no_repeat_match=cfg.no_repeat_match, ablations=cfg.ablations,
                                              rate=cfg.feedback_rate, feedback_steps=cfg.feedback_steps,
-                                             feedback_beam=cfg.feedback_beam)
+                                             feedback_beam=cfg.feedback_beam, correction_rate=cfg.correction_rate)
             if cfg.num_beams == 1 and cfg.rerank == "none" and cfg.length_penalty == 1.0 and distributed.world_size() == 1:
                 # the headline's reconstruction and random control are that run's last step: not decoded twice
                 given = {"predictions": correction["conditions"]["correction"]["predictions"],
@@ -105,7 +108,7 @@ def main(argv=None):
                                  rerank=cfg.rerank, correction_steps=cfg.correction_steps,
                                  correction_beam=cfg.correction_beam, feedback_rate=cfg.feedback_rate,
                                  feedback_steps=cfg.feedback_steps, feedback_beam=cfg.feedback_beam,
-                                 pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
+                                 correction_rate=cfg.correction_rate, pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")
         say(headline_table(metrics))
         say(uncertainty_lines(metrics))

@@ -12,6 +12,9 @@ with its BLEU after every step:
                             input: v_k = v_{k-1} + RATE * (v* - E(h)), h the step's closest new candidate
     after:STEPS:BEAM        the corrector's loop from vector feedback's kept candidates (6 steps of 8 beams
                             at rate 0.15 on the base: the default loop), all of them corrected
+    aftermoved:RATE:STEPS:BEAM  the same, its target slot moved at RATE as in moved
+    interleave:ROUNDS:F:C:BEAM  after vector feedback, ROUNDS rounds of C corrector steps (BEAM x BEAM) and F
+                            more feedback steps of 8 beams started from the corrector's kept candidates
     feedback                vector feedback on the base alone (the default loop), for the same table
 --pool=FILE: vector feedback's kept candidates (feedback_select.py --pool writes the same file; made
 here when missing). --data=FILE (one text a line) replaces the split's texts. The 3-gram ban (loose)
@@ -46,8 +49,9 @@ class Vectors:
         return torch.stack([self.seen[t] for t in texts])
 
 
-def corrector_loop(corr, vectors, first, steps, beam, rate=0.0):
-    """The corrector's loop from `first` (per sentence, a list of texts), its target slot moved at `rate`."""
+def corrector_loop(corr, vectors, first, steps, beam, rate=0.0, return_kept=False):
+    """The corrector's loop from `first` (per sentence, a list of texts), its target slot moved at `rate`;
+    return_kept: also each sentence's kept candidates, closest first."""
     base, dec, t0 = corr.base, corr.decoder, time.time()
     encode, target = Vectors(base), vectors.float().cpu()
     z = dec.standardize(target).cpu()
@@ -85,7 +89,7 @@ def corrector_loop(corr, vectors, first, steps, beam, rate=0.0):
         kept = [[t for _, t in row[:beam]] for row in ranked]
         outputs.append([row[0] for row in kept])
         seconds.append(time.time() - t0)
-    return outputs, seconds
+    return (outputs, seconds, kept) if return_kept else (outputs, seconds)
 
 
 opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
@@ -125,8 +129,23 @@ for variant in variants:
         outputs, secs = corrector_loop(corr, vectors, [[h] for h in first], int(p[1]), int(p[2]), float(p[0]))
     elif kind == "after":
         outputs, secs = corrector_loop(corr, vectors, [[t for _, t in row] for row in kept_fb], int(p[0]), int(p[1]))
+    elif kind == "interleave":
+        rounds, f_steps, c_steps, beam = map(int, p)
+        first, outputs, secs = [[t for _, t in row] for row in kept_fb], [], []
+        for r in range(rounds):
+            out, sec, kept = corrector_loop(corr, vectors, first, c_steps, beam, return_kept=True)
+            outputs, secs = outputs + out[(r > 0):], secs + sec[(r > 0):]
+            t1 = time.time()  # the corrector's kept candidates (its last step's pool) start more feedback
+            _, sec, kept = feedback_loop(base, vectors, f_steps, 8, True, 0.15, no_repeat_ngram=3, return_kept=True,
+                                         start=kept)
+            first = [[t for _, t in row] for row in kept]
+            outputs.append([row[0] for row in first])
+            secs.append(time.time() - t1)
+    elif kind == "aftermoved":
+        first = [[t for _, t in row] for row in kept_fb]
+        outputs, secs = corrector_loop(corr, vectors, first, int(p[1]), int(p[2]), float(p[0]))
     else:
-        sys.exit(f"unknown variant {variant!r}: corr:STEPS:BEAM, moved:RATE:STEPS:BEAM, after:STEPS:BEAM or feedback")
+        sys.exit(f"unknown variant {variant!r}: corr:STEPS:BEAM, moved:RATE:STEPS:BEAM, after:STEPS:BEAM, aftermoved:RATE:STEPS:BEAM or feedback")
     bleus = [corpus_scores(o, texts)["bleu"] for o in outputs]
     last = corpus_scores(outputs[-1], texts)
     cos = F.cosine_similarity(base.decoder.standardize(base.encode(outputs[-1]).float()), target, dim=-1).mean()

@@ -286,6 +286,9 @@ class EvalConfig(ProbeSettings):
                 "candidates), then --correction-steps of the corrector on the --correction-beam closest it kept"})
     feedback_beam: Optional[int] = field(default=None, metadata={
         "help": "with --feedback-steps: the feedback's beams a step and candidates kept (default --correction-beam)"})
+    correction_rate: float = field(default=0.0, metadata={
+        "help": "a corrector: after each step move its target slot by this times the residual of the step's "
+                "closest new candidate, as vector feedback moves the base's input (0: the target itself)"})
     probes: bool = field(default=False, metadata={
         "help": "also train the probes (recon/probes.py) on the checkpoint's vectors of its training data and set "
                 "its decoder beside them (its greedy pass, and this evaluation's decoding when it covers the whole "
@@ -305,6 +308,7 @@ class EvalConfig(ProbeSettings):
         check(self.correction_beam >= 1, "--correction-beam must be at least 1")
         check(self.feedback_steps >= 0, "--feedback-steps cannot be negative")
         check(self.feedback_beam is None or self.feedback_beam >= 1, "--feedback-beam must be at least 1")
+        check(self.correction_rate >= 0, f"--correction-rate cannot be negative, not {self.correction_rate}")
         check(self.feedback_rate is None or self.feedback_rate > 0,
               f"--feedback-rate must be above 0 (a step of the residual), not {self.feedback_rate}")
         check(all(n in CORRECTION_ABLATIONS for n in self.ablations),

@@ -452,7 +452,7 @@ def closest(dec, pools, encode, target, k):
 
 def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_repeat_ngram=0, num_beams=1,
             length_penalty=1.0, log=None, no_repeat_match="loose", start=None, max_seconds=0.0, rate=None, seed=0,
-            feedback_steps=0, feedback_beam=None):
+            feedback_steps=0, feedback_beam=None, correction_rate=0.0):
     """Correct the base's reconstructions of `vectors` (N, Dv) for `steps` steps.
 
     model: a corrector ReconModel (model.base is the base), or a plain one, whose loop moves the vector
@@ -463,7 +463,10 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     start: the first hypotheses (a text, or a list of texts, per vector) instead of the base's.
     feedback_steps (a corrector): first run this many steps of vector feedback on the base (at `rate`,
     keeping `feedback_beam` candidates, `beam` if None; feedback=False runs its ablation too), then
-    correct the `beam` closest it kept; the outputs list the feedback's steps, then the corrector's. max_seconds > 0: no
+    correct the `beam` closest it kept; the outputs list the feedback's steps, then the corrector's.
+    correction_rate > 0 (a corrector): after each step the row's target slot moves by this times the residual of
+    the step's closest new candidate (v* - E(h)), as vector feedback moves the base's input (feedback=False:
+    by another sentence's residual, a new permutation each step drawn from `seed`). max_seconds > 0: no
     step starts after this many seconds (a machine lent for a fixed time); fewer steps are returned.
     Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
@@ -492,6 +495,8 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     cands = [list(dict.fromkeys([h] if isinstance(h, str) else h))[:beam] for h in start]
     outputs, seconds = before + [[row[0] for row in cands]], before_seconds + [carried + time.time() - t0]
     target = dec.standardize(vectors).cpu()
+    slot = vectors.cpu()  # the target slot of the rows: moved at correction_rate, else the target itself
+    generator = torch.Generator().manual_seed(seed)
     seen = {}  # text -> its vector: each candidate is encoded once
 
     def encode(texts):
@@ -507,15 +512,23 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
         flat = [c for row in cands for c in row]
         owner = torch.tensor([i for i, row in enumerate(cands) for _ in row])
         hv = encode(flat) if feedback else dec.vector_mean.cpu().expand(len(flat), -1)
-        rows = dec.rows(vectors.cpu()[owner], hv, model.tokenizer.encode(flat))
+        rows = dec.rows(slot[owner], hv, model.tokenizer.encode(flat))
         if beam == 1:
             cands = [[x] for x in model.decode_rows(rows, **gen)]
+            fresh = cands
         else:
             _, beams = model.decode_rows(rows, num_beams=beam, return_all=True, **gen)
             pools = [list(row) for row in cands]  # the candidates so far compete with the new ones
+            fresh = [[] for _ in cands]
             for i, row in zip(owner.tolist(), beams):
-                pools[i] += [text for text, _ in row]
-            cands = closest(dec, [list(dict.fromkeys(p)) for p in pools], encode, target, beam)
+                fresh[i] += [text for text, _ in row]
+            cands = closest(dec, [list(dict.fromkeys(p + f)) for p, f in zip(pools, fresh)], encode, target, beam)
+        if correction_rate:  # move the target slot by the residual of the step's closest new candidate
+            best = [row[0] for row in closest(dec, [list(dict.fromkeys(f)) for f in fresh], encode, target, 1)]
+            residual = vectors.cpu() - encode(best).cpu().to(vectors.dtype)
+            if not feedback:
+                residual = residual[torch.randperm(len(residual), generator=generator)]
+            slot = slot + correction_rate * residual
         outputs.append([row[0] for row in cands])
         seconds.append(time.time() - t0)
         if log:
@@ -533,7 +546,7 @@ ABLATIONS = ("no-feedback", "random-target", "reference")  # evaluate.py --corre
 
 def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_repeat_ngram=0, output_dir=None,
                         log=print, no_repeat_match="loose", ablations=ABLATIONS, rate=None, feedback_steps=0,
-                        feedback_beam=None):
+                        feedback_beam=None, correction_rate=0.0):
     """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
     for the corrector and, as `ablations` names them, two ablations: no-feedback (the hypothesis
     vector replaced by the training mean; the same sequence beam) and random-target (Gaussian vectors
@@ -543,6 +556,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     each vector by another sentence's residual, and it has no reference check (a right hypothesis has no
     residual, so its step decodes the target vector again). feedback_steps (a corrector): that many steps of
     vector feedback on its base first (correct()); its no-feedback ablation takes both loops' feedback away.
+    correction_rate: the corrector's target slot moved each step (correct()); no feedback moves it by another
+    sentence's residual.
     Writes correction.json, correction.md and correction.png to output_dir. Returns the dict."""
     import json
 
@@ -570,7 +585,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
               "no_repeat_match": no_repeat_match, "conditions": {},
               **({"loop": "vector feedback", "rate": DEFAULT_RATE if rate is None else rate} if plain else
                  {"loop": "corrector", "feedback_steps": feedback_steps, "feedback_beam": feedback_beam or beam,
-                  **({"rate": DEFAULT_RATE if rate is None else rate} if feedback_steps else {})})}
+                  **({"rate": DEFAULT_RATE if rate is None else rate} if feedback_steps else {}),
+                  **({"correction_rate": correction_rate} if correction_rate else {})})}
     if plain:
         rate = result["rate"]
     ends = {}  # (condition, step) -> Scores of its outputs, for the paired tests
@@ -581,7 +597,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
         outputs, seconds = correct(model, v, n, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
                                    no_repeat_match=no_repeat_match, log=lambda line: log(f"{name}: {line}"),
                                    rate=rate if plain or how["feedback_steps"] else None, seed=seed,
-                                   feedback_beam=feedback_beam, **how)
+                                   feedback_beam=feedback_beam, correction_rate=0.0 if plain else correction_rate,
+                                   **how)
         curve = []
         for step, preds in enumerate(outputs):
             per_example = [example_scores(p, t) for p, t in zip(preds, texts)]  # for the scores and the tests
@@ -621,7 +638,9 @@ def correction_table(result):
         first = (f"{result['feedback_steps']} steps of vector feedback on the base (rate {result['rate']:g}, "
                  f"{result.get('feedback_beam', result['beam'])} beams), then "
                  if result.get("feedback_steps") else "")
-        head = (f"Correction of {result['num_examples']} texts, {first}{result['steps']} steps of the corrector, "
+        moved = (f" (its target slot moved by {result['correction_rate']:g} of the residual a step)"
+                 if result.get("correction_rate") else "")
+        head = (f"Correction of {result['num_examples']} texts, {first}{result['steps']} steps of the corrector{moved}, "
                 f"sequence beam {result['beam']}; step 0 is the base model's single pass (for 'reference as hypothesis', the reference itself: one "
                 "greedy step from it shows whether the corrector keeps a right hypothesis).")
     lines = [head, "",

@@ -130,7 +130,8 @@ def example_rows(texts, predictions, lengths, fidelity, fidelity_std, controls):
     return rows
 
 
-def loop_settings(model, correction_steps, correction_beam, feedback_rate, feedback_steps=0, feedback_beam=None):
+def loop_settings(model, correction_steps, correction_beam, feedback_rate, feedback_steps=0, feedback_beam=None,
+                  correction_rate=0.0):
     """generate_from_vectors' correction settings, resolved ({} for a single pass): a corrector, or a plain
     decoder given correction steps (vector feedback, recon/feedback.py). Every output, the controls' too,
     goes through the same loop, and metrics.json records these."""
@@ -143,12 +144,15 @@ def loop_settings(model, correction_steps, correction_beam, feedback_rate, feedb
         loop["feedback_rate"] = DEFAULT_RATE if feedback_rate is None else feedback_rate
     if model.base is not None and feedback_steps:  # vector feedback on the corrector's base first
         loop["feedback_steps"], loop["feedback_beam"] = feedback_steps, feedback_beam or correction_beam
+    if model.base is not None and correction_rate:  # the corrector's target slot moved each step
+        loop["correction_rate"] = correction_rate
     return loop
 
 
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
              pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print,
-             no_repeat_match="loose", given=None, feedback_rate=None, feedback_steps=0, feedback_beam=None):
+             no_repeat_match="loose", given=None, feedback_rate=None, feedback_steps=0, feedback_beam=None,
+             correction_rate=0.0):
     """Score `model` on `texts`; lengths: encoder-token length of each text.
 
     pool_texts: the training texts for the retrieval control and the overlap check (none: skipped);
@@ -165,7 +169,8 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         raise ValueError(f"unknown rerank {rerank!r}; choose none or embedding")
     gen = dict(num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
                no_repeat_match=no_repeat_match)
-    loop = loop_settings(model, correction_steps, correction_beam, feedback_rate, feedback_steps, feedback_beam)
+    loop = loop_settings(model, correction_steps, correction_beam, feedback_rate, feedback_steps, feedback_beam,
+                         correction_rate)
     gen.update(loop)
     t0 = time.time()
     # under torchrun each process encodes and decodes its shard, and all get the whole result back

@@ -145,7 +145,7 @@ class ReconModel(nn.Module):
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
                               return_all=False, no_repeat_ngram=0, correction_steps=None, correction_beam=1,
                               no_repeat_match="loose", temperature=0.0, seed=0, rerank="none", feedback_rate=None,
-                              feedback_steps=0, feedback_beam=None):
+                              feedback_steps=0, feedback_beam=None, correction_rate=0.0):
         """(N, vector_dim) vectors from anywhere -> list of N strings.
 
         rerank="embedding" (beam search; train.py's default evaluation is 8 beams so reranked):
@@ -162,7 +162,8 @@ class ReconModel(nn.Module):
         the re-encoded output (recon/feedback.py; no corrector needed), keeping candidates the same way.
         feedback_steps (a corrector): first that many steps of vector feedback on the base (at
         feedback_rate, keeping feedback_beam candidates: correction_beam if None), then the
-        corrector's steps on the correction_beam closest it kept.
+        corrector's steps on the correction_beam closest it kept. correction_rate > 0 (a corrector): each
+        step moves the corrector's target slot by this times the residual of its closest new candidate.
         temperature > 0 (one pass, num_beams=1): sample each token at this temperature instead of
         taking the most likely, drawn from a generator seeded with `seed` (the same seed, the same
         samples on one device).
@@ -176,6 +177,9 @@ class ReconModel(nn.Module):
                 f"(N, {self.config.vector_dim}) vectors ({self.config.representation} of {self.config.encoder})"
             )
         from recon.corrector import correct
+        if self.base is None and correction_rate:
+            raise ValueError("correction_rate moves a corrector's target slot; a plain checkpoint's vector feedback "
+                             "moves its input by feedback_rate")
         if self.base is None and feedback_steps:
             raise ValueError("feedback_steps runs vector feedback on a corrector's base first; a plain checkpoint "
                              "runs its own with correction_steps")
@@ -214,7 +218,8 @@ class ReconModel(nn.Module):
         outputs, _ = correct(self, vectors, steps, correction_beam, batch_size=batch_size, num_beams=num_beams,
                              no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
                              length_penalty=length_penalty, rate=feedback_rate, seed=seed,
-                             feedback_steps=feedback_steps, feedback_beam=feedback_beam)
+                             feedback_steps=feedback_steps, feedback_beam=feedback_beam,
+                             correction_rate=correction_rate)
         return outputs[-1]
 
     @torch.no_grad()

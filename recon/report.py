@@ -133,6 +133,8 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
                      "beam(s) a step, the candidate closest to the target kept)")
     elif d.get("correction_steps"):
         decoding += f", then {d['correction_steps']} correction steps (sequence beam {d.get('correction_beam', 1)})"
+    if d.get("correction_rate"):
+        decoding += f", the corrector's target slot moved by {d['correction_rate']:g} of the residual a step"
     decoding += f"; at most {d['max_new_tokens']} tokens. BLEU signature: `{metrics['sacrebleu_signature']}`."
     notes = []
     if "beam_without_rerank_bleu" in metrics:
@@ -209,6 +211,8 @@ def decoding_label(d):
     elif d.get("correction_steps"):
         label += f", then {d['correction_steps']} correction steps" + (
             f" (sequence beam {d['correction_beam']})" if d.get("correction_beam", 1) > 1 else "")
+    if d.get("correction_rate"):
+        label += f", target slot moved at {d['correction_rate']:g}"
     return label
 
 

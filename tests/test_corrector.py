@@ -421,3 +421,60 @@ def test_vector_feedback_on_the_base_first_then_the_corrector_on_all_it_kept(run
     assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev-fb2"),
                                  "--correction-steps", "1", "--feedback-steps", "2"]) == 2
     assert "is not a corrector: --feedback-steps" in capsys.readouterr().err
+
+
+def test_correction_rate_moves_the_corrector_target_slot_by_the_residual_of_its_closest_new_candidate(runs, capsys,
+                                                                                                      monkeypatch):
+    from recon.corrector import closest, correct
+    tmp, _, _ = runs
+    model = ReconModel.from_pretrained(str(tmp / "corr"))
+    dec = model.decoder
+    vectors = model.encode(sentences(12))
+    slots, decoded = [], []
+    rows, decode_rows = dec.rows, model.decode_rows
+
+    def spy_rows(target, hv, ids):
+        slots.append(target.clone())
+        return rows(target, hv, ids)
+
+    def spy_decode(r, **kw):
+        out = decode_rows(r, **kw)
+        decoded.append(out[1] if kw.get("return_all") else out)
+        return out
+    monkeypatch.setattr(dec, "rows", spy_rows)
+    monkeypatch.setattr(model, "decode_rows", spy_decode)
+    outputs, _ = correct(model, vectors, 2, beam=2, correction_rate=0.5)
+    assert len(slots) == 2 and torch.equal(slots[0], vectors.cpu())  # step 1: the base's pass, one a sentence
+    fresh = [[t for t, _ in row] for row in decoded[0]]  # step 1's new candidates
+    best = [p[0] for p in closest(dec, [list(dict.fromkeys(f)) for f in fresh], model.base.encode,
+                                  dec.standardize(vectors).cpu(), 1)]
+    moved = vectors.cpu() + 0.5 * (vectors.cpu() - model.base.encode(best).cpu())  # (N, D)
+    gap, owner = torch.cdist(slots[1].float(), moved.float()).min(dim=1)  # step 2: a row per kept candidate
+    assert gap.max() < 1e-4 and owner.tolist() == sorted(owner.tolist()) and set(owner.tolist()) == set(range(12))
+    z = dec.standardize(vectors)
+    curve = [torch.nn.functional.cosine_similarity(dec.standardize(model.encode(o)), z, dim=-1) for o in outputs]
+    assert (curve[2] >= curve[1] - 1e-5).all()  # the sequence beam still keeps the closest candidates
+    monkeypatch.undo()
+    # the ablation moves by another sentence's residual: not each sentence's own
+    slots.clear()
+    monkeypatch.setattr(dec, "rows", spy_rows)
+    correct(model, vectors, 2, beam=1, correction_rate=0.5, feedback=False)
+    assert not torch.allclose(slots[1], slots[0])
+    monkeypatch.undo()
+    assert model.generate_from_vectors(vectors, correction_steps=2, correction_beam=2, correction_rate=0.5) == outputs[-1]
+    with pytest.raises(ValueError, match="moves a corrector's target slot"):
+        model.base.generate_from_vectors(vectors, correction_steps=1, correction_rate=0.5)
+    out = tmp / "ev-rate"
+    assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(out), "--split", "train",
+                                 "--correction-steps", "2", "--correction-beam", "2", "--correction-rate", "0.5",
+                                 "--retrieval-pool", "0", "--correction-ablations", "no-feedback"]) == 0
+    result = json.loads((out / "correction.json").read_text())
+    assert result["correction_rate"] == 0.5 and "target slot moved by 0.5" in (out / "correction.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["decoding"]["correction_rate"] == 0.5
+    assert metrics["bleu"] == pytest.approx(result["conditions"]["correction"]["curve"][-1]["bleu"])
+    assert "target slot moved by 0.5" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev-rate2"),
+                                 "--correction-steps", "1", "--correction-rate", "0.5"]) == 2
+    assert "is not a corrector: --correction-rate" in capsys.readouterr().err
