@@ -450,6 +450,16 @@ def closest(dec, pools, encode, target, k):
     return out
 
 
+def moved_slot(dec, slot, vectors, fresh, encode, target, rate, feedback, generator):
+    """The corrector's target slot moved by `rate` times the residual (v* - E(h)) of each sentence's closest
+    new candidate h of `fresh`; feedback=False: by another sentence's residual (a new permutation)."""
+    best = [row[0] for row in closest(dec, [list(dict.fromkeys(f)) for f in fresh], encode, target, 1)]
+    residual = vectors.cpu() - encode(best).cpu().to(vectors.dtype)
+    if not feedback:
+        residual = residual[torch.randperm(len(residual), generator=generator)]
+    return slot + rate * residual
+
+
 def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_repeat_ngram=0, num_beams=1,
             length_penalty=1.0, log=None, no_repeat_match="loose", start=None, max_seconds=0.0, rate=None, seed=0,
             feedback_steps=0, feedback_beam=None, correction_rate=0.0):
@@ -464,9 +474,8 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     feedback_steps (a corrector): first run this many steps of vector feedback on the base (at `rate`,
     keeping `feedback_beam` candidates, `beam` if None; feedback=False runs its ablation too), then
     correct the `beam` closest it kept; the outputs list the feedback's steps, then the corrector's.
-    correction_rate > 0 (a corrector): after each step the row's target slot moves by this times the residual of
-    the step's closest new candidate (v* - E(h)), as vector feedback moves the base's input (feedback=False:
-    by another sentence's residual, a new permutation each step drawn from `seed`). max_seconds > 0: no
+    correction_rate > 0 (a corrector): each step moves the rows' target slot as vector feedback moves the base's
+    input (moved_slot; the permutations of feedback=False drawn from `seed`). max_seconds > 0: no
     step starts after this many seconds (a machine lent for a fixed time); fewer steps are returned.
     Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
@@ -518,17 +527,12 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
             fresh = cands
         else:
             _, beams = model.decode_rows(rows, num_beams=beam, return_all=True, **gen)
-            pools = [list(row) for row in cands]  # the candidates so far compete with the new ones
             fresh = [[] for _ in cands]
             for i, row in zip(owner.tolist(), beams):
-                fresh[i] += [text for text, _ in row]
-            cands = closest(dec, [list(dict.fromkeys(p + f)) for p, f in zip(pools, fresh)], encode, target, beam)
-        if correction_rate:  # move the target slot by the residual of the step's closest new candidate
-            best = [row[0] for row in closest(dec, [list(dict.fromkeys(f)) for f in fresh], encode, target, 1)]
-            residual = vectors.cpu() - encode(best).cpu().to(vectors.dtype)
-            if not feedback:
-                residual = residual[torch.randperm(len(residual), generator=generator)]
-            slot = slot + correction_rate * residual
+                fresh[i] += [text for text, _ in row]  # the candidates so far compete with the new ones
+            cands = closest(dec, [list(dict.fromkeys(c + f)) for c, f in zip(cands, fresh)], encode, target, beam)
+        if correction_rate:
+            slot = moved_slot(dec, slot, vectors, fresh, encode, target, correction_rate, feedback, generator)
         outputs.append([row[0] for row in cands])
         seconds.append(time.time() - t0)
         if log:
@@ -555,9 +559,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     A plain model (no corrector) runs recon/feedback.py's loop at `rate`: its no-feedback ablation moves
     each vector by another sentence's residual, and it has no reference check (a right hypothesis has no
     residual, so its step decodes the target vector again). feedback_steps (a corrector): that many steps of
-    vector feedback on its base first (correct()); its no-feedback ablation takes both loops' feedback away.
-    correction_rate: the corrector's target slot moved each step (correct()); no feedback moves it by another
-    sentence's residual.
+    vector feedback on its base first, correction_rate its target slot moved (correct()); the no-feedback
+    ablation takes every loop's feedback away.
     Writes correction.json, correction.md and correction.png to output_dir. Returns the dict."""
     import json
 
@@ -597,8 +600,7 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
         outputs, seconds = correct(model, v, n, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
                                    no_repeat_match=no_repeat_match, log=lambda line: log(f"{name}: {line}"),
                                    rate=rate if plain or how["feedback_steps"] else None, seed=seed,
-                                   feedback_beam=feedback_beam, correction_rate=0.0 if plain else correction_rate,
-                                   **how)
+                                   feedback_beam=feedback_beam, correction_rate=correction_rate, **how)
         curve = []
         for step, preds in enumerate(outputs):
             per_example = [example_scores(p, t) for p, t in zip(preds, texts)]  # for the scores and the tests
