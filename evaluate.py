@@ -108,7 +108,8 @@ def main(argv=None):
                                  rerank=cfg.rerank, correction_steps=cfg.correction_steps,
                                  correction_beam=cfg.correction_beam, feedback_rate=cfg.feedback_rate,
                                  feedback_steps=cfg.feedback_steps, feedback_beam=cfg.feedback_beam,
-                                 correction_rate=cfg.correction_rate, pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
+                                 correction_rate=cfg.correction_rate,
+                                 pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")
         say(headline_table(metrics))
         say(uncertainty_lines(metrics))

@@ -558,10 +558,9 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     reference itself as the hypothesis (a corrector that reads its hypothesis keeps a right one).
     A plain model (no corrector) runs recon/feedback.py's loop at `rate`: its no-feedback ablation moves
     each vector by another sentence's residual, and it has no reference check (a right hypothesis has no
-    residual, so its step decodes the target vector again). feedback_steps (a corrector): that many steps of
-    vector feedback on its base first, correction_rate its target slot moved (correct()); the no-feedback
-    ablation takes every loop's feedback away.
-    Writes correction.json, correction.md and correction.png to output_dir. Returns the dict."""
+    residual, so its step decodes the target vector again). feedback_steps, correction_rate (a corrector): as
+    correct(); the no-feedback ablation takes every loop's feedback away. Writes correction.json, correction.md
+    and correction.png to output_dir. Returns the dict."""
     import json
 
     from recon.evaluation import cosine, matched_random_vectors
@@ -643,8 +642,9 @@ def correction_table(result):
         moved = (f" (its target slot moved by {result['correction_rate']:g} of the residual a step)"
                  if result.get("correction_rate") else "")
         head = (f"Correction of {result['num_examples']} texts, {first}{result['steps']} steps of the corrector{moved}, "
-                f"sequence beam {result['beam']}; step 0 is the base model's single pass (for 'reference as hypothesis', the reference itself: one "
-                "greedy step from it shows whether the corrector keeps a right hypothesis).")
+                f"sequence beam {result['beam']}; step 0 is the base model's single pass (for 'reference as "
+                "hypothesis', the reference itself: one greedy step from it shows whether the corrector keeps a right "
+                "hypothesis).")
     lines = [head, "",
              "| condition | step | BLEU | exact match % | token F1 | standardised cosine | s per sentence |",
              "|---|---:|---:|---:|---:|---:|---:|"]
