@@ -22,13 +22,14 @@ import torch.nn.functional as F
 
 from recon.data import DataError
 from recon.distributed import is_main, sharded
-from recon.metrics import corpus_scores, example_scores, ngram_overlap, repeats_ngram
+from recon.metrics import corpus_scores, example_scores, ngram_overlap, repeats_ngram, repeats_word
 from recon.report import write_report
 from recon.significance import SAMPLES, Scores, intervals, paired
 
 LENGTH_BUCKETS = ((1, 8), (9, 16), (17, 24), (25, 32), (33, 48), (49, 64), (65, 10**9))
 CONTROLS = ("random", "shuffled", "retrieval")
-SCORES = ("sentence_bleu", "exact_match", "exact_match_normalized", "token_f1", "repeated_3gram", "broken_text")
+SCORES = ("sentence_bleu", "exact_match", "exact_match_normalized", "token_f1", "repeated_3gram", "repeated_word",
+          "broken_text")
 
 
 def bucket_name(length):
@@ -211,6 +212,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     metrics.update({
         **overlap,
         "reference_repeated_3gram": 100 * sum(map(repeats_ngram, texts)) / len(texts),
+        "reference_repeated_word": 100 * sum(map(repeats_word, texts)) / len(texts),
         **unreachable_under_ban(model, texts, no_repeat_ngram, no_repeat_match),
         "decoding": {"strategy": "beam" if num_beams > 1 else "greedy", "num_beams": num_beams,
                      "length_penalty": length_penalty, "rerank": rerank, "no_repeat_ngram": no_repeat_ngram,

@@ -12,6 +12,9 @@ token_f1                mean over examples of the F1 of the multiset of words (n
                         above) of prediction vs reference, 0-100 (SQuAD's token F1).
 repeated_3gram          percent of outputs in which a word 3-gram (normalised as above) occurs
                         twice: loops; the references' own share is reported beside it.
+repeated_word           percent of outputs in which a word of five letters or more (normalised as
+                        above, numbers aside) occurs twice: the word-level repeats a 3-gram ban lets
+                        through ("Chinese, Chinese, and Chinese"); the references' share beside it.
 broken_text             percent of outputs holding U+FFFD (half a character) or U+2047 (⁇,
                         SentencePiece's unknown-piece mark).
 """
@@ -63,6 +66,12 @@ def repeats_ngram(text, n=3):
     return len(set(grams)) < len(grams)
 
 
+def repeats_word(text, min_letters=5):
+    """Whether a word of at least min_letters characters (normalised as above, not a number) occurs twice."""
+    w = [x for x in normalize_loose(text).split() if len(x) >= min_letters and not x.isdigit()]
+    return len(set(w)) < len(w)
+
+
 def broken(text):
     """Whether the text holds U+FFFD (half a character) or SentencePiece's unknown-piece mark."""
     return "\ufffd" in text or "\u2047" in text
@@ -76,6 +85,7 @@ def example_scores(prediction, reference, _bleu=BLEU(effective_order=True)):
         "exact_match_normalized": 100.0 * (normalize_loose(prediction) == normalize_loose(reference)),
         "token_f1": 100.0 * token_f1(prediction, reference),
         "repeated_3gram": 100.0 * repeats_ngram(prediction),
+        "repeated_word": 100.0 * repeats_word(prediction),
         "broken_text": 100.0 * broken(prediction),
     }
 
@@ -98,6 +108,7 @@ def corpus_scores(predictions, references, per_example=None):
         "exact_match_normalized": sum(s["exact_match_normalized"] for s in per_example) / n,
         "token_f1": sum(s["token_f1"] for s in per_example) / n,
         "repeated_3gram": sum(s["repeated_3gram"] for s in per_example) / n,
+        "repeated_word": sum(s["repeated_word"] for s in per_example) / n,
         "broken_text": sum(s["broken_text"] for s in per_example) / n,
         "num_examples": n,
         "sacrebleu_signature": str(bleu.get_signature()),

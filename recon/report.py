@@ -11,6 +11,7 @@ HEADLINE = (
     ("exact_match_normalized", "exact match, normalised %"),
     ("token_f1", "token F1"),
     ("repeated_3gram", "outputs with a repeated word 3-gram %"),
+    ("repeated_word", "outputs repeating a word of 5+ letters %"),
     ("broken_text", "outputs with U+FFFD or ⁇ %"),
 )
 CONTROL_LABELS = {"random": "random vector", "shuffled": "another sentence's vector",
@@ -31,6 +32,7 @@ def headline_table(metrics):
         cells = [f"{metrics[f'control_{c}_{key}']:.2f}" for c in controls]
         lines.append(f"| {label} | {metrics[key]:.2f} | " + " | ".join(cells) + " |")
     for key, label in (("reference_repeated_3gram", "references with a repeated word 3-gram %"),
+                       ("reference_repeated_word", "references repeating a word of 5+ letters %"),
                        ("reference_unreachable_no_repeat", "references the no-repeat ban makes unreachable %")):
         if key in metrics:
             lines.append(f"| {label} | {metrics[key]:.2f} | " + " | ".join("" for _ in controls) + " |")

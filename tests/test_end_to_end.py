@@ -32,6 +32,9 @@ def test_memorise_64_wikipedia_sentences(tmp_path):
     assert m["num_examples"] == 64
     assert m["exact_match"] >= 90.0
     assert m["control_random_exact_match"] <= 5.0 and m["control_random_bleu"] < m["bleu"] / 2
+    # a decoder that writes its sentences back repeats their words as often as they do, and the report says so
+    assert m["reference_repeated_word"] > 0 and abs(m["repeated_word"] - m["reference_repeated_word"]) <= 5
+    assert "| references repeating a word of 5+ letters % |" in (ev / "report.md").read_text()
     # the ban (on by default) puts the sentences that repeat a 3-gram of decoder tokens out of reach
     assert evaluate_script.main(["--checkpoint", str(out), "--data", str(data), "--split", "all",
                                  "--output-dir", str(tmp_path / "ban")]) == 0

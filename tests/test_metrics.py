@@ -1,7 +1,7 @@
 import pytest
 import sacrebleu
 
-from recon.metrics import corpus_scores, example_scores, normalize_loose, token_f1
+from recon.metrics import corpus_scores, example_scores, normalize_loose, repeats_word, token_f1
 
 REFS = ["The cat sat on the mat.", "Paris is the capital of France.", "Café au lait, s'il vous plaît!"]
 HYPS = ["The cat sat on a mat.", "Paris is the capital of France.", "cafe au lait sil vous plait"]
@@ -38,3 +38,13 @@ def test_token_f1_known_values():
 def test_lengths_must_agree():
     with pytest.raises(ValueError, match="2 predictions for 3"):
         corpus_scores(HYPS[:2], REFS)
+
+
+def test_repeated_word_counts_long_words_loosely_and_not_numbers_or_short_words():
+    assert repeats_word("Traditional Chinese music, including Chinese, and Chinese songs.")
+    assert repeats_word("Paris is big; PARIS is old")  # compared as the metrics compare words
+    assert not repeats_word("The cat and the dog and the bird")  # short words repeat in any sentence
+    assert not repeats_word("Between 1898 and 1900, from 1898 on")  # numbers are not words it counts
+    assert repeats_word("Café culture, cafe society", min_letters=4)
+    m = corpus_scores(["Chinese music of Chinese", "Chinese music"], ["a", "b"])
+    assert m["repeated_word"] == 50.0 and example_scores("x", "x")["repeated_word"] == 0.0
