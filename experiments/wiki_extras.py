@@ -22,7 +22,7 @@ os.makedirs(out, exist_ok=True)
 with open(wiki_offline_path(), encoding="utf-8") as f:
     articles = [a for a in json.load(f).values() if a.get("extract")]
 split = lambda t: split_of(t, 0.02, 0.05, 0)  # noqa: E731  DataConfig's defaults
-sentences, extras, seen = [], [], set()
+sentences, extras = [], []
 for a in articles:
     own = split_sentences(a["extract"])
     sentences.extend(own)
