@@ -16,6 +16,7 @@ with its BLEU after every step:
     interleave:ROUNDS:F:C:BEAM  after vector feedback, ROUNDS rounds of C corrector steps (BEAM x BEAM) and F
                             more feedback steps of 8 beams started from the corrector's kept candidates
     feedback                vector feedback on the base alone (the default loop), for the same table
+--repeat-penalty=A: every decoding takes A off words already written (experiments/repeat_penalty.py).
 --pool=FILE: vector feedback's kept candidates (feedback_select.py --pool writes the same file; made
 here when missing). --data=FILE (one text a line) replaces the split's texts. The 3-gram ban (loose)
 throughout. Every variant reads nothing of a sentence but its vector and its own outputs' vectors.
@@ -100,6 +101,9 @@ base = corr.base
 if base is None:
     sys.exit(f"{ckpt} is not a corrector (train one with train.py --base-model RUN_DIR)")
 texts = open(opts["data"]).read().splitlines() if "data" in opts else base.training_corpus().texts(split)
+if "repeat-penalty" in opts:  # every decoding from here on, the corrector's steps (the pool is read as it was made)
+    from repeat_penalty import install
+    install(base, float(opts["repeat-penalty"]))
 vectors = base.encode(texts).float().cpu()
 target = base.decoder.standardize(vectors)
 
