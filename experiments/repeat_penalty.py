@@ -25,14 +25,14 @@ from recon.metrics import corpus_scores  # noqa: E402
 from recon.model import ReconModel  # noqa: E402
 
 
-def install(model, penalty, common_n=100):
+def install(model, penalty, common_n=100, train=None):
     """From now on every decoding (greedy and beam search, through recon.decoding.ban_repeats_, so only with
     the n-gram ban on) takes `penalty` from the log-probability of each word-start piece of 3+ letters outside
-    the training split's common_n commonest word starts once a piece of its class was written. Returns a
-    function that sets the penalty."""
+    the training split's common_n commonest word starts once a piece of its class was written (train: the
+    training split's texts, if the caller has them). Returns a function that sets the penalty."""
     sp, V = model.tokenizer.sp, model.tokenizer.vocab_size
     canon = model.piece_classes("loose")
-    train = model.training_corpus().texts("train")
+    train = model.training_corpus().texts("train") if train is None else train
     counts = collections.Counter(i for ids in model.tokenizer.encode(train) for i in ids)
     starts = [sp.id_to_piece(i).startswith("\u2581") for i in range(V)]
     common = {i for i, _ in sorted(((i, c) for i, c in counts.items() if starts[i]), key=lambda x: -x[1])[:common_n]}
@@ -66,9 +66,10 @@ def main():
     texts = open(opts["data"]).read().splitlines() if "data" in opts else corpus.texts(split)
     vectors = model.encode(texts)
     target = model.decoder.standardize(vectors)
-    set_penalty = install(model, 0.0, common_n)
+    train = corpus.texts("train")
+    set_penalty = install(model, 0.0, common_n, train)
     words = re.compile(r"\w+")
-    freq = collections.Counter(w for t in corpus.texts("train") for w in words.findall(t.lower()))
+    freq = collections.Counter(w for t in train for w in words.findall(t.lower()))
     top = {w for w, _ in freq.most_common(common_n)}
 
     def repeats(preds):

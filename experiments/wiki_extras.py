@@ -15,13 +15,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recon.data import normalize_whitespace, split_of, split_sentences, wiki_offline_path  # noqa: E402
+from recon.data import DataConfig, normalize_whitespace, split_of, split_sentences, wiki_offline_path  # noqa: E402
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 with open(wiki_offline_path(), encoding="utf-8") as f:
     articles = [a for a in json.load(f).values() if a.get("extract")]
-split = lambda t: split_of(t, 0.02, 0.05, 0)  # noqa: E731  DataConfig's defaults
+config = DataConfig()  # the default run's split fractions and salt
+split = lambda t: split_of(t, config.validation_fraction, config.test_fraction, config.split_seed)  # noqa: E731
 sentences, extras = [], []
 for a in articles:
     own = split_sentences(a["extract"])
