@@ -30,16 +30,19 @@ from recon.model import ReconModel  # noqa: E402
 
 
 def nearest(base, pool_vectors, vectors, k=1, exclude=None):
-    """Indices (N, k) of the pool's k nearest vectors to each of `vectors` (standardised cosine);
-    exclude[i]: pool indices row i may not take (itself, copies of its text)."""
+    """Indices (N, k) of the pool's k nearest vectors to each of `vectors` (standardised cosine): the top-k
+    recon.evaluation.nearest, with exclusions. exclude[i]: pool indices row i may not take (itself, copies of
+    its text)."""
     zp = F.normalize(base.decoder.standardize(pool_vectors).float(), dim=-1)
     zq = F.normalize(base.decoder.standardize(vectors).float(), dim=-1)
+    exclude = exclude or []
+    rows = torch.tensor([i for i, js in enumerate(exclude) for _ in js], dtype=torch.long)
+    cols = torch.tensor([j for js in exclude for j in js], dtype=torch.long)
     out = []
     for s in range(0, len(zq), 1024):
         sim = zq[s:s + 1024] @ zp.T
-        if exclude is not None:
-            for i in range(len(sim)):
-                sim[i, exclude[s + i]] = -2.0
+        here = (rows >= s) & (rows < s + len(sim))
+        sim[rows[here] - s, cols[here]] = -2.0  # below any cosine
         out.append(sim.topk(k, dim=1).indices)
     return torch.cat(out)
 
