@@ -34,6 +34,7 @@ SETTINGS = {  # name -> DecoderSpec fields, and the step's precision (fp32 unles
     "default decoder, bf16, --word-dropout 0.25": {"precision": "bf16", "word_dropout": 0.25},
     "bf16, --n-layer 2 (the default decoder since 9561bae)": {"precision": "bf16", "n_layer": 2},
     "fp32, --n-layer 2 (the default decoder on a CPU without native bf16)": {"n_layer": 2},
+    "bf16, --n-layer 2 --prior-used-up": {"precision": "bf16", "n_layer": 2, "prior_used_up": True},
     "bf16, --n-layer 1": {"precision": "bf16", "n_layer": 1},
     "bf16, --n-layer 6": {"precision": "bf16", "n_layer": 6},
     "bf16, --d-model 384 --n-head 6": {"precision": "bf16", "d_model": 384, "n_head": 6},

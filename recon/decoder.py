@@ -86,6 +86,10 @@ class DecoderSpec:
                 "regulariser of the vector's path alone (0: off)"})
     warm_lr_ratio: float = field(default=0.1, metadata={
         "help": "--decoder-type encoder-warm: the weights copied from the encoder train at this share of --lr"})
+    prior_used_up: bool = field(default=False, metadata={
+        "help": "a token already written loses its bag-of-words boost: the logits minus a learned share (starting "
+                "at 1) of the prior's gate times the token's prior above the vocabulary's lowest, once the token "
+                "is among the inputs; the prior says what the sentence holds, not how often (needs --bow-prior)"})
     coverage: bool = field(default=True, metadata={
         "help": "subtract from each token's logit a learned penalty of that token times the times it was "
                 "already written (coverage, after See et al. 2017): a decoder that can learn not to repeat itself"})
@@ -107,6 +111,8 @@ class DecoderSpec:
               f"--embedding-init must be random or encoder, not {self.embedding_init!r}")
         check(self.corrector_init in ("zero", "one", "aligned"),
               f"--corrector-init must be zero, one or aligned, not {self.corrector_init!r}")
+        check(self.bow_prior or not self.prior_used_up, "--prior-used-up takes back the bag-of-words prior: it needs "
+              "--bow-prior true")
 
     def build(self, vector_dim, vocab_size):
         check(self.decoder_type in DECODERS,
@@ -235,6 +241,7 @@ class Decoder(nn.Module):
             self.bow = nn.Linear(vector_dim, out) if not spec.bow_hidden else nn.Sequential(
                 nn.Linear(vector_dim, spec.bow_hidden), nn.GELU(), nn.Linear(spec.bow_hidden, out))
         self.prior_gate = nn.Linear(d_model, 1) if spec.bow_prior else None
+        self.prior_used = nn.Parameter(torch.ones(())) if spec.prior_used_up else None
         self.coverage = nn.Parameter(torch.zeros(vocab_size)) if spec.coverage else None
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(num_prefix + max_target_len + 1, d_model)  # prefix, [BOS], tokens
@@ -372,9 +379,34 @@ class Decoder(nn.Module):
         """Logits (B, T, V) from the final states x (B, T, D) of the token positions."""
         logits = F.linear(x, self.tok_emb.weight)  # tied input/output embeddings: (B, T, V)
         if "prior" in rows:  # what the vector says the sentence holds, as much as each position wants
-            logits = logits + self.prior_gate(x) * rows["prior"][:, None].to(logits.dtype)
+            gate = self.prior_gate(x)  # (B, T, 1)
+            logits = logits + gate * rows["prior"][:, None].to(logits.dtype)
+            if self.prior_used is not None and input_ids is not None:
+                logits = self.use_up_prior(logits, gate, rows["prior"], input_ids, cache)
         if self.coverage is not None and input_ids is not None:
             logits = self.penalise_written(logits, input_ids, cache)
+        return logits
+
+    def use_up_prior(self, logits, gate, prior, input_ids, cache):
+        """--prior-used-up: logits (B, T, V) minus the learned share of the prior's boost, gate x (prior
+        minus the vocabulary's lowest), of every token among the inputs up to each position (once a
+        token, however often written; counted on from what the cache has seen). Scattered from
+        (B, T, T) as coverage is, not marked in a (B, T, V) tensor."""
+        B, T = input_ids.shape
+        boost = prior - prior.min(-1, keepdim=True).values  # (B, V)
+        share = self.prior_used * gate[..., 0]  # (B, T)
+        same = input_ids[:, :, None] == input_ids[:, None, :]  # (B, T, T)
+        first = ~(same & torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril(-1)).any(-1)  # (B, T)
+        before = cache.rows.get("used") if cache is not None else None  # (B, V) written in earlier calls
+        if before is not None:
+            first = first & (before.gather(1, input_ids) == 0)
+            logits = logits - (share[..., None] * (boost * before)[:, None]).to(logits.dtype)
+        seen = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # position t: inputs 0..t
+        amount = share[:, :, None] * (boost.gather(1, input_ids) * first)[:, None, :] * seen  # (B, T, T)
+        logits = logits.scatter_add(2, input_ids[:, None, :].expand(B, T, T), -amount.to(logits.dtype))
+        if cache is not None:
+            used = torch.zeros_like(boost) if before is None else before
+            cache.rows["used"] = used.scatter(1, input_ids, 1.0)
         return logits
 
     def penalise_written(self, logits, input_ids, cache):

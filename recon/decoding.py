@@ -317,9 +317,9 @@ class _Plans(dict):
 
 def can_decode_static(decoder):
     """Whether greedy_static handles this decoder: recon's own transformer (type Decoder, pre-LN
-    Block layers, no copy mechanism), the one _static_step writes out again."""
+    Block layers, no copy mechanism, no used-up prior), the one _static_step writes out again."""
     from recon.decoder import Block, Decoder
-    return type(decoder) is Decoder and decoder.block_class is Block
+    return type(decoder) is Decoder and decoder.block_class is Block and decoder.prior_used is None
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from transformers import AutoModel
 from conftest import sentences
 import recon  # noqa: F401  (registers every decoder class)
 from recon.decoder import DECODERS, Decoder, DecoderSpec
+from recon.errors import ConfigError
 from recon.decoding import beam_search, greedy, greedy_static
 from recon.encoder import Encoder, EncoderError, EncoderSpec, load_encoder, pool
 from recon.model import CheckpointError, ReconModel
@@ -247,14 +248,17 @@ def test_decoder_overfits_a_handful_of_sentences(tiny_model):
     assert tiny_model.reconstruct(texts) == [t.lower() for t in texts]  # uncased encoder vocabulary
 
 
-@pytest.mark.parametrize("condition,bow_prior,coverage", [
-    ("prefix+add", False, False), ("prefix+add-zero", False, False), ("prefix", True, False), ("prefix+add", True, True)])
-def test_what_the_vector_adds_at_every_position_survives_the_cache_and_the_beams(condition, bow_prior, coverage):
-    """--condition prefix+add, --bow-prior and --coverage: cached greedy equals a full forward per
-    step, and beam search over a batch (rows leaving it, beams reordered) equals each sentence alone."""
+@pytest.mark.parametrize("condition,bow_prior,coverage,used_up", [
+    ("prefix+add", False, False, False), ("prefix+add-zero", False, False, False), ("prefix", True, False, False),
+    ("prefix+add", True, True, False), ("prefix", True, True, True)])
+def test_what_the_vector_adds_at_every_position_survives_the_cache_and_the_beams(condition, bow_prior, coverage,
+                                                                                 used_up):
+    """--condition prefix+add, --bow-prior, --coverage and --prior-used-up: cached greedy equals a full
+    forward per step, and beam search over a batch (rows leaving it, beams reordered) equals each
+    sentence alone."""
     torch.manual_seed(6)
     dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, condition=condition,
-                              bow_prior=bow_prior, coverage=coverage), 16, 40).eval()
+                              bow_prior=bow_prior, coverage=coverage, prior_used_up=used_up), 16, 40).eval()
     assert dec.add is None or (dec.add.weight == 0).all() == (condition == "prefix+add-zero")
     with torch.no_grad():
         for p in dec.parameters():
@@ -289,6 +293,30 @@ def test_the_bag_of_words_prior_starts_as_the_heads_log_probabilities():
     prior = dec.bow_logprobs(dec.standardize(v))  # (B, V)
     torch.testing.assert_close(with_prior, without + prior[:, None])
     assert (with_prior.argmax(-1) != without.argmax(-1)).any()
+
+
+def test_a_used_up_prior_takes_back_a_written_tokens_boost_once():
+    """--prior-used-up: from the position that has read a token on, its logit has the vocabulary's
+    lowest prior in place of its own (at the starting share 1 and gate 1), however often written;
+    other tokens keep their boost, and a decoder that cannot use it up is refused."""
+    torch.manual_seed(9)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, coverage=False, prior_used_up=True),
+                  16, 40).eval()
+    v, ids = torch.randn(1, 16), torch.tensor([[2, 7, 7, 9]])
+    with torch.no_grad():
+        used = dec(v, ids)
+        dec.prior_used.zero_()
+        kept = dec(v, ids)
+    prior = dec.bow_logprobs(dec.standardize(v))[0]
+    boost = prior - prior.min()
+    want = kept.clone()
+    for t, written in enumerate([{2}, {2, 7}, {2, 7}, {2, 7, 9}]):
+        for tok in written:
+            want[0, t, tok] -= boost[tok]
+    torch.testing.assert_close(used, want)
+    assert (used != kept).sum() == 1 + 2 + 2 + 3
+    with pytest.raises(ConfigError, match="--prior-used-up"):
+        DecoderSpec(bow_prior=False, prior_used_up=True)
 
 
 def test_coverage_penalises_each_token_by_the_times_it_was_written():
