@@ -295,7 +295,13 @@ def _static_step(decoder, s, eos_id, valid, max_new_tokens):
         x = x + block.proj(y.transpose(1, 2).reshape(B, 1, D))
         x = x + block.mlp(block.ln2(x))
     # the tied output layer and the prior as Decoder.token_logits; coverage below, counted in place
-    logits = decoder.token_logits(decoder.ln_f(x), rows, None, None)[:, 0]  # (B, V)
+    h = decoder.ln_f(x)
+    logits = decoder.token_logits(h, rows, None, None)[:, 0]  # (B, V)
+    if decoder.prior_used is not None:  # the written tokens, this one included (Decoder.use_up_prior)
+        used, prior = rows["used"], rows["prior"]
+        used.scatter_(1, nxt[:, None], torch.ones(B, 1, device=used.device, dtype=used.dtype))
+        share = decoder.prior_used * decoder.prior_gate(h)[:, 0]  # (B, 1)
+        logits = logits - (share * (prior - prior.min(-1, keepdim=True).values) * used).to(logits.dtype)
     if decoder.coverage is not None:  # the written counts, this token included (Decoder.penalise_written)
         written = rows["written"]
         written.scatter_add_(1, nxt[:, None], torch.ones(B, 1, device=written.device, dtype=written.dtype))
@@ -317,9 +323,9 @@ class _Plans(dict):
 
 def can_decode_static(decoder):
     """Whether greedy_static handles this decoder: recon's own transformer (type Decoder, pre-LN
-    Block layers, no copy mechanism, no used-up prior), the one _static_step writes out again."""
+    Block layers, no copy mechanism), the one _static_step writes out again."""
     from recon.decoder import Block, Decoder
-    return type(decoder) is Decoder and decoder.block_class is Block and decoder.prior_used is None
+    return type(decoder) is Decoder and decoder.block_class is Block
 
 
 @torch.no_grad()
@@ -330,7 +336,7 @@ def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=N
     than their arithmetic. The graph and its buffers are made once per batch shape and kept on the
     decoder (`_static_plans`), so later batches of that shape replay it. Greedy only, without the
     no-repeat ban (it reads how many tokens were written) and without sampling; ValidText and the
-    decoder's coverage and prior hold. (B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS])."""
+    decoder's coverage and prior (used up or not) hold. (B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS])."""
     if not can_decode_static(decoder):
         raise ValueError(f"greedy_static decodes recon's transformer decoder, not {type(decoder).__name__}: use greedy()")
     B, device = vectors.shape[0], vectors.device

@@ -491,14 +491,14 @@ def test_label_smoothing_changes_the_training_loss_and_not_the_validation_loss(t
         torch.testing.assert_close(tiny_model.loss(vecs, y), nll / real.sum())
 
 
-@pytest.mark.parametrize("condition", ["prefix", "prefix+add"])
-def test_static_greedy_writes_greedys_tokens(condition):
+@pytest.mark.parametrize("condition,used_up", [("prefix", False), ("prefix+add", False), ("prefix", True)])
+def test_static_greedy_writes_greedys_tokens(condition, used_up):
     """greedy_static (fixed shapes, the CUDA-graph path without the graph here) writes what greedy
     writes, with the prior, coverage and the added condition, rows ending at different points,
     and at the full length (its last token chosen outside the step)."""
     torch.manual_seed(3)
     spec = DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=20, num_prefix=2,
-                       condition=condition, bow_weight=0.5, bow_prior=True, coverage=True)
+                       condition=condition, bow_weight=0.5, bow_prior=True, coverage=True, prior_used_up=used_up)
     dec = Decoder(spec, 32, 40).eval()
     with torch.no_grad():
         for p in dec.parameters():
