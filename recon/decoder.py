@@ -355,6 +355,8 @@ class Decoder(nn.Module):
             rows["cond"] = self.add(z)  # (B, D)
         if self.prior_gate is not None:
             rows["prior"] = self.bow_logprobs(z)  # (B, V)
+            if self.prior_used is not None:  # --prior-used-up: each token's boost over the vocabulary's lowest
+                rows["boost"] = rows["prior"] - rows["prior"].min(-1, keepdim=True).values
         return rows
 
     def run_blocks(self, x, rows, input_ids, cache, n_prefix):
@@ -382,26 +384,25 @@ class Decoder(nn.Module):
             gate = self.prior_gate(x)  # (B, T, 1)
             logits = logits + gate * rows["prior"][:, None].to(logits.dtype)
             if self.prior_used is not None and input_ids is not None:
-                logits = self.use_up_prior(logits, gate, rows["prior"], input_ids, cache)
+                logits = self.use_up_prior(logits, gate, rows["boost"], input_ids, cache)
         if self.coverage is not None and input_ids is not None:
             logits = self.penalise_written(logits, input_ids, cache)
         return logits
 
-    def use_up_prior(self, logits, gate, prior, input_ids, cache):
-        """--prior-used-up: logits (B, T, V) minus the learned share of the prior's boost, gate x (prior
-        minus the vocabulary's lowest), of every token among the inputs up to each position (once a
+    def use_up_prior(self, logits, gate, boost, input_ids, cache):
+        """--prior-used-up: logits (B, T, V) minus the learned share of the prior's boost (B, V), gate x
+        (prior minus the vocabulary's lowest), of every token among the inputs up to each position (once a
         token, however often written; counted on from what the cache has seen). Scattered from
         (B, T, T) as coverage is, not marked in a (B, T, V) tensor."""
         B, T = input_ids.shape
-        boost = prior - prior.min(-1, keepdim=True).values  # (B, V)
         share = self.prior_used * gate[..., 0]  # (B, T)
+        seen = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # position t: inputs 0..t
         same = input_ids[:, :, None] == input_ids[:, None, :]  # (B, T, T)
-        first = ~(same & torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril(-1)).any(-1)  # (B, T)
+        first = ~(same & seen.tril(-1)).any(-1)  # (B, T): no earlier input is the same token
         before = cache.rows.get("used") if cache is not None else None  # (B, V) written in earlier calls
         if before is not None:
             first = first & (before.gather(1, input_ids) == 0)
             logits = logits - (share[..., None] * (boost * before)[:, None]).to(logits.dtype)
-        seen = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # position t: inputs 0..t
         amount = share[:, :, None] * (boost.gather(1, input_ids) * first)[:, None, :] * seen  # (B, T, T)
         logits = logits.scatter_add(2, input_ids[:, None, :].expand(B, T, T), -amount.to(logits.dtype))
         if cache is not None:

@@ -298,10 +298,10 @@ def _static_step(decoder, s, eos_id, valid, max_new_tokens):
     h = decoder.ln_f(x)
     logits = decoder.token_logits(h, rows, None, None)[:, 0]  # (B, V)
     if decoder.prior_used is not None:  # the written tokens, this one included (Decoder.use_up_prior)
-        used, prior = rows["used"], rows["prior"]
+        used = rows["used"]
         used.scatter_(1, nxt[:, None], torch.ones(B, 1, device=used.device, dtype=used.dtype))
         share = decoder.prior_used * decoder.prior_gate(h)[:, 0]  # (B, 1)
-        logits = logits - (share * (prior - prior.min(-1, keepdim=True).values) * used).to(logits.dtype)
+        logits = logits - (share * rows["boost"] * used).to(logits.dtype)
     if decoder.coverage is not None:  # the written counts, this token included (Decoder.penalise_written)
         written = rows["written"]
         written.scatter_add_(1, nxt[:, None], torch.ones(B, 1, device=written.device, dtype=written.dtype))
@@ -336,7 +336,8 @@ def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=N
     than their arithmetic. The graph and its buffers are made once per batch shape and kept on the
     decoder (`_static_plans`), so later batches of that shape replay it. Greedy only, without the
     no-repeat ban (it reads how many tokens were written) and without sampling; ValidText and the
-    decoder's coverage and prior (used up or not) hold. (B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS])."""
+    decoder's coverage and prior (used up or not) hold. (B, Dv) vectors -> list of B token-id lists
+    (without [BOS] and [EOS])."""
     if not can_decode_static(decoder):
         raise ValueError(f"greedy_static decodes recon's transformer decoder, not {type(decoder).__name__}: use greedy()")
     B, device = vectors.shape[0], vectors.device
