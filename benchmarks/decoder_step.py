@@ -35,6 +35,8 @@ SETTINGS = {  # name -> DecoderSpec fields, and the step's precision (fp32 unles
     "bf16, --n-layer 2 (the default decoder since 9561bae)": {"precision": "bf16", "n_layer": 2},
     "fp32, --n-layer 2 (the default decoder on a CPU without native bf16)": {"n_layer": 2},
     "bf16, --n-layer 2 --prior-used-up": {"precision": "bf16", "n_layer": 2, "prior_used_up": True},
+    "bf16, --n-layer 2 --scheduled-sampling (a second, gradient-free forward)": {
+        "precision": "bf16", "n_layer": 2, "scheduled_sampling": True},
     "bf16, --n-layer 1": {"precision": "bf16", "n_layer": 1},
     "bf16, --n-layer 6": {"precision": "bf16", "n_layer": 6},
     "bf16, --d-model 384 --n-head 6": {"precision": "bf16", "d_model": 384, "n_head": 6},
@@ -50,6 +52,7 @@ def make_step(fields, args, vector_dim=384):
     """One training step of the decoder these DecoderSpec fields describe, as a closure."""
     fields = {"n_layer": 4, **fields}  # the layers the rows were measured at (see the docstring)
     precision = fields.pop("precision", "fp32")
+    sampled = fields.pop("scheduled_sampling", False)  # train.py's flag, not a DecoderSpec field
     torch.manual_seed(0)
     decoder = DecoderSpec(**fields).build(vector_dim, args.vocab_size).train()
     opt = torch.optim.AdamW(decoder.parameters(), lr=1e-3)
@@ -59,7 +62,13 @@ def make_step(fields, args, vector_dim=384):
 
     def step():
         with autocast(v.device, precision):
-            logits = decoder(v, inputs)  # (B, T, V)
+            x = inputs
+            if sampled:  # ReconModel.sampled_inputs: the guesses of a pass without gradient replace a share of inputs
+                with torch.no_grad():
+                    guess = decoder(v, inputs).argmax(-1)
+                x = inputs.clone()
+                x[:, 1:] = torch.where(torch.rand(guess[:, :-1].shape) < 0.25, guess[:, :-1], inputs[:, 1:])
+            logits = decoder(v, x)  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") + decoder.bow_loss(v, y, 0)
         (loss / y.numel()).backward()
         opt.step()

@@ -78,6 +78,11 @@ class OptimConfig:
     label_smoothing: float = field(default=0.0, metadata={
         "help": "the training loss spreads this share of each token's target over the whole vocabulary "
                 "(Szegedy et al. 2016); validation losses are always unsmoothed (0: off)"})
+    scheduled_sampling: float = field(default=0.0, metadata={
+        "help": "scheduled sampling (Bengio et al. 2015): each of the decoder's input tokens after [BOS] is its own "
+                "greedy guess from a teacher-forced pass without gradient (Mihaylova & Liu 2019) instead of the "
+                "reference with a probability that rises linearly from 0 at the first step to this value at the "
+                "last; a step costs one more forward pass; validation losses stay teacher-forced (0: off)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decay ends at this share of the peak"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
@@ -108,6 +113,8 @@ class OptimConfig:
         check(self.lr > 0 and self.encoder_lr > 0, "learning rates must be positive")
         check(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
         check(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
+        check(0 <= self.scheduled_sampling <= 1,
+              f"--scheduled-sampling must be in [0, 1] (a share of input tokens), not {self.scheduled_sampling}")
         check(0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], not {self.min_lr_ratio}")
         check(self.early_stopping_patience >= 0 and self.early_stopping_min_delta >= 0,
               "--early-stopping-patience and --early-stopping-min-delta cannot be negative")

@@ -300,23 +300,42 @@ class ReconModel(nn.Module):
     # ------------------------------------------------------------------------------------------
     # training
 
-    def loss(self, vectors, targets, reduction="mean", label_smoothing=0.0):
+    def teacher_inputs(self, targets):
+        """The decoder's teacher-forced inputs for (B, T) targets: [BOS] t1 .. t_{T-1}."""
+        bos = torch.full((targets.shape[0], 1), self.config.bos_id, dtype=targets.dtype, device=targets.device)
+        return torch.cat([bos, targets[:, :-1]], dim=1)  # (B, T)
+
+    @torch.no_grad()
+    def sampled_inputs(self, vectors, targets, rate):
+        """Scheduled sampling (Bengio et al. 2015), in two passes as a transformer needs (Mihaylova &
+        Liu 2019): a teacher-forced pass without gradient guesses every token, and each input token
+        after [BOS] is that guess instead of the reference with probability `rate` (a float or a 0-d
+        tensor), so that training sees inputs like the decoder's own. Returns (B, T) input ids."""
+        inputs = self.teacher_inputs(targets)
+        guess = self.decoder(vectors, inputs).argmax(-1)  # (B, T): position i's guess at targets[:, i]
+        swap = torch.rand(guess.shape, device=guess.device) < rate
+        swap = swap[:, :-1] & (targets[:, :-1] != self.config.pad_id)  # input i+1 is targets[:, i]
+        inputs[:, 1:] = torch.where(swap, guess[:, :-1], inputs[:, 1:])
+        return inputs
+
+    def loss(self, vectors, targets, reduction="mean", label_smoothing=0.0, inputs=None):
         """Teacher-forced cross-entropy. targets: (B, T) token ids ending in [EOS], padded with
         pad_id. Returns the mean (or with reduction="sum" the sum) of the loss over real tokens;
-        label_smoothing > 0 (training only) spreads that share of each target over the vocabulary."""
-        B = targets.shape[0]
-        bos = torch.full((B, 1), self.config.bos_id, dtype=targets.dtype, device=targets.device)
-        inputs = torch.cat([bos, targets[:, :-1]], dim=1)  # (B, T): [BOS] t1 .. t_{T-1}
+        label_smoothing > 0 (training only) spreads that share of each target over the vocabulary.
+        inputs: the decoder's (B, T) inputs when not the teacher-forced ones (scheduled sampling)."""
+        inputs = self.teacher_inputs(targets) if inputs is None else inputs
         logits = self.decoder(vectors, inputs)  # (B, T, V)
         labels = targets.masked_fill(targets == self.config.pad_id, -100)
         return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                                            reduction=reduction, label_smoothing=label_smoothing)
 
-    def training_loss(self, vectors, targets, label_smoothing=0.0):
+    def training_loss(self, vectors, targets, label_smoothing=0.0, sample_rate=None):
         """The summed loss a training step minimises: the token loss (smoothed when asked), plus the
         decoder's auxiliary bag-of-words loss when it has one (kept out of `loss`, so validation
-        losses compare)."""
-        loss = self.loss(vectors, targets, reduction="sum", label_smoothing=label_smoothing)
+        losses compare). sample_rate: scheduled sampling's share of inputs from the decoder's own
+        guesses (None: teacher forcing alone)."""
+        inputs = self.sampled_inputs(vectors, targets, sample_rate) if sample_rate is not None else None
+        loss = self.loss(vectors, targets, reduction="sum", label_smoothing=label_smoothing, inputs=inputs)
         if self.decoder.bow_weight > 0:
             loss = loss + self.decoder.bow_weight * self.decoder.bow_loss(vectors, targets, self.config.pad_id)
         return loss

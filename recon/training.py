@@ -59,10 +59,10 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.model, self.label_smoothing = model, label_smoothing
 
-    def forward(self, targets, vectors=None, input_ids=None, attention_mask=None):
+    def forward(self, targets, vectors=None, input_ids=None, attention_mask=None, sample_rate=None):
         if vectors is None:
             vectors = self.model.encoder(input_ids, attention_mask)  # (B, Dv)
-        return self.model.training_loss(vectors, targets, self.label_smoothing)
+        return self.model.training_loss(vectors, targets, self.label_smoothing, sample_rate)
 
 
 def wrapped_step(model, cfg, device):
@@ -75,8 +75,9 @@ def wrapped_step(model, cfg, device):
     return torch.compile(step) if cfg.compile else step
 
 
-def step_batches(run, batches, cfg):
-    """batches(step) -> Batch for the Trainer: this process's rows of the step's global batch."""
+def step_batches(run, batches, cfg, max_steps):
+    """batches(step) -> Batch for the Trainer: this process's rows of the step's global batch (with
+    scheduled sampling's rate for the step, which rises to --scheduled-sampling at step max_steps - 1)."""
     model, device, train_y, train_v = run.model, run.device, run.targets["train"], run.vectors["train"]
     lengths = batches.lengths
     rank, world, multiple = dist.rank(), dist.world_size(), 8 if cfg.compile else 1
@@ -91,7 +92,10 @@ def step_batches(run, batches, cfg):
             input_ids, mask = model.encoder.collate([run.train_ids[i] for i in mine], device)
             inputs = {"targets": y, "input_ids": input_ids, "attention_mask": mask}
         tokens, longest = sum(lengths[i] for i in idx), max(lengths[i] for i in idx)  # known on every process
-        return Batch(inputs, tokens, len(idx) * longest, tokens * model.decoder.flops_per_token(longest))
+        if cfg.scheduled_sampling:  # a 0-d tensor, so that a compiled step does not recompile for each rate
+            inputs["sample_rate"] = torch.tensor(cfg.scheduled_sampling * step / max(max_steps - 1, 1), device=device)
+        flops = tokens * model.decoder.flops_per_token(longest) * (4 / 3 if cfg.scheduled_sampling else 1)  # + a forward
+        return Batch(inputs, tokens, len(idx) * longest, flops)
     return batch
 
 
@@ -308,7 +312,7 @@ def train(cfg, log=say):
                 f"{cfg.warmup_steps} steps to lr {cfg.lr:g}, cosine down to {cfg.min_lr_ratio:g} of it (recorded in meta.json)")
         if dist.world_size() > 1:  # the same weights everywhere (DDP checks), but each process its own dropout
             torch.manual_seed(cfg.seed + 1000 * dist.rank())
-        trainer = Trainer(wrapped_step(run.model, cfg, device), step_batches(run, batches, cfg), optimizer, scheduler,
+        trainer = Trainer(wrapped_step(run.model, cfg, device), step_batches(run, batches, cfg, max_steps), optimizer, scheduler,
                           run.model.parameters(), max_steps, device=device, grad_clip=cfg.grad_clip,
                           eval_every=cfg.eval_steps, save_every=cfg.save_steps,
                           peak_flops=peak_flops(device, cfg.peak_tflops), t_start=t_start, time_limit=cfg.time_limit,

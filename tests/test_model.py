@@ -491,6 +491,55 @@ def test_label_smoothing_changes_the_training_loss_and_not_the_validation_loss(t
         torch.testing.assert_close(tiny_model.loss(vecs, y), nll / real.sum())
 
 
+def test_scheduled_sampling_feeds_the_decoders_own_guesses(tiny_model):
+    """At rate 1 every input token after [BOS] at a real position is the teacher-forced pass's
+    argmax for the token before it, padding and [BOS] untouched; at rate 0 the inputs are the
+    teacher's; the training loss is the loss on those inputs."""
+    from recon.training import TrainStep
+    texts = sentences(3)
+    vecs = tiny_model.encode(texts)
+    tok = tiny_model.tokenizer
+    targets = [ids + [tok.eos_id] for ids in tok.encode(texts)]
+    T = max(map(len, targets))
+    y = torch.tensor([t + [tok.pad_id] * (T - len(t)) for t in targets])
+    teacher = tiny_model.teacher_inputs(y)
+    assert (teacher[:, 0] == tiny_model.config.bos_id).all() and (teacher[:, 1:] == y[:, :-1]).all()
+    with torch.no_grad():
+        guess = tiny_model.decoder(vecs, teacher).argmax(-1)  # (B, T)
+        assert torch.equal(tiny_model.sampled_inputs(vecs, y, 0.0), teacher)
+        sampled = tiny_model.sampled_inputs(vecs, y, torch.tensor(1.0))
+        real = y[:, :-1] != tok.pad_id
+        assert (sampled[:, 0] == tiny_model.config.bos_id).all()
+        assert torch.equal(sampled[:, 1:][real], guess[:, :-1][real])
+        assert torch.equal(sampled[:, 1:][~real], teacher[:, 1:][~real])
+        assert not torch.equal(sampled, teacher)  # an untrained decoder guesses wrong
+        step = TrainStep(tiny_model)
+        bow = tiny_model.decoder.bow_weight * tiny_model.decoder.bow_loss(vecs, y, tok.pad_id)
+        torch.testing.assert_close(step(y, vecs, sample_rate=torch.tensor(1.0)),
+                                   tiny_model.loss(vecs, y, reduction="sum", inputs=sampled) + bow)
+        assert abs(step(y, vecs, sample_rate=torch.tensor(1.0)).item() - step(y, vecs).item()) > 1e-2
+
+
+def test_scheduled_sampling_rate_rises_from_zero_to_the_flag(tiny_model):
+    """Each step's batch carries the rate: 0 at the first step, --scheduled-sampling at the last,
+    linear between; without the flag no rate is passed (teacher forcing)."""
+    from types import SimpleNamespace
+    from recon.batching import Batches
+    from recon.config import TrainConfig
+    from recon.training import step_batches
+    tok = tiny_model.tokenizer
+    targets = [ids + [tok.eos_id] for ids in tok.encode(sentences(8))]
+    run = SimpleNamespace(model=tiny_model, device=torch.device("cpu"), targets={"train": targets},
+                          vectors={"train": torch.randn(8, tiny_model.config.vector_dim)})
+    batches = Batches([len(t) for t in targets], 4, 0)
+    ramp = step_batches(run, batches, TrainConfig(scheduled_sampling=0.4), 11)
+    rates = [ramp(s).inputs["sample_rate"].item() for s in (0, 5, 10)]
+    assert rates == pytest.approx([0.0, 0.2, 0.4])
+    assert "sample_rate" not in step_batches(run, batches, TrainConfig(), 11)(5).inputs
+    with pytest.raises(ConfigError, match="--scheduled-sampling"):
+        TrainConfig(scheduled_sampling=1.5)
+
+
 @pytest.mark.parametrize("condition,used_up", [("prefix", False), ("prefix+add", False), ("prefix", True)])
 def test_static_greedy_writes_greedys_tokens(condition, used_up):
     """greedy_static (fixed shapes, the CUDA-graph path without the graph here) writes what greedy
