@@ -86,10 +86,11 @@ class DecoderSpec:
                 "regulariser of the vector's path alone (0: off)"})
     warm_lr_ratio: float = field(default=0.1, metadata={
         "help": "--decoder-type encoder-warm: the weights copied from the encoder train at this share of --lr"})
-    prior_used_up: bool = field(default=False, metadata={
+    prior_used_up: bool = field(default=True, metadata={
         "help": "a token already written loses its bag-of-words boost: the logits minus a learned share (starting "
                 "at 1) of the prior's gate times the token's prior above the vocabulary's lowest, once the token "
-                "is among the inputs; the prior says what the sentence holds, not how often (needs --bow-prior)"})
+                "is among the inputs; the prior says what the sentence holds, not how often (needs --bow-prior; "
+                "false: the default before it wrote more of the sentence's words on three seeds)"})
     coverage: bool = field(default=True, metadata={
         "help": "subtract from each token's logit a learned penalty of that token times the times it was "
                 "already written (coverage, after See et al. 2017): a decoder that can learn not to repeat itself"})
@@ -111,8 +112,8 @@ class DecoderSpec:
               f"--embedding-init must be random or encoder, not {self.embedding_init!r}")
         check(self.corrector_init in ("zero", "one", "aligned"),
               f"--corrector-init must be zero, one or aligned, not {self.corrector_init!r}")
-        check(self.bow_prior or not self.prior_used_up, "--prior-used-up takes back the bag-of-words prior: it needs "
-              "--bow-prior true")
+        check(self.bow_prior or not self.prior_used_up, "--prior-used-up (on by default) takes back the bag-of-words "
+              "prior: it needs --bow-prior true; with --bow-prior false, also give --prior-used-up false")
 
     def build(self, vector_dim, vocab_size):
         check(self.decoder_type in DECODERS,

@@ -284,7 +284,8 @@ def test_the_bag_of_words_prior_starts_as_the_heads_log_probabilities():
     """--bow-prior: an untrained decoder's logits are its language model's plus the bag-of-words
     head's log-probabilities (gate 1 everywhere); with the gate at 0 they are the language model's."""
     torch.manual_seed(8)
-    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, bow_prior=True), 16, 40).eval()
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, bow_prior=True, prior_used_up=False),
+                  16, 40).eval()  # the prior alone; test_a_used_up_prior_... takes it back
     v, ids = torch.randn(3, 16), torch.randint(4, 40, (3, 5))
     with torch.no_grad():
         with_prior = dec(v, ids)
@@ -317,6 +318,10 @@ def test_a_used_up_prior_takes_back_a_written_tokens_boost_once():
     assert (used != kept).sum() == 1 + 2 + 2 + 3
     with pytest.raises(ConfigError, match="--prior-used-up"):
         DecoderSpec(bow_prior=False, prior_used_up=True)
+    assert DecoderSpec().prior_used_up  # the default; without the prior it must be turned off by name
+    with pytest.raises(ConfigError, match="also give --prior-used-up false"):
+        DecoderSpec(bow_prior=False)
+    assert not DecoderSpec(bow_prior=False, prior_used_up=False).bow_prior
 
 
 def test_coverage_penalises_each_token_by_the_times_it_was_written():

@@ -17,7 +17,8 @@ def byte_heavy():
     texts = sentences(300) + ["Zürich, Kraków, Ærøskøbing, 東京, ☃ and 🙂."] * 3
     tok = SentencePieceTokenizer.train(texts, vocab_size=400)
     torch.manual_seed(0)
-    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, max_target_len=24), 16, tok.vocab_size).eval()
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=1, n_head=2, dropout=0.0, max_target_len=24,
+                              prior_used_up=False), 16, tok.vocab_size).eval()
     with torch.no_grad():
         for p in dec.parameters():
             p.normal_(0, 0.5)
