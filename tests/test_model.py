@@ -9,6 +9,7 @@ from conftest import sentences
 import recon  # noqa: F401  (registers every decoder class)
 from recon.decoder import DECODERS, Decoder, DecoderSpec
 from recon.errors import ConfigError
+from recon.batching import pad_batch
 from recon.decoding import beam_search, greedy, greedy_static
 from recon.encoder import Encoder, EncoderError, EncoderSpec, load_encoder, pool
 from recon.model import CheckpointError, ReconModel
@@ -472,16 +473,19 @@ def test_vector_noise_moves_the_vector_in_training_only(decoder_type):
     assert not torch.allclose(noisy_a, noisy_b) and not torch.allclose(noisy_a, clean)
 
 
+def vectors_and_targets(model, texts):
+    """The texts' vectors (B, Dv) and their decoder targets (B, T): [EOS]-ended, padded as training pads them."""
+    tok = model.tokenizer
+    return model.encode(texts), pad_batch([ids + [tok.eos_id] for ids in tok.encode(texts)], tok.pad_id,
+                                          torch.device("cpu"))
+
+
 def test_label_smoothing_changes_the_training_loss_and_not_the_validation_loss(tiny_model):
     """The smoothed training loss is (1 - e) * NLL + e * the mean over the vocabulary of -log p, summed
     over real tokens; `loss` (validation) never smooths."""
     from recon.training import TrainStep
-    texts = sentences(3)
-    vecs = tiny_model.encode(texts)
     tok = tiny_model.tokenizer
-    targets = [ids + [tok.eos_id] for ids in tok.encode(texts)]
-    T = max(map(len, targets))
-    y = torch.tensor([t + [tok.pad_id] * (T - len(t)) for t in targets])
+    vecs, y = vectors_and_targets(tiny_model, sentences(3))
     tiny_model.eval()
     with torch.no_grad():
         plain, smooth = TrainStep(tiny_model)(y, vecs), TrainStep(tiny_model, 0.2)(y, vecs)
@@ -501,12 +505,8 @@ def test_scheduled_sampling_feeds_the_decoders_own_guesses(tiny_model):
     argmax for the token before it, padding and [BOS] untouched; at rate 0 the inputs are the
     teacher's; the training loss is the loss on those inputs."""
     from recon.training import TrainStep
-    texts = sentences(3)
-    vecs = tiny_model.encode(texts)
     tok = tiny_model.tokenizer
-    targets = [ids + [tok.eos_id] for ids in tok.encode(texts)]
-    T = max(map(len, targets))
-    y = torch.tensor([t + [tok.pad_id] * (T - len(t)) for t in targets])
+    vecs, y = vectors_and_targets(tiny_model, sentences(3))
     teacher = tiny_model.teacher_inputs(y)
     assert (teacher[:, 0] == tiny_model.config.bos_id).all() and (teacher[:, 1:] == y[:, :-1]).all()
     with torch.no_grad():
