@@ -1,5 +1,5 @@
 """What each decoder option costs a training step: the default decoder's step (forward, loss with
-the bag-of-words loss, backward, AdamW) timed in one process for several settings, each beside
+the bag-of-words loss, backward, AdamW or --optimizer muon) timed in one process for several settings, each beside
 the first setting timed (the previous default: dropout 0.1, tied bag-of-words head). Every row
 is 4 layers unless it says otherwise, as when these rows were first measured (the default decoder
 had 4 layers until commit 9561bae; it has 2 now, the "--n-layer 2" rows), and without --prior-used-up
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import recon  # noqa: F401  (registers every decoder class)
 from recon.decoder import DecoderSpec
 from recon.device import autocast, cpu_has_bf16, keep_freed_memory
+from recon.optim import make_muon
 
 SETTINGS = {  # name -> DecoderSpec fields, and the step's precision (fp32 unless given)
     "previous default (dropout 0.1, tied head)": {"dropout": 0.1, "bow_head": "tied"},
@@ -38,6 +39,8 @@ SETTINGS = {  # name -> DecoderSpec fields, and the step's precision (fp32 unles
     "bf16, --n-layer 2 --prior-used-up (the default decoder now)": {"precision": "bf16", "n_layer": 2, "prior_used_up": True},
     "bf16, --n-layer 2 --scheduled-sampling (a second, gradient-free forward)": {
         "precision": "bf16", "n_layer": 2, "scheduled_sampling": True},
+    "bf16, --n-layer 2 --prior-used-up --optimizer muon (Muon on the blocks' matrices)": {
+        "precision": "bf16", "n_layer": 2, "prior_used_up": True, "optimizer": "muon"},
     "bf16, --n-layer 1": {"precision": "bf16", "n_layer": 1},
     "bf16, --n-layer 6": {"precision": "bf16", "n_layer": 6},
     "bf16, --d-model 384 --n-head 6": {"precision": "bf16", "d_model": 384, "n_head": 6},
@@ -54,10 +57,14 @@ def make_step(fields, args, vector_dim=384):
     # the layers the rows were measured at (see the docstring), and the prior as it was then (on by default now)
     fields = {"n_layer": 4, "prior_used_up": False, **fields}
     precision = fields.pop("precision", "fp32")
-    sampled = fields.pop("scheduled_sampling", False)  # train.py's flag, not a DecoderSpec field
+    sampled = fields.pop("scheduled_sampling", False)  # train.py's flags, not DecoderSpec fields
+    optimizer = fields.pop("optimizer", "adamw")
     torch.manual_seed(0)
     decoder = DecoderSpec(**fields).build(vector_dim, args.vocab_size).train()
-    opt = torch.optim.AdamW(decoder.parameters(), lr=1e-3)
+    if optimizer == "muon":  # the parameter groups as train.py makes them, the blocks' matrices to Muon
+        opt = make_muon([{**g, "lr": 1e-3} for g in decoder.optimizer_groups(0.1)], decoder.hidden_matrices())
+    else:
+        opt = torch.optim.AdamW(decoder.parameters(), lr=1e-3)
     v = torch.randn(args.batch_size, vector_dim)
     y = torch.randint(5, args.vocab_size, (args.batch_size, args.tokens))
     inputs = torch.cat([torch.full((args.batch_size, 1), 2), y[:, :-1]], 1)  # [BOS] t1 .. t_{T-1}

@@ -24,6 +24,7 @@ from recon.decoder import DecoderSpec
 from recon.device import PRECISIONS
 from recon.encoder import EncoderSpec
 from recon.errors import ConfigError, check
+from recon.optim import OPTIMIZERS
 from recon.spec import ModelSpecs, field_names, with_unrecorded
 from recon.tokenizer import TokenizerSpec
 
@@ -75,6 +76,10 @@ class OptimConfig:
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the decoder"})
     encoder_lr: float = field(default=2e-5, metadata={"help": "learning rate of a fine-tuned pretrained encoder"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
+    optimizer: str = field(default="adamw", metadata={
+        "help": "adamw, or muon: Muon (torch.optim.Muon, its update scaled to AdamW's size, so --lr and "
+                "--weight-decay keep their meaning) on the hidden matrices of the decoder's blocks, AdamW on the "
+                "rest (recon/optim.py)"})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "the training loss spreads this share of each token's target over the whole vocabulary "
                 "(Szegedy et al. 2016); validation losses are always unsmoothed (0: off)"})
@@ -111,6 +116,7 @@ class OptimConfig:
         check(self.max_steps > 0 or self.epochs > 0, "give --max-steps or --epochs a positive value")
         check(self.bow_epochs >= 0, f"--bow-epochs cannot be negative, not {self.bow_epochs}")
         check(self.lr > 0 and self.encoder_lr > 0, "learning rates must be positive")
+        check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
         check(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
         check(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         check(0 <= self.scheduled_sampling <= 1,

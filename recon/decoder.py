@@ -292,6 +292,10 @@ class Decoder(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": [p for p in self.parameters() if id(p) not in chosen], "weight_decay": 0.0}]
 
+    def hidden_matrices(self):
+        """The weight matrices of the blocks' linear layers: what --optimizer muon gives Muon."""
+        return [m.weight for m in self.blocks.modules() if isinstance(m, nn.Linear)]
+
     def flops_per_token(self, target_len):
         """Forward + backward model FLOPs of one real token of a batch whose targets are target_len
         long (for MFU): every matrix a token passes through, the tied output layer included; the

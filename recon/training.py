@@ -30,6 +30,7 @@ from recon.device import autocast, resolve_precision, to_device
 from recon.encoder import SCRATCH
 from recon.errors import ConfigError
 from recon.evaluation import evaluate_split
+from recon.optim import make_muon
 from recon.prepare import claim_run_folder, on_rank0, prepare, set_seed
 from recon.progress import say
 from recon.report import headline_table, uncertainty_lines
@@ -48,6 +49,8 @@ def make_optimizer(model, cfg, device):
         lr = cfg.lr if model.config.encoder == SCRATCH else cfg.encoder_lr
         params = [p for p in model.encoder.parameters() if p.requires_grad]
         groups.append({"params": params, "weight_decay": 0.01, "lr": lr})
+    if cfg.optimizer == "muon":  # Muon on the decoder blocks' matrices, AdamW on the rest (recon/optim.py)
+        return make_muon(groups, model.decoder.hidden_matrices(), fused=device.type == "cuda")
     return torch.optim.AdamW(groups, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
