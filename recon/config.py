@@ -75,11 +75,11 @@ class OptimConfig:
     batch_size: int = field(default=64, metadata={"help": "sentences per optimizer step"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate of the decoder"})
     encoder_lr: float = field(default=2e-5, metadata={"help": "learning rate of a fine-tuned pretrained encoder"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
-    optimizer: str = field(default="adamw", metadata={
-        "help": "adamw, or muon: Muon (torch.optim.Muon, its update scaled to AdamW's size, so --lr and "
-                "--weight-decay keep their meaning) on the hidden matrices of the decoder's blocks, AdamW on the "
-                "rest (recon/optim.py)"})
+    weight_decay: float = field(default=0.1, metadata={"help": "weight decay of the matrices (decoupled, AdamW's and Muon's)"})
+    optimizer: str = field(default="muon", metadata={
+        "help": "muon: Muon (torch.optim.Muon, its update scaled to AdamW's size, so --lr and --weight-decay keep "
+                "their meaning) on the hidden matrices of the decoder's blocks, AdamW on the rest (recon/optim.py); "
+                "adamw: AdamW on everything (runs recorded before the flag trained so)"})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "the training loss spreads this share of each token's target over the whole vocabulary "
                 "(Szegedy et al. 2016); validation losses are always unsmoothed (0: off)"})

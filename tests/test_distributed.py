@@ -43,7 +43,8 @@ def two_runs(tmp_path_factory, tiny_encoder_dir):
     args = ["--encoder", tiny_encoder_dir, "--data", str(data), "--max-steps", "20", "--batch-size", "16",
             "--d-model", "32", "--n-layer", "1", "--n-head", "2", "--vocab-size", "400", "--dropout", "0",
             "--eval-steps", "10", "--validation-fraction", "0.1", "--test-fraction", "0.1", "--cache-dir", "",
-            "--device", "cpu", "--precision", "fp32"]  # bf16 rounds differently for a half batch
+            "--device", "cpu", "--precision", "fp32",  # bf16 rounds differently for a half batch
+            "--optimizer", "adamw"]  # and so does Muon's orthogonalisation (bf16): the test below
     run([sys.executable, "train.py", *args, "--output-dir", str(tmp / "one")], tmp)
     out = run(torchrun(2, "train.py", *args, "--output-dir", str(tmp / "two")), tmp)
     return tmp, out
@@ -65,6 +66,27 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_runs):
     meta = json.loads((tmp / "two" / "checkpoint-20" / "meta.json").read_text())
     assert meta["world_size"] == 2
     assert out.stdout.count("test split (") == 1  # one process printed the report
+
+
+def test_two_processes_train_like_one_under_muon_to_its_rounding(tmp_path, tiny_encoder_dir):
+    """Muon orthogonalises each update in bf16 (torch.optim.Muon), which rounds the two processes' summed
+    gradient and the one process's apart by a bf16 step: the same training, to that rounding."""
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(sentences(400)) + "\n")
+    args = small_args(tiny_encoder_dir, data, "--max-steps", "20", "--dropout", "0", "--eval-steps", "10",
+                      "--validation-fraction", "0.1", "--test-fraction", "0.1", "--precision", "fp32",
+                      "--optimizer", "muon")
+    run([sys.executable, "train.py", *args, "--output-dir", str(tmp_path / "one")], tmp_path)
+    run(torchrun(2, "train.py", *args, "--output-dir", str(tmp_path / "two")), tmp_path)
+    one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [10, 20]
+    for a, b in zip(one, two):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
+    w1 = load_file(tmp_path / "one" / "checkpoint-20" / "model.safetensors")
+    w2 = load_file(tmp_path / "two" / "checkpoint-20" / "model.safetensors")
+    for k in w1:
+        assert (w1[k] - w2[k]).abs().max() < 1e-3, k
 
 
 def test_sharded_final_evaluation_has_every_test_example_once(two_runs):
