@@ -46,7 +46,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
-def make_muon(groups, hidden, fused=False):
+def make_muon(groups, hidden, betas=(0.9, 0.95), fused=False):
     """Split AdamW-style parameter groups (dicts with "params", "lr", "weight_decay") into the matrices
     in `hidden` (for Muon, each keeping its group's lr and weight decay) and the rest (for AdamW)."""
     hidden = {id(p) for p in hidden}
@@ -58,4 +58,4 @@ def make_muon(groups, hidden, fused=False):
                 parts.append({**group, "params": params})
     if not muon:
         raise ValueError("--optimizer muon found no hidden matrices in this decoder to give Muon")
-    return MuonAdamW(muon, adamw, fused=fused)
+    return MuonAdamW(muon, adamw, betas=betas, fused=fused)

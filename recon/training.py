@@ -49,9 +49,10 @@ def make_optimizer(model, cfg, device):
         lr = cfg.lr if model.config.encoder == SCRATCH else cfg.encoder_lr
         params = [p for p in model.encoder.parameters() if p.requires_grad]
         groups.append({"params": params, "weight_decay": 0.01, "lr": lr})
-    if cfg.optimizer == "muon":  # Muon on the decoder blocks' matrices, AdamW on the rest (recon/optim.py)
-        return make_muon(groups, model.decoder.hidden_matrices(), fused=device.type == "cuda")
-    return torch.optim.AdamW(groups, betas=(0.9, 0.95), fused=device.type == "cuda")
+    betas, fused = (0.9, 0.95), device.type == "cuda"
+    if cfg.optimizer == "muon":  # Muon on the decoder blocks' matrices, AdamW (these betas) on the rest (recon/optim.py)
+        return make_muon(groups, model.decoder.hidden_matrices(), betas=betas, fused=fused)
+    return torch.optim.AdamW(groups, betas=betas, fused=fused)
 
 
 class TrainStep(torch.nn.Module):

@@ -7,9 +7,9 @@ from transformers import AutoModel
 
 from conftest import sentences
 import recon  # noqa: F401  (registers every decoder class)
+from recon.batching import pad_batch
 from recon.decoder import DECODERS, Decoder, DecoderSpec
 from recon.errors import ConfigError
-from recon.batching import pad_batch
 from recon.decoding import beam_search, greedy, greedy_static
 from recon.encoder import Encoder, EncoderError, EncoderSpec, load_encoder, pool
 from recon.model import CheckpointError, ReconModel
