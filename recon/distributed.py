@@ -5,6 +5,7 @@ them and starts the process group (NCCL on GPUs, gloo on CPU). Without them ever
 a no-op and recon runs as one process.
 """
 
+import gc
 import os
 from datetime import timedelta
 
@@ -56,7 +57,12 @@ def setup(device_name="auto"):
 
 
 def cleanup():
+    """End the process group. The DDP wrapper of a finished run sits in reference cycles (the trainer
+    and its hooks) and holds the group; collected only at interpreter exit, after the group was
+    destroyed, gloo's threads could be torn down mid-finalisation and abort the process ("terminate
+    called without an active exception", exit -6) after a run that had finished. Collect it first."""
     if is_distributed():
+        gc.collect()
         dist.destroy_process_group()
 
 

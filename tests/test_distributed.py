@@ -165,6 +165,31 @@ def test_torchrun_resume_continues_with_each_process_random_state(tmp_path, tiny
     assert b[-1]["train_loss"] == pytest.approx(a[-1]["train_loss"], rel=1e-6)  # dropout draws included
 
 
+AFTER_TRAIN = """
+import gc, json, os, sys
+sys.path.insert(0, sys.argv[1])
+import train
+from torch.nn.parallel import DistributedDataParallel
+from recon import distributed
+code = train.main(sys.argv[3:])  # ends the process group, as `python train.py` does
+alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+with open(f"{sys.argv[2]}/rank{os.environ['RANK']}.json", "w") as f:
+    json.dump({"code": code, "ddp_alive": alive, "grouped": distributed.is_distributed()}, f)
+"""
+
+
+def test_train_ends_with_no_ddp_wrapper_left_holding_the_destroyed_group(tmp_path, tiny_encoder_dir):
+    # a DDP wrapper still alive at interpreter exit once aborted a finished torchrun run in CI (exit -6)
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(sentences(300)) + "\n")
+    script = tmp_path / "after_train.py"
+    script.write_text(textwrap.dedent(AFTER_TRAIN))
+    args = small_args(tiny_encoder_dir, data, "--max-steps", "4", "--output-dir", str(tmp_path / "run"))
+    run(torchrun(2, str(script), ROOT, str(tmp_path), *args), tmp_path)
+    for r in (0, 1):
+        assert json.loads((tmp_path / f"rank{r}.json").read_text()) == {"code": 0, "ddp_alive": 0, "grouped": False}
+
+
 def test_sigterm_under_torchrun_saves_once_and_stops_every_process(tmp_path, tiny_encoder_dir):
     data = tmp_path / "data.txt"
     data.write_text("\n".join(sentences(300)) + "\n")
