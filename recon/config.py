@@ -80,6 +80,9 @@ class OptimConfig:
         "help": "muon: Muon (torch.optim.Muon, its update scaled to AdamW's size, so --lr and --weight-decay keep "
                 "their meaning) on the hidden matrices of the decoder's blocks, AdamW on the rest (recon/optim.py); "
                 "adamw: AdamW on everything (runs recorded before the flag trained so)"})
+    adamw_lr_scale: float = field(default=1.0, metadata={
+        "help": "under --optimizer muon: the learning rate of its AdamW half (embeddings, the vector's projections, "
+                "the bag-of-words head, norms, biases) as a multiple of --lr; Muon's matrices keep --lr"})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "the training loss spreads this share of each token's target over the whole vocabulary "
                 "(Szegedy et al. 2016); validation losses are always unsmoothed (0: off)"})
@@ -117,6 +120,10 @@ class OptimConfig:
         check(self.bow_epochs >= 0, f"--bow-epochs cannot be negative, not {self.bow_epochs}")
         check(self.lr > 0 and self.encoder_lr > 0, "learning rates must be positive")
         check(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
+        check(self.adamw_lr_scale > 0, f"--adamw-lr-scale must be positive, not {self.adamw_lr_scale}")
+        check(self.adamw_lr_scale == 1.0 or self.optimizer == "muon",
+              f"--adamw-lr-scale {self.adamw_lr_scale:g} splits --optimizer muon's rates; under --optimizer "
+              f"{self.optimizer} every parameter takes --lr: drop the flag or add --optimizer muon")
         check(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, not {self.precision!r}")
         check(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         check(0 <= self.scheduled_sampling <= 1,

@@ -46,9 +46,10 @@ class MuonAdamW(torch.optim.Optimizer):
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
-def make_muon(groups, hidden, betas=(0.9, 0.95), fused=False):
+def make_muon(groups, hidden, betas=(0.9, 0.95), fused=False, adamw_lr_scale=1.0):
     """Split AdamW-style parameter groups (dicts with "params", "lr", "weight_decay") into the matrices
-    in `hidden` (for Muon, each keeping its group's lr and weight decay) and the rest (for AdamW)."""
+    in `hidden` (for Muon, each keeping its group's lr and weight decay) and the rest (for AdamW, at
+    adamw_lr_scale times its group's lr: --adamw-lr-scale)."""
     hidden = {id(p) for p in hidden}
     muon, adamw = [], []
     for group in groups:
@@ -56,6 +57,8 @@ def make_muon(groups, hidden, betas=(0.9, 0.95), fused=False):
             params = [p for p in group["params"] if (id(p) in hidden) == chosen]
             if params:
                 parts.append({**group, "params": params})
+                if not chosen and adamw_lr_scale != 1.0:
+                    parts[-1]["lr"] = group["lr"] * adamw_lr_scale
     if not muon:
         raise ValueError("--optimizer muon found no hidden matrices in this decoder to give Muon")
     return MuonAdamW(muon, adamw, betas=betas, fused=fused)

@@ -51,7 +51,8 @@ def make_optimizer(model, cfg, device):
         groups.append({"params": params, "weight_decay": 0.01, "lr": lr})
     betas, fused = (0.9, 0.95), device.type == "cuda"
     if cfg.optimizer == "muon":  # Muon on the decoder blocks' matrices, AdamW (these betas) on the rest (recon/optim.py)
-        return make_muon(groups, model.decoder.hidden_matrices(), betas=betas, fused=fused)
+        return make_muon(groups, model.decoder.hidden_matrices(), betas=betas, fused=fused,
+                         adamw_lr_scale=cfg.adamw_lr_scale)
     return torch.optim.AdamW(groups, betas=betas, fused=fused)
 
 

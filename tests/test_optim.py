@@ -49,6 +49,34 @@ def test_muon_takes_the_block_matrices_and_adamw_everything_else():
     assert {g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups} == {0.25 * 1e-3}
 
 
+def test_adamw_lr_scale_moves_the_adamw_half_alone_through_the_schedule(tiny_model, tiny_encoder_dir, tmp_path):
+    from recon.training import make_optimizer
+    cfg = parse(TrainConfig, ["--encoder", tiny_encoder_dir, "--output-dir", str(tmp_path / "x"),
+                              "--lr", "2e-3", "--weight-decay", "0", "--adamw-lr-scale", "3"])
+    opt = make_optimizer(tiny_model, cfg, torch.device("cpu"))
+    assert {g["lr"] for g in opt.muon.param_groups} == {2e-3}
+    assert [g["lr"] for g in opt.adamw.param_groups] == pytest.approx([6e-3] * len(opt.adamw.param_groups))
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)  # warmup and decay scale both halves alike
+    assert {g["lr"] for g in opt.muon.param_groups} == {1e-3}
+    assert [g["lr"] for g in opt.adamw.param_groups] == pytest.approx([3e-3] * len(opt.adamw.param_groups))
+    # AdamW's first step is the sign of the gradient times its rate: the scaled rate is the one it steps with
+    dec = tiny_model.decoder
+    before = dec.prefix.weight.detach().clone()
+    for p in dec.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    step = (dec.prefix.weight.detach() - before).abs()
+    torch.testing.assert_close(step, torch.full_like(step, 3e-3), rtol=1e-3, atol=1e-6)
+
+
+def test_adamw_lr_scale_without_muon_is_refused(tiny_encoder_dir, tmp_path):
+    with pytest.raises(ConfigError, match="--adamw-lr-scale 3 splits --optimizer muon's rates"):
+        parse(TrainConfig, ["--encoder", tiny_encoder_dir, "--output-dir", str(tmp_path / "x"),
+                            "--optimizer", "adamw", "--adamw-lr-scale", "3"])
+    with pytest.raises(ConfigError, match="--adamw-lr-scale must be positive"):
+        parse(TrainConfig, ["--encoder", tiny_encoder_dir, "--output-dir", str(tmp_path / "x"), "--adamw-lr-scale", "0"])
+
+
 def test_a_muon_step_orthogonalises_the_matrices_and_adamw_steps_the_rest():
     dec = decoder()
     opt = make_muon(dec.optimizer_groups(0.0), dec.hidden_matrices())
