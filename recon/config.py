@@ -82,7 +82,8 @@ class OptimConfig:
                 "adamw: AdamW on everything (runs recorded before the flag trained so)"})
     adamw_lr_scale: float = field(default=1.0, metadata={
         "help": "under --optimizer muon: the learning rate of its AdamW half (embeddings, the vector's projections, "
-                "the bag-of-words head, norms, biases) as a multiple of --lr; Muon's matrices keep --lr"})
+                "the bag-of-words head, norms, biases; a trained encoder's --encoder-lr too) as a multiple of its rate; "
+                "Muon's matrices keep --lr"})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "the training loss spreads this share of each token's target over the whole vocabulary "
                 "(Szegedy et al. 2016); validation losses are always unsmoothed (0: off)"})
