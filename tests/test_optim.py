@@ -14,6 +14,7 @@ from recon.config import TrainConfig, parse
 from recon.decoder import Decoder, DecoderSpec
 from recon.errors import ConfigError
 from recon.optim import make_muon
+from recon.training import make_optimizer
 
 MODEL = ["--d-model", "32", "--n-layer", "2", "--n-head", "2", "--batch-size", "16", "--vocab-size", "300",
          "--validation-fraction", "0.1", "--test-fraction", "0.1", "--no-eval", "--cache-dir", ""]
@@ -50,7 +51,6 @@ def test_muon_takes_the_block_matrices_and_adamw_everything_else():
 
 
 def test_adamw_lr_scale_moves_the_adamw_half_alone_through_the_schedule(tiny_model, tiny_encoder_dir, tmp_path):
-    from recon.training import make_optimizer
     cfg = parse(TrainConfig, ["--encoder", tiny_encoder_dir, "--output-dir", str(tmp_path / "x"),
                               "--lr", "2e-3", "--weight-decay", "0", "--adamw-lr-scale", "3"])
     opt = make_optimizer(tiny_model, cfg, torch.device("cpu"))
