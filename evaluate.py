@@ -59,6 +59,8 @@ def main(argv=None):
         cfg.with_decoding_of(meta.get("args", {}))
         model = ReconModel.from_pretrained(folder, encoder=cfg.encoder, representation=cfg.representation,
                                            device=distributed.setup(cfg.device))
+        if cfg.encoder_precision:  # else as the checkpoint's run encoded (from_pretrained)
+            model.encoder.precision = cfg.encoder_precision
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
         if model.base is None and cfg.correction_beam > 1 and not cfg.correction_steps:
             raise ReconError(f"{folder} is not a corrector: --correction-beam needs --correction-steps N (vector "

@@ -1,8 +1,8 @@
 """Sentence vectors computed once and kept on disk, memory-mapped, reused across runs.
 
 An entry is keyed by everything that decides the vectors: the encoder (name and fingerprint, which
-includes a hash of its weights), representation, layer, maximum length, what enters at [CLS], and
-a hash of the texts in order. Change any of them and the key changes: a stale entry is never read.
+includes a hash of its weights), representation, layer, maximum length, what enters at [CLS], the
+precision it ran in (bf16 or fp32), and a hash of the texts in order. Change any of them and the key changes: a stale entry is never read.
 Entries are written to a temporary file and renamed, so a crash leaves no half-written entry.
 """
 
@@ -15,6 +15,7 @@ import sentencepiece
 import torch
 
 from recon.data import text_hash
+from recon.device import resolve_precision
 from recon.distributed import is_main, sharded
 from recon.tokenizer import SPM_OPTIONS
 
@@ -28,7 +29,8 @@ def encoder_cache(spec, encoder, cache_dir):
     and a random [CLS] changes at every forward."""
     frozen = not spec.saved_with_decoder and spec.cls_init != "random-per-forward"
     encoder_id = {"encoder": spec.encoder, "fingerprint": encoder.base_fingerprint, "representation": spec.representation,
-                  "layer": spec.layer, "max_length": spec.max_length, "cls_init": spec.cls_init}
+                  "layer": spec.layer, "max_length": spec.max_length, "cls_init": spec.cls_init,
+                  "precision": resolve_precision(encoder.precision, next(encoder.parameters()).device)}
     return (cache_dir if frozen else ""), encoder_id
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from recon.decoder import Decoder, register_decoder
+from recon.device import resolve_precision
 from recon.errors import ConfigError, check
 from recon.progress import progress
 
@@ -311,6 +312,13 @@ def calibrate_noise(base, vectors, texts, target_f1, no_repeat_ngram, log, batch
     return best[0]
 
 
+def _precision_key(base):
+    """The part of a hypotheses key that says the base's encoder re-encoded them in bf16 ("" for fp32: the
+    key such rows always had)."""
+    precision = resolve_precision(base.encoder.precision, next(base.encoder.parameters()).device)
+    return "|bf16" if precision == "bf16" else ""
+
+
 def _cached_rows(what, cache_dir, make, log, describe):
     """(rows, texts) = make(), kept in cache_dir under a key of the string `what`."""
     key = hashlib.sha256(what.encode()).hexdigest()[:24]
@@ -336,6 +344,7 @@ def hypothesis_rows(base, corrector, vectors, texts, cache_dir, no_repeat_ngram,
     from recon.data import text_hash
     what = f"{_file_hash(os.path.join(base.folder, WEIGHTS_FILE))}|{text_hash(texts)}|{no_repeat_ngram}"
     what += f"|noise {noise:g}" if noise else ""  # clean hypotheses keep the key they always had
+    what += _precision_key(base)
 
     def make():
         t0 = time.time()
@@ -372,6 +381,7 @@ def round_rows(previous, corrector, rows, texts, cache_dir, no_repeat_ngram, log
     from recon.data import text_hash
     what = (f"round v2|{_file_hash(os.path.join(previous.folder, WEIGHTS_FILE))}|{text_hash(texts)}|"
             f"{hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]}|{no_repeat_ngram}|noise {noise:g}")
+    what += _precision_key(previous.base)
 
     def make():
         t0 = time.time()

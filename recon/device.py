@@ -25,8 +25,9 @@ def resolve_precision(precision, device):
 
 
 def autocast(device, precision="bf16-cuda-only"):
-    """bf16 autocast in the given precision (resolve_precision); by default, on CUDA only: evaluation,
-    decoding and encoding keep full precision on the CPU, so their numbers do not depend on the CPU."""
+    """bf16 autocast in the given precision (resolve_precision); by default, on CUDA only: decoding keeps
+    full precision on the CPU, so its numbers do not depend on the CPU (the encoder's passes follow
+    Encoder.precision, --encoder-precision)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
 
 

@@ -214,6 +214,10 @@ class Encoder(nn.Module):
     random-per-forward (a fresh Gaussian draw at every forward) or zeros.
     """
 
+    # the precision of encode()'s passes (recon.device.resolve_precision): auto is bf16 autocast where the
+    # hardware multiplies bf16 natively (CUDA; a CPU with AVX512-BF16 or AMX), fp32 elsewhere
+    precision = "auto"
+
     def __init__(self, model, tokenizer, representation="cls", layer=-1, max_length=32, cls_init="token"):
         super().__init__()
         check_representation(representation, layer, model.config.num_hidden_layers)
@@ -287,7 +291,7 @@ class Encoder(nn.Module):
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             batch = self.tokenize([texts[i] for i in idx]).to(device)
-            with autocast(device):
+            with autocast(device, self.precision):
                 out[idx] = self(batch["input_ids"], batch["attention_mask"]).float()
             if progress is not None:
                 progress.update(len(idx))

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from recon.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, resolve_checkpoint
+from recon.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_meta, resolve_checkpoint
 from recon.decoder import DecoderSpec
 from recon.decoding import ValidText, beam_search, canonical_pieces, greedy
 from recon.encoder import EncoderSpec, fingerprint, set_trainable
@@ -389,6 +389,9 @@ class ReconModel(nn.Module):
             dec_tok = load_decoder_tokenizer(config.decoder_tokenizer, folder)
         except (OSError, RuntimeError) as e:
             raise CheckpointError(f"{folder}: the decoder vocabulary is missing or corrupt ({e})") from None
+        args = load_meta(folder).get("args")
+        if args:  # a run of train.py: encode as it did (Encoder.precision's default otherwise)
+            enc.precision = with_unrecorded(args)["encoder_precision"]
         self = cls(config, enc, dec_tok)
         self.folder = folder
         self.load_weights(folder)

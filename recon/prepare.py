@@ -221,6 +221,7 @@ def prepare(cfg, device, log=print):
     previous = ReconModel.from_pretrained(cfg.previous_round, device=device) if cfg.previous_round else None
     base = previous.base if previous else ReconModel.from_pretrained(cfg.base_model, device=device) if cfg.base_model else None
     encoder = base.encoder if base else cfg.encoder_spec.build()
+    encoder.precision = cfg.encoder_precision
     corpus = load_data(cfg, encoder, log)
     if resume_from and resume_meta["data"]["corpus_hash"] != corpus.stats["corpus_hash"]:
         raise ConfigError(f"--resume: the data is not what {resume_from} was trained on (corpus hash differs)")

@@ -401,11 +401,14 @@ def main(argv=None):
         settings = part(ProbeSettings, cfg)
         if cfg.checkpoint:
             folder = resolve_checkpoint(cfg.checkpoint)
-            probe_checkpoint(folder, ReconModel.from_pretrained(folder, device=device), settings, cfg.output_dir,
-                             cfg.cache_dir, cfg.batch_size, cfg.seed, prediction_files=cfg.prediction_files)
+            model = ReconModel.from_pretrained(folder, device=device)
+            if cfg.encoder_precision:  # else as the checkpoint's run encoded
+                model.encoder.precision = cfg.encoder_precision
+            probe_checkpoint(folder, model, settings, cfg.output_dir, cfg.cache_dir, cfg.batch_size, cfg.seed, prediction_files=cfg.prediction_files)
         else:
             spec, data = part(EncoderSpec, cfg), part(DataConfig, cfg)
             encoder = spec.build().to(device).eval()
+            encoder.precision = cfg.encoder_precision or "auto"
             if cfg.export_senteval:
                 corpus = data.build(encoder.count_tokens, spec.max_length)
                 export_senteval({s: corpus.texts(s, copies=False) for s in SPLITS}, cfg.export_senteval, wc_words=cfg.wc_words,

@@ -14,7 +14,8 @@ UNRECORDED = {"decoder_type": "transformer", "condition": "prefix", "bow_weight"
               "bow_prior": False, "coverage": False, "bow_hidden": 0, "bow_head": "tied",
               "embedding_init": "random",
               "encoder_dropout": True, "corrector_init": "one", "precision": "bf16-cuda-only", "hypothesis_noise": "0",
-              "corrector_copy": False, "substitute_copies": 0, "prior_used_up": False, "optimizer": "adamw"}
+              "corrector_copy": False, "substitute_copies": 0, "prior_used_up": False, "optimizer": "adamw",
+              "encoder_precision": "bf16-cuda-only"}
 
 
 def with_unrecorded(recorded):

@@ -304,11 +304,14 @@ def train(cfg, log=say):
                "unbucketed)" if cfg.bucket_pool else ""))
         optimizer = make_optimizer(run.model, cfg, device)
         precision = resolve_precision(cfg.precision, device)
-        log(f"training step precision: {precision}" + (f" (--precision {cfg.precision})" if cfg.precision != precision else ""))
+        encoder_precision = resolve_precision(cfg.encoder_precision, device)
+        log(f"training step precision: {precision}" + (f" (--precision {cfg.precision})" if cfg.precision != precision else "")
+            + f"; the encoder's passes outside it: {encoder_precision}")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(segments))
         meta = {"args": asdict(cfg), "git_commit": git_commit(), "data": run.corpus.stats,
                 "decoder_parameters": run.model.decoder_parameters(), "world_size": dist.world_size(), **padding,
                 "max_steps": max_steps, "schedule": segments, "precision": precision,
+                "encoder_precision": encoder_precision,
                 "extensions": run.resume_meta.get("extensions", [])}
         if extension:
             meta["extensions"] = meta["extensions"] + [{**extension, "git_commit": meta["git_commit"],

@@ -18,6 +18,15 @@ PLACE = ["river", "house", "garden", "forest", "market"]
 WORDS = ADJ + NOUN + VERB + PLACE + ["the", "near", "a", "and", "."]
 
 
+@pytest.fixture(autouse=True)
+def full_precision_encoders(monkeypatch):
+    """Encoders built directly in a test encode in fp32, so that their vectors can be checked against a
+    plain forward pass and re-encoding a text in another batch gives the same vector. Runs of train.py
+    and checkpoints of them still encode as --encoder-precision says (auto by default), and the
+    precision's own tests set it."""
+    monkeypatch.setattr(Encoder, "precision", "fp32")
+
+
 def sentences(n, seed=0):
     """n distinct simple sentences in a fixed order (shuffled by seed)."""
     all_ = [f"The {a} {x} {v} the {y} near the {p}." for a, x, v, y, p in

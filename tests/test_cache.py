@@ -1,11 +1,16 @@
 import json
 import os
 
+import pytest
 import torch
 
 import train as train_script
 from conftest import sentences
-from recon.cache import cached_encode
+from recon.cache import cached_encode, encoder_cache
+from recon.config import EvalConfig, TrainConfig, parse
+from recon.device import resolve_precision
+from recon.encoder import EncoderSpec
+from recon.errors import ConfigError
 
 
 def test_cache_hits_only_for_the_same_texts_and_encoder(tiny_model, tmp_path, monkeypatch):
@@ -48,3 +53,31 @@ def test_a_second_run_reads_the_cache_and_trains_identically(tiny_encoder_dir, t
     vocab = lambda run: open(next((tmp_path / run).glob("checkpoint-*/decoder_spm.model")), "rb").read()
     assert vocab("a") == vocab("b") == vocab("c")
     assert log("c") == log("a")
+
+
+def test_the_encoders_precision_keys_the_cache_and_moves_its_vectors_a_little(tiny_encoder_dir, tmp_path):
+    spec = EncoderSpec(tiny_encoder_dir, max_length=16)
+    enc = spec.build().eval()
+    texts = sentences(40)
+    vectors, ids = {}, {}
+    for precision in ("fp32", "bf16"):
+        enc.precision = precision
+        cache_dir, ids[precision] = encoder_cache(spec, enc, str(tmp_path))
+        vectors[precision], hit = cached_encode(enc, texts, cache_dir, ids[precision])
+        assert not hit  # the bf16 pass does not read the fp32 entry
+        again, hit = cached_encode(enc, texts, cache_dir, ids[precision])
+        assert hit and torch.equal(again, vectors[precision])
+    assert (ids["fp32"]["precision"], ids["bf16"]["precision"]) == ("fp32", "bf16")
+    assert not torch.equal(vectors["fp32"], vectors["bf16"])
+    same = torch.nn.functional.cosine_similarity(vectors["fp32"], vectors["bf16"], dim=-1)
+    assert same.min() > 0.99, same.min()
+    enc.precision = "auto"  # resolved on this machine, then keyed as what ran
+    assert encoder_cache(spec, enc, str(tmp_path))[1]["precision"] == resolve_precision("auto", torch.device("cpu"))
+
+
+def test_an_unknown_encoder_precision_is_refused(tiny_encoder_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"--encoder-precision must be one of \('auto', 'bf16', 'fp32', 'bf16-cuda-only'\), not 'fp16'"):
+        parse(TrainConfig, ["--encoder", tiny_encoder_dir, "--output-dir", str(tmp_path / "x"),
+                            "--encoder-precision", "fp16"])
+    with pytest.raises(ConfigError, match="--encoder-precision must be one of"):
+        parse(EvalConfig, ["--checkpoint", "x", "--output-dir", "y", "--encoder-precision", "half"])

@@ -141,12 +141,14 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
     # fewer ablations: the random control is then decoded by the evaluation itself
     calls.clear()
     assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(tmp / "ev1"), "--split", "train",
-                                 "--correction-steps", "1", "--retrieval-pool", "0", "--correction-ablations", "reference"]) == 0
+                                 "--correction-steps", "1", "--retrieval-pool", "0", "--correction-ablations", "reference",
+                                 "--encoder-precision", "fp32"]) == 0
     fewer = json.loads((tmp / "ev1" / "correction.json").read_text())
     assert list(fewer["conditions"]) == ["correction", "reference as hypothesis"] and len(calls) == 3
     assert list(fewer["tests"]) == ["the base's single pass"]
     assert "| no feedback |" not in (tmp / "ev1" / "correction.md").read_text()
-    assert json.loads((tmp / "ev1" / "metrics.json").read_text())["control_random_bleu"] >= 0
+    ev1 = json.loads((tmp / "ev1" / "metrics.json").read_text())
+    assert ev1["control_random_bleu"] >= 0 and ev1["encoder_precision"] == "fp32"  # as --encoder-precision said
     assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(tmp / "ev3"),
                                  "--correction-ablations", "no-feedback,shuffle"]) == 2
     assert "--correction-ablations must name some of no-feedback, random-target, reference" in capsys.readouterr().err
@@ -428,6 +430,7 @@ def test_correction_rate_moves_the_corrector_target_slot_by_the_residual_of_its_
     from recon.corrector import closest, correct
     tmp, _, _ = runs
     model = ReconModel.from_pretrained(str(tmp / "corr"))
+    model.base.encoder.precision = "fp32"  # re-encoding a text in another batch gives the same vector
     dec = model.decoder
     vectors = model.encode(sentences(12, seed=5))  # not the training sentences: those it may rebuild exactly (no residual)
     slots, decoded = [], []

@@ -12,6 +12,7 @@ import torch
 import recon.decoder
 from conftest import sentences
 from recon.config import ConfigError, TrainConfig, parse
+from recon import ReconModel
 from recon.decoder import DecoderSpec
 from recon.device import autocast, resolve_precision
 from recon.training import train
@@ -75,9 +76,12 @@ def test_bf16_training_step_keeps_attention_in_fp32_on_the_cpu(monkeypatch):
 
 
 def test_bf16_training_records_its_precision_and_tracks_fp32(tmp_path, tiny_encoder_dir, data):
-    full, meta32 = run(tiny_encoder_dir, data, tmp_path / "fp32", "--precision", "fp32")
-    low, meta16 = run(tiny_encoder_dir, data, tmp_path / "bf16", "--precision", "bf16")
+    full, meta32 = run(tiny_encoder_dir, data, tmp_path / "fp32", "--precision", "fp32", "--encoder-precision", "fp32")
+    low, meta16 = run(tiny_encoder_dir, data, tmp_path / "bf16", "--precision", "bf16", "--encoder-precision", "bf16")
     assert (meta32["precision"], meta16["precision"]) == ("fp32", "bf16")
+    assert (meta32["encoder_precision"], meta16["encoder_precision"]) == ("fp32", "bf16")
+    for name in ("fp32", "bf16"):  # a checkpoint encodes as its run did
+        assert ReconModel.from_pretrained(str(tmp_path / name)).encoder.precision == name
     assert low[-1]["train_loss"] != full[-1]["train_loss"]  # it did run in bf16
     assert low[-1]["val_loss"] == pytest.approx(full[-1]["val_loss"], rel=0.05)
 

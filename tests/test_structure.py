@@ -43,6 +43,7 @@ def test_checkpoints_of_the_old_code_load_and_decode_the_same(in_root, name):
     expected = json.loads(open(os.path.join(OLD, "expected.json")).read())
     tensors = load_file(os.path.join(OLD, "expected.safetensors"))
     model = ReconModel.from_pretrained(os.path.join(OLD, name))  # the run folder: its newest checkpoint
+    assert model.encoder.precision == "bf16-cuda-only"  # encodes as runs before --encoder-precision did
     texts = expected["texts"]
     vectors = model.encode(texts)
     # the same up to float rounding: on torch 2.13 / transformers 5.24 the vectors differ from the
