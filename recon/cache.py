@@ -2,7 +2,8 @@
 
 An entry is keyed by everything that decides the vectors: the encoder (name and fingerprint, which
 includes a hash of its weights), representation, layer, maximum length, what enters at [CLS], the
-precision it ran in (bf16 or fp32), and a hash of the texts in order. Change any of them and the key changes: a stale entry is never read.
+precision it ran in (bf16 or fp32), and a hash of the texts in order. Change any of them and the key
+changes: a stale entry is never read.
 Entries are written to a temporary file and renamed, so a crash leaves no half-written entry.
 """
 

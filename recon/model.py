@@ -63,6 +63,13 @@ class ReconConfig(ModelSpecs, DecoderSpec, EncoderSpec):
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def encoder_precision_of(folder, default):
+    """The --encoder-precision a checkpoint's run encoded in (runs before the flag: bf16-cuda-only), or
+    `default` for a checkpoint saved without a run's meta.json."""
+    args = load_meta(folder).get("args")
+    return with_unrecorded(args)["encoder_precision"] if args else default
+
+
 class ReconModel(nn.Module):
     def __init__(self, config, encoder, decoder_tokenizer):
         super().__init__()
@@ -366,6 +373,7 @@ class ReconModel(nn.Module):
                 raise CheckpointError(f"{folder} corrects the model in {config.base_model}, which is not there; "
                                       "put the base run back at that path")
             base = cls.from_pretrained(config.base_model, encoder=encoder, representation=representation, device=device)
+            base.encoder.precision = encoder_precision_of(folder, base.encoder.precision)
             self = cls(config, base.encoder, base.tokenizer)
             self.attach_base(base)
             self.folder = folder
@@ -389,9 +397,7 @@ class ReconModel(nn.Module):
             dec_tok = load_decoder_tokenizer(config.decoder_tokenizer, folder)
         except (OSError, RuntimeError) as e:
             raise CheckpointError(f"{folder}: the decoder vocabulary is missing or corrupt ({e})") from None
-        args = load_meta(folder).get("args")
-        if args:  # a run of train.py: encode as it did (Encoder.precision's default otherwise)
-            enc.precision = with_unrecorded(args)["encoder_precision"]
+        enc.precision = encoder_precision_of(folder, enc.precision)
         self = cls(config, enc, dec_tok)
         self.folder = folder
         self.load_weights(folder)
