@@ -16,7 +16,6 @@ import sentencepiece
 import torch
 
 from recon.data import text_hash
-from recon.device import resolve_precision
 from recon.distributed import is_main, sharded
 from recon.tokenizer import SPM_OPTIONS
 
@@ -31,7 +30,7 @@ def encoder_cache(spec, encoder, cache_dir):
     frozen = not spec.saved_with_decoder and spec.cls_init != "random-per-forward"
     encoder_id = {"encoder": spec.encoder, "fingerprint": encoder.base_fingerprint, "representation": spec.representation,
                   "layer": spec.layer, "max_length": spec.max_length, "cls_init": spec.cls_init,
-                  "precision": resolve_precision(encoder.precision, next(encoder.parameters()).device)}
+                  "precision": encoder.resolved_precision()}
     return (cache_dir if frozen else ""), encoder_id
 
 

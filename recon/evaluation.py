@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from recon.data import DataError
-from recon.device import resolve_precision
 from recon.distributed import is_main, sharded
 from recon.metrics import corpus_scores, example_scores, ngram_overlap, repeats_ngram, repeats_word
 from recon.report import write_report
@@ -223,7 +222,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         "controls": {"random": "Gaussian vectors with the mean and covariance of the evaluated vectors",
                      "shuffled": "each text decoded from another evaluated text's vector",
                      "retrieval": "the training text with the closest vector by cosine (standardised)"},
-        "encoder_precision": resolve_precision(model.encoder.precision, next(model.encoder.parameters()).device),
+        "encoder_precision": model.encoder.resolved_precision(),
         "encode_seconds": t_encode,
         "decode_seconds": t_decode,
         "sentences_per_second": len(texts) / max(t_decode, 1e-9),

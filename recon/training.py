@@ -277,6 +277,14 @@ def final_evaluation(cfg, run, step, log, checkpoint=None):
     return metrics
 
 
+def resolved_precisions(cfg, encoder, device, log):
+    """What the training step and the encoder's passes outside it run in (bf16 or fp32), logged."""
+    precision, encoder_precision = resolve_precision(cfg.precision, device), encoder.resolved_precision()
+    log(f"training step precision: {precision}" + (f" (--precision {cfg.precision})" if cfg.precision != precision else "")
+        + f"; the encoder's passes outside it: {encoder_precision}")
+    return {"precision": precision, "encoder_precision": encoder_precision}
+
+
 def train(cfg, log=say):
     """Train a model as `cfg` says; returns (model, run folder, test metrics or None).
 
@@ -303,15 +311,11 @@ def train(cfg, log=say):
             + (f" (bucketed in pools of {cfg.bucket_pool} batches; {100 * padding['padding_fraction_unbucketed']:.1f}% "
                "unbucketed)" if cfg.bucket_pool else ""))
         optimizer = make_optimizer(run.model, cfg, device)
-        precision = resolve_precision(cfg.precision, device)
-        encoder_precision = resolve_precision(cfg.encoder_precision, device)
-        log(f"training step precision: {precision}" + (f" (--precision {cfg.precision})" if cfg.precision != precision else "")
-            + f"; the encoder's passes outside it: {encoder_precision}")
+        precisions = resolved_precisions(cfg, run.model.encoder, device, log)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(segments))
         meta = {"args": asdict(cfg), "git_commit": git_commit(), "data": run.corpus.stats,
                 "decoder_parameters": run.model.decoder_parameters(), "world_size": dist.world_size(), **padding,
-                "max_steps": max_steps, "schedule": segments, "precision": precision,
-                "encoder_precision": encoder_precision,
+                "max_steps": max_steps, "schedule": segments, **precisions,
                 "extensions": run.resume_meta.get("extensions", [])}
         if extension:
             meta["extensions"] = meta["extensions"] + [{**extension, "git_commit": meta["git_commit"],
@@ -324,7 +328,7 @@ def train(cfg, log=say):
                           run.model.parameters(), max_steps, device=device, grad_clip=cfg.grad_clip,
                           eval_every=cfg.eval_steps, save_every=cfg.save_steps,
                           peak_flops=peak_flops(device, cfg.peak_tflops), t_start=t_start, time_limit=cfg.time_limit,
-                          precision=precision)
+                          precision=precisions["precision"])
         hooks = RunHooks(cfg, run, trainer, meta, log)
         if run.resume_from:
             hooks.restore(run.resume_from)
