@@ -131,6 +131,12 @@ class KVCache:
         self.pos = 0  # how many positions are filled
         self._spare = None  # beam search reorders into a second buffer, then swaps
         self.rows = {}  # name -> (B, ...): what the first call computed from the vectors, for later steps
+        self.of_tokens = set()  # the rows' names that follow the tokens written, not the input alone
+
+    def set_token_row(self, name, t):
+        """Keep a row that follows the tokens written so far (B, ...): beam search moves it with them."""
+        self.rows[name] = t
+        self.of_tokens.add(name)
 
     def select(self, index):
         """Keep only these rows of the batch (finished sequences leave it)."""
@@ -139,13 +145,17 @@ class KVCache:
         self.rows = {name: t.index_select(0, index) for name, t in self.rows.items()}
 
     def reorder(self, index):
-        """Beam search: row i of the batch continues row index[i]."""
-        self.rows = {name: t.index_select(0, index) for name, t in self.rows.items()}
+        """Beam search: row i of the batch continues row index[i], a beam of the same input. The rows
+        computed from the input alone are alike across its beams and stay; those of the tokens written
+        (set_token_row) and the keys and values of the positions filled so far move."""
+        self.rows.update({name: self.rows[name].index_select(0, index) for name in self.of_tokens})
         if self._spare is None:
             self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
-        # into preallocated memory: a fresh tensor per step costs more (page faults) than the copy
-        torch.index_select(self.k, 1, index, out=self._spare[0])
-        torch.index_select(self.v, 1, index, out=self._spare[1])
+        # into preallocated memory: a fresh tensor per step costs more (page faults) than the copy; the
+        # positions past self.pos hold nothing yet (each is written before it is read)
+        filled = slice(0, self.pos)
+        torch.index_select(self.k[:, :, :, filled], 1, index, out=self._spare[0][:, :, :, filled])
+        torch.index_select(self.v[:, :, :, filled], 1, index, out=self._spare[1][:, :, :, filled])
         (self.k, self.v), self._spare = self._spare, (self.k, self.v)
 
 
@@ -412,7 +422,7 @@ class Decoder(nn.Module):
         logits = logits.scatter_add(2, input_ids[:, None, :].expand(B, T, T), -amount.to(logits.dtype))
         if cache is not None:
             used = torch.zeros_like(boost) if before is None else before
-            cache.rows["used"] = used.scatter(1, input_ids, 1.0)
+            cache.set_token_row("used", used.scatter(1, input_ids, 1.0))
         return logits
 
     def penalise_written(self, logits, input_ids, cache):
@@ -429,7 +439,7 @@ class Decoder(nn.Module):
                 before = torch.zeros(B, logits.shape[-1], device=logits.device)
             else:
                 logits = logits - (self.coverage * before)[:, None].to(logits.dtype)
-            cache.rows["written"] = before.scatter_add(1, input_ids, torch.ones_like(input_ids, dtype=before.dtype))
+            cache.set_token_row("written", before.scatter_add(1, input_ids, torch.ones_like(input_ids, dtype=before.dtype)))
         return logits
 
     def bow_logprobs(self, z):

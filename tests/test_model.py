@@ -278,7 +278,14 @@ def test_what_the_vector_adds_at_every_position_survives_the_cache_and_the_beams
         slow.append(ids[1:])
     assert fast == slow
     alone = [beam_search(dec, vecs[i:i + 1], 2, 3, 3, max_new_tokens=12)[0] for i in range(5)]
-    assert beam_search(dec, vecs, 2, 3, 3, max_new_tokens=12) == alone
+    best, beams = beam_search(dec, vecs, 2, 3, 3, max_new_tokens=12, return_all=True)
+    assert best == alone
+    for v, row in zip(vecs, beams):  # each beam's score is its log-probability by a full forward, no cache
+        for ids, score in row:
+            full = ids + [3] if len(ids) < 12 else ids
+            with torch.no_grad():
+                logp = dec(v[None], torch.tensor([[2] + full[:-1]]))[0].log_softmax(-1)
+            assert score == pytest.approx(sum(logp[i, t].item() for i, t in enumerate(full)) / len(full), abs=1e-4)
 
 
 def test_the_bag_of_words_prior_starts_as_the_heads_log_probabilities():
