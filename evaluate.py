@@ -61,6 +61,8 @@ def main(argv=None):
                                            device=distributed.setup(cfg.device))
         if cfg.encoder_precision:  # else as the checkpoint's run encoded (from_pretrained)
             model.encoder.precision = cfg.encoder_precision
+        if cfg.generation_precision:  # else as the checkpoint's run generated
+            model.set_generation_precision(cfg.generation_precision)
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
         if model.base is None and cfg.correction_beam > 1 and not cfg.correction_steps:
             raise ReconError(f"{folder} is not a corrector: --correction-beam needs --correction-steps N (vector "

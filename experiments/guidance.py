@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate as evaluate_script  # noqa: E402
 import recon.model  # noqa: E402
 from recon.decoder import Decoder  # noqa: E402
-from recon.decoding import _cache_dtype, _strip, ban_repeats_  # noqa: E402
+from recon.decoding import _cache_dtype, _precision, _strip, ban_repeats_  # noqa: E402
 from recon.device import autocast  # noqa: E402
 
 
@@ -47,11 +47,11 @@ def guided_greedy(weight):
         B, device = vectors.shape[0], vectors.device
         max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
         both = torch.cat([vectors, decoder.vector_mean.expand(B, -1).to(vectors.dtype)])  # with / without
-        cache = decoder.new_cache(2 * B, device, _cache_dtype(device))
+        cache = decoder.new_cache(2 * B, device, _cache_dtype(decoder, device))
         out = torch.full((B, max_new_tokens), eos_id, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         state = valid.start(B) if valid else None
-        with autocast(device):
+        with autocast(device, _precision(decoder, device)):
             logits = decoder(both, torch.full((2 * B, 1), bos_id, dtype=torch.long, device=device), cache)
             for t in range(max_new_tokens):
                 lc, lu = (logits[rows, -1].float().log_softmax(-1) for rows in (slice(0, B), slice(B, None)))

@@ -108,8 +108,8 @@ class OptimConfig:
     precision: str = field(default="auto", metadata={
         "help": "the training step's precision: auto (bf16 autocast where the hardware multiplies bf16 natively: "
                 "CUDA, or a CPU with AVX512-BF16 or AMX; fp32 elsewhere), bf16, fp32, or bf16-cuda-only (bf16 on "
-                "CUDA, fp32 on a CPU: runs before this flag). Generation keeps fp32 on a CPU; the encoder's passes follow "
-                "--encoder-precision"})
+                "CUDA, fp32 on a CPU: runs before this flag). Generation follows --generation-precision, the encoder's "
+                "passes --encoder-precision"})
     bucket_pool: int = field(default=50, metadata={
         "help": "length bucketing: sort each pool of this many shuffled batches by length before cutting "
                 "it into batches (less padding); 0: plain shuffled batches"})
@@ -142,8 +142,14 @@ ENCODER_PRECISION_HELP = ("the encoder's passes outside a training step (the vec
                           "default's sentences they agree to a standardised cosine of 0.99998 (docs/speed.md)")
 
 
-def check_encoder_precision(value):
-    check(value is None or value in PRECISIONS, f"--encoder-precision must be one of {PRECISIONS}, not {value!r}")
+GENERATION_PRECISION_HELP = ("the decoder's generation (the evaluation's decoding, its controls' and the correction "
+                             "loops'): auto (bf16 autocast where the hardware multiplies bf16 natively: CUDA, or a CPU "
+                             "with AVX512-BF16 or AMX; fp32 elsewhere), bf16, fp32, or bf16-cuda-only (runs before this "
+                             "flag: bf16 on CUDA, fp32 on a CPU) (docs/speed.md)")
+
+
+def check_precision(flag, value):
+    check(value is None or value in PRECISIONS, f"--{flag} must be one of {PRECISIONS}, not {value!r}")
 
 
 @dataclass
@@ -176,6 +182,7 @@ class RunConfig:
                 "embedding when there are beams, none for greedy)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
     encoder_precision: str = field(default="auto", metadata={"help": ENCODER_PRECISION_HELP})
+    generation_precision: str = field(default="auto", metadata={"help": GENERATION_PRECISION_HELP})
     eval_max_examples: Optional[int] = field(default=None, metadata={
         "help": "final evaluation: at most this many texts of the split, its first (a random sample: the split "
                 "is drawn at random), for a machine lent for a fixed time (default: all)"})
@@ -206,7 +213,8 @@ class RunConfig:
         check(self.eval_split in ("test", "validation"), f"--eval-split must be test or validation, not {self.eval_split!r}")
         _check_rerank(self.rerank, self.num_beams)
         check(self.peak_tflops >= 0, f"--peak-tflops must be 0 (from the device name) or more, not {self.peak_tflops}")
-        check_encoder_precision(self.encoder_precision)
+        check_precision("encoder-precision", self.encoder_precision)
+        check_precision("generation-precision", self.generation_precision)
         check(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; choose one")
         check(not self.extend or self.resume, "--extend continues a run: give --resume (or --resume DIR) too")
         if self.output_dir is None:
@@ -266,9 +274,13 @@ class ProbeSettings:
     encoder_precision: Optional[str] = field(default=None, metadata={
         "help": ENCODER_PRECISION_HELP.replace("the encoder's passes", "the encoder's passes (default: as a checkpoint's "
                                                "run recorded it, auto for runs of now; auto for a bare encoder)", 1)})
+    generation_precision: Optional[str] = field(default=None, metadata={
+        "help": GENERATION_PRECISION_HELP.replace("the decoder's generation", "a checkpoint's generation (default: as "
+                                                  "its run recorded it, auto for runs of now)", 1)})
 
     def __post_init__(self):
-        check_encoder_precision(self.encoder_precision)
+        check_precision("encoder-precision", self.encoder_precision)
+        check_precision("generation-precision", self.generation_precision)
         tasks = self.probe_tasks.split(",")
         check(bool(tasks) and all(t in ("sentlen", "wc", "bshift", "bow") for t in tasks),
               f"--probe-tasks must name some of sentlen, wc, bshift, bow, not {self.probe_tasks!r}")

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from recon.decoder import Decoder, register_decoder
+from recon.device import resolve_precision
 from recon.errors import ConfigError, check
 from recon.progress import progress
 
@@ -312,9 +313,13 @@ def calibrate_noise(base, vectors, texts, target_f1, no_repeat_ngram, log, batch
 
 
 def _precision_key(base):
-    """The part of a hypotheses key that says the base's encoder re-encoded them in bf16 ("" for fp32: the
-    key such rows always had)."""
-    return "|bf16" if base.encoder.resolved_precision() == "bf16" else ""
+    """The part of a hypotheses key that says what the base ran in, where that differs from what such
+    rows were always made in (their keys unchanged): "|bf16" when its encoder re-encoded them in bf16,
+    "|generated-P" when its decoder wrote them in P other than before --generation-precision (bf16 on
+    CUDA, fp32 on a CPU)."""
+    generated = base.resolved_generation_precision()
+    return (("|bf16" if base.encoder.resolved_precision() == "bf16" else "")
+            + ("" if generated == resolve_precision("bf16-cuda-only", base.device) else f"|generated-{generated}"))
 
 
 def _cached_rows(what, cache_dir, make, log, describe):

@@ -228,6 +228,10 @@ class Decoder(nn.Module):
     max_target_len, set_vector_stats / standardize, optimizer_groups and flops_per_token."""
 
     block_class = Block  # a subclass may change the layer (the warm start's is post-LayerNorm)
+    # the precision of generation (recon/decoding.py; recon.device.resolve_precision): auto is bf16
+    # autocast where the hardware multiplies bf16 natively (CUDA; a CPU with AVX512-BF16 or AMX), fp32
+    # elsewhere; bf16-cuda-only is what runs did before --generation-precision
+    generation_precision = "auto"
 
     def __init__(self, spec, vector_dim, vocab_size):
         super().__init__()

@@ -6,11 +6,17 @@ rows of a batch sit at the same position and need no padding or attention mask.
 
 import torch
 
-from recon.device import autocast
+from recon.device import autocast, resolve_precision
 
 
-def _cache_dtype(device):
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+def _precision(decoder, device):
+    """bf16 or fp32: what `decoder` generates in on `device` (Decoder.generation_precision)."""
+    return resolve_precision(decoder.generation_precision, device)
+
+
+def _cache_dtype(decoder, device):
+    # on the CPU attention runs in fp32 under bf16 autocast too (Block.attention): its keys stay fp32
+    return torch.bfloat16 if device.type == "cuda" and _precision(decoder, device) == "bf16" else torch.float32
 
 
 # UTF-8: how many continuation bytes follow a byte (-1: never written as a first byte: a
@@ -137,13 +143,13 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
     bans and the valid-text mask hold as in greedy decoding."""
     B, device = vectors.shape[0], vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
-    cache = decoder.new_cache(B, device, _cache_dtype(device))
+    cache = decoder.new_cache(B, device, _cache_dtype(decoder, device))
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)
     out = torch.full((B, max_new_tokens), eos_id, dtype=torch.long, device=device)
     rows = torch.arange(B, device=device)  # which output row each live batch row writes
     done = torch.zeros(B, dtype=torch.bool, device=device)
     state = valid.start(B) if valid else None
-    with autocast(device):
+    with autocast(device, _precision(decoder, device)):
         logits = decoder(vectors, tokens, cache)
         for t in range(max_new_tokens):
             last = logits[:, -1]  # (b, V)
@@ -191,7 +197,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
     """
     B, K, device = vectors.shape[0], num_beams, vectors.device
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
-    cache = decoder.new_cache(B * K, device, _cache_dtype(device))
+    cache = decoder.new_cache(B * K, device, _cache_dtype(decoder, device))
     vecs = vectors.repeat_interleave(K, dim=0)  # (B*K, Dv)
     tokens = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)
     scores = torch.zeros(B, K, device=device)
@@ -208,7 +214,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
         for r, s, f in zip(rows[sel].tolist(), seqs[sel].cpu(), final.cpu()):
             results[r] = (s, f)
 
-    with autocast(device):
+    with autocast(device, _precision(decoder, device)):
         logits = decoder(vecs, tokens, cache)
         for t in range(max_new_tokens):
             b = len(rows)
@@ -346,11 +352,12 @@ def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=N
         raise ValueError("a CUDA graph needs a CUDA device; on this one pass cuda_graph=False")
     max_new_tokens = min(max_new_tokens or decoder.max_target_len, decoder.max_target_len + 1)
     plans = decoder.__dict__.setdefault("_static_plans", _Plans())
-    key = (B, max_new_tokens, eos_id, str(device), graph, id(valid))
+    precision = _precision(decoder, device)
+    key = (B, max_new_tokens, eos_id, str(device), graph, id(valid), precision)
     plan = plans.get(key)
-    cache = plan["s"]["cache"] if plan else decoder.new_cache(B, device, _cache_dtype(device))
+    cache = plan["s"]["cache"] if plan else decoder.new_cache(B, device, _cache_dtype(decoder, device))
     cache.pos = 0
-    with autocast(device):  # the prefix and [BOS], as greedy() runs them, into this shape's cache
+    with autocast(device, precision):  # the prefix and [BOS], as greedy() runs them, into this shape's cache
         logits = decoder(vectors, torch.full((B, 1), bos_id, dtype=torch.long, device=device), cache)
     if plan is None:
         s = {"cache": cache, "rows": cache.rows, "logits": logits[:, -1].clone(),
@@ -359,7 +366,7 @@ def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=N
              "done": torch.zeros(B, dtype=torch.bool, device=device), "state": valid.start(B) if valid else None}
         step = lambda: _static_step(decoder, s, eos_id, valid, max_new_tokens)  # noqa: E731
         # `valid` is kept with the plan: its tensors are read by the step (and by a graph, by address)
-        plan = plans[key] = {"s": s, "step": _captured(step, s, device) if graph else step, "valid": valid}
+        plan = plans[key] = {"s": s, "step": _captured(step, s, device, precision) if graph else step, "valid": valid}
     else:  # this batch's values into the buffers the step (or its graph) reads
         s = plan["s"]
         for name, t in cache.rows.items():
@@ -373,7 +380,7 @@ def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=N
         if valid:
             s["state"].copy_(valid.start(B))
     for t in range(max_new_tokens - 1):
-        with autocast(device):
+        with autocast(device, precision):
             plan["step"]()
         if t % 8 == 7 and bool(s["done"].all()):  # one host sync every 8 tokens
             break
@@ -382,20 +389,21 @@ def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=N
     return [_strip(row, eos_id) for row in s["out"].cpu()]
 
 
-def _captured(step, s, device):
-    """`step` recorded once as a CUDA graph (after one run to warm up, whose effects are undone);
-    returns the graph's replay."""
+def _captured(step, s, device, precision):
+    """`step` recorded once as a CUDA graph in `precision` (after one run to warm up, whose effects are
+    undone); returns the graph's replay."""
+    bf16 = precision == "bf16"
     mutable = [t for t in (s["logits"], s["pos"], s["t"], s["out"], s["done"], s["state"],
                            s["rows"].get("written")) if t is not None]
     saved = [t.clone() for t in mutable]
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+    with torch.cuda.stream(side), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
         step()  # kernels chosen and workspaces allocated outside the capture
     torch.cuda.current_stream(device).wait_stream(side)
     for t, was in zip(mutable, saved):
         t.copy_(was)  # the cache's keys and values at the warm-up's position are written again by the first replay
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+    with torch.cuda.graph(graph), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
         step()
     return graph.replay

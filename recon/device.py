@@ -25,9 +25,9 @@ def resolve_precision(precision, device):
 
 
 def autocast(device, precision="bf16-cuda-only"):
-    """bf16 autocast in the given precision (resolve_precision); by default, on CUDA only: decoding keeps
-    full precision on the CPU, so its numbers do not depend on the CPU (the encoder's passes follow
-    Encoder.precision, --encoder-precision)."""
+    """bf16 autocast in the given precision (resolve_precision); by default, on CUDA only (the
+    validation loss; the encoder's passes follow Encoder.precision, --encoder-precision, and
+    generation Decoder.generation_precision, --generation-precision)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
 
 

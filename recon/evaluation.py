@@ -223,6 +223,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
                      "shuffled": "each text decoded from another evaluated text's vector",
                      "retrieval": "the training text with the closest vector by cosine (standardised)"},
         "encoder_precision": model.encoder.resolved_precision(),
+        "generation_precision": model.resolved_generation_precision(),
         "encode_seconds": t_encode,
         "decode_seconds": t_decode,
         "sentences_per_second": len(texts) / max(t_decode, 1e-9),

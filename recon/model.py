@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from recon.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_meta, resolve_checkpoint
 from recon.decoder import DecoderSpec
 from recon.decoding import ValidText, beam_search, canonical_pieces, greedy
+from recon.device import resolve_precision
 from recon.encoder import EncoderSpec, fingerprint, set_trainable
 from recon.spec import ModelSpecs, with_unrecorded
 from recon.tokenizer import load_decoder_tokenizer
@@ -63,11 +64,11 @@ class ReconConfig(ModelSpecs, DecoderSpec, EncoderSpec):
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def encoder_precision_of(folder, default):
-    """The --encoder-precision a checkpoint's run encoded in (runs before the flag: bf16-cuda-only), or
-    `default` for a checkpoint saved without a run's meta.json."""
+def recorded_precision(folder, name, default):
+    """The --encoder-precision or --generation-precision (`name`) a checkpoint's run ran in (runs before
+    the flag: bf16-cuda-only), or `default` for a checkpoint saved without a run's meta.json."""
     args = load_meta(folder).get("args")
-    return with_unrecorded(args)["encoder_precision"] if args else default
+    return with_unrecorded(args)[name] if args else default
 
 
 class ReconModel(nn.Module):
@@ -89,6 +90,15 @@ class ReconModel(nn.Module):
 
     def attach_base(self, base):
         self.__dict__["_base"] = base
+
+    def set_generation_precision(self, precision):
+        """--generation-precision of this model's decoder, and of its base's (a corrector's)."""
+        for model in (self,) if self.base is None else (self, self.base):
+            model.decoder.generation_precision = precision
+
+    def resolved_generation_precision(self):
+        """What generation runs in on this model's device: bf16 or fp32."""
+        return resolve_precision(self.decoder.generation_precision, self.device)
 
     @property
     def trains_encoder(self):
@@ -373,9 +383,10 @@ class ReconModel(nn.Module):
                 raise CheckpointError(f"{folder} corrects the model in {config.base_model}, which is not there; "
                                       "put the base run back at that path")
             base = cls.from_pretrained(config.base_model, encoder=encoder, representation=representation, device=device)
-            base.encoder.precision = encoder_precision_of(folder, base.encoder.precision)
+            base.encoder.precision = recorded_precision(folder, "encoder_precision", base.encoder.precision)
             self = cls(config, base.encoder, base.tokenizer)
             self.attach_base(base)
+            self.set_generation_precision(recorded_precision(folder, "generation_precision", self.decoder.generation_precision))
             self.folder = folder
             self.load_weights(folder)
             if device is not None:
@@ -397,8 +408,9 @@ class ReconModel(nn.Module):
             dec_tok = load_decoder_tokenizer(config.decoder_tokenizer, folder)
         except (OSError, RuntimeError) as e:
             raise CheckpointError(f"{folder}: the decoder vocabulary is missing or corrupt ({e})") from None
-        enc.precision = encoder_precision_of(folder, enc.precision)
+        enc.precision = recorded_precision(folder, "encoder_precision", enc.precision)
         self = cls(config, enc, dec_tok)
+        self.set_generation_precision(recorded_precision(folder, "generation_precision", self.decoder.generation_precision))
         self.folder = folder
         self.load_weights(folder)
         if device is not None:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from recon.cache import cached_encode, encoder_cache
 from recon.encoder import EncoderSpec
-from recon.errors import ReconError
+from recon.errors import ReconError, check
 from recon.evaluation import matched_random_vectors
 from recon.metrics import normalize_loose
 
@@ -404,8 +404,12 @@ def main(argv=None):
             model = ReconModel.from_pretrained(folder, device=device)
             if cfg.encoder_precision:  # else as the checkpoint's run encoded
                 model.encoder.precision = cfg.encoder_precision
+            if cfg.generation_precision:  # else as the checkpoint's run generated
+                model.set_generation_precision(cfg.generation_precision)
             probe_checkpoint(folder, model, settings, cfg.output_dir, cfg.cache_dir, cfg.batch_size, cfg.seed, prediction_files=cfg.prediction_files)
         else:
+            check(cfg.generation_precision is None, "--generation-precision is the precision of a checkpoint's "
+                  "decoder: give --checkpoint, or drop it for a bare encoder, which generates nothing")
             spec, data = part(EncoderSpec, cfg), part(DataConfig, cfg)
             encoder = spec.build().to(device).eval()
             encoder.precision = cfg.encoder_precision or "auto"

@@ -15,7 +15,7 @@ UNRECORDED = {"decoder_type": "transformer", "condition": "prefix", "bow_weight"
               "embedding_init": "random",
               "encoder_dropout": True, "corrector_init": "one", "precision": "bf16-cuda-only", "hypothesis_noise": "0",
               "corrector_copy": False, "substitute_copies": 0, "prior_used_up": False, "optimizer": "adamw",
-              "encoder_precision": "bf16-cuda-only"}
+              "encoder_precision": "bf16-cuda-only", "generation_precision": "bf16-cuda-only"}
 
 
 def with_unrecorded(recorded):

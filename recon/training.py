@@ -277,12 +277,13 @@ def final_evaluation(cfg, run, step, log, checkpoint=None):
     return metrics
 
 
-def resolved_precisions(cfg, encoder, device, log):
-    """What the training step and the encoder's passes outside it run in (bf16 or fp32), logged."""
-    precision, encoder_precision = resolve_precision(cfg.precision, device), encoder.resolved_precision()
+def resolved_precisions(cfg, model, device, log):
+    """What the training step, the encoder's passes outside it and generation run in (bf16 or fp32), logged."""
+    precision, encoder_precision = resolve_precision(cfg.precision, device), model.encoder.resolved_precision()
+    generation_precision = model.resolved_generation_precision()
     log(f"training step precision: {precision}" + (f" (--precision {cfg.precision})" if cfg.precision != precision else "")
-        + f"; the encoder's passes outside it: {encoder_precision}")
-    return {"precision": precision, "encoder_precision": encoder_precision}
+        + f"; the encoder's passes outside it: {encoder_precision}; generation: {generation_precision}")
+    return {"precision": precision, "encoder_precision": encoder_precision, "generation_precision": generation_precision}
 
 
 def train(cfg, log=say):
@@ -311,7 +312,7 @@ def train(cfg, log=say):
             + (f" (bucketed in pools of {cfg.bucket_pool} batches; {100 * padding['padding_fraction_unbucketed']:.1f}% "
                "unbucketed)" if cfg.bucket_pool else ""))
         optimizer = make_optimizer(run.model, cfg, device)
-        precisions = resolved_precisions(cfg, run.model.encoder, device, log)
+        precisions = resolved_precisions(cfg, run.model, device, log)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(segments))
         meta = {"args": asdict(cfg), "git_commit": git_commit(), "data": run.corpus.stats,
                 "decoder_parameters": run.model.decoder_parameters(), "world_size": dist.world_size(), **padding,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from recon.decoder import DecoderSpec
+from recon.decoder import Decoder, DecoderSpec
 from recon.encoder import Encoder, EncoderSpec
 from recon.model import ReconModel
 from recon.tokenizer import EncoderVocabTokenizer
@@ -19,12 +19,14 @@ WORDS = ADJ + NOUN + VERB + PLACE + ["the", "near", "a", "and", "."]
 
 
 @pytest.fixture(autouse=True)
-def full_precision_encoders(monkeypatch):
-    """Encoders built directly in a test encode in fp32, so that their vectors can be checked against a
-    plain forward pass and re-encoding a text in another batch gives the same vector. Runs of train.py
-    and checkpoints of them still encode as --encoder-precision says (auto by default), and the
-    precision's own tests set it."""
+def full_precision_inference(monkeypatch):
+    """Encoders and decoders built directly in a test encode and generate in fp32, so that their vectors
+    can be checked against a plain forward pass, re-encoding a text in another batch gives the same
+    vector, and one way of decoding can be checked token for token against another. Runs of train.py
+    and checkpoints of them still run as --encoder-precision and --generation-precision say (auto by
+    default), and the precisions' own tests set them."""
     monkeypatch.setattr(Encoder, "precision", "fp32")
+    monkeypatch.setattr(Decoder, "generation_precision", "fp32")
 
 
 def sentences(n, seed=0):

@@ -3,6 +3,7 @@ for a base run with train.py --base-model, run in a loop by evaluate.py and Reco
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ import evaluate as evaluate_script
 import train as train_script
 from conftest import sentences
 from recon import ReconModel
-from recon.corrector import NOISE_GRID, Corrector, calibrate_noise, corrupt, mixed_rows, noised_vectors, warm_start
+from recon.corrector import (NOISE_GRID, Corrector, _precision_key, calibrate_noise, corrupt, mixed_rows, noised_vectors,
+                             warm_start)
 from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy
 from recon.evaluation import derangement
@@ -142,13 +144,14 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
     calls.clear()
     assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(tmp / "ev1"), "--split", "train",
                                  "--correction-steps", "1", "--retrieval-pool", "0", "--correction-ablations", "reference",
-                                 "--encoder-precision", "fp32"]) == 0
+                                 "--encoder-precision", "fp32", "--generation-precision", "bf16"]) == 0
     fewer = json.loads((tmp / "ev1" / "correction.json").read_text())
     assert list(fewer["conditions"]) == ["correction", "reference as hypothesis"] and len(calls) == 3
     assert list(fewer["tests"]) == ["the base's single pass"]
     assert "| no feedback |" not in (tmp / "ev1" / "correction.md").read_text()
     ev1 = json.loads((tmp / "ev1" / "metrics.json").read_text())
     assert ev1["control_random_bleu"] >= 0 and ev1["encoder_precision"] == "fp32"  # as --encoder-precision said
+    assert ev1["generation_precision"] == "bf16"  # and --generation-precision, for the base and the corrector
     assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(tmp / "ev3"),
                                  "--correction-ablations", "no-feedback,shuffle"]) == 2
     assert "--correction-ablations must name some of no-feedback, random-target, reference" in capsys.readouterr().err
@@ -481,3 +484,14 @@ def test_correction_rate_moves_the_corrector_target_slot_by_the_residual_of_its_
     assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev-rate2"),
                                  "--correction-steps", "1", "--correction-rate", "0.5"]) == 2
     assert "is not a corrector: --correction-rate" in capsys.readouterr().err
+
+
+def test_the_hypotheses_key_names_the_precisions_that_changed_them():
+    def base(encoded, generated, device="cpu"):
+        return SimpleNamespace(encoder=SimpleNamespace(resolved_precision=lambda: encoded), device=torch.device(device),
+                               resolved_generation_precision=lambda: generated)
+    assert _precision_key(base("fp32", "fp32")) == ""  # the key such rows always had on a CPU
+    assert _precision_key(base("bf16", "fp32")) == "|bf16"
+    assert _precision_key(base("fp32", "bf16")) == "|generated-bf16"
+    assert _precision_key(base("bf16", "bf16", "cuda")) == "|bf16"  # CUDA always generated in bf16
+    assert _precision_key(base("bf16", "fp32", "cuda")) == "|bf16|generated-fp32"

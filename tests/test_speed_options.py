@@ -76,12 +76,16 @@ def test_bf16_training_step_keeps_attention_in_fp32_on_the_cpu(monkeypatch):
 
 
 def test_bf16_training_records_its_precision_and_tracks_fp32(tmp_path, tiny_encoder_dir, data):
-    full, meta32 = run(tiny_encoder_dir, data, tmp_path / "fp32", "--precision", "fp32", "--encoder-precision", "fp32")
-    low, meta16 = run(tiny_encoder_dir, data, tmp_path / "bf16", "--precision", "bf16", "--encoder-precision", "bf16")
+    full, meta32 = run(tiny_encoder_dir, data, tmp_path / "fp32", "--precision", "fp32", "--encoder-precision", "fp32",
+                       "--generation-precision", "fp32")
+    low, meta16 = run(tiny_encoder_dir, data, tmp_path / "bf16", "--precision", "bf16", "--encoder-precision", "bf16",
+                      "--generation-precision", "bf16")
     assert (meta32["precision"], meta16["precision"]) == ("fp32", "bf16")
     assert (meta32["encoder_precision"], meta16["encoder_precision"]) == ("fp32", "bf16")
-    for name in ("fp32", "bf16"):  # a checkpoint encodes as its run did
-        assert ReconModel.from_pretrained(str(tmp_path / name)).encoder.precision == name
+    assert (meta32["generation_precision"], meta16["generation_precision"]) == ("fp32", "bf16")
+    for name in ("fp32", "bf16"):  # a checkpoint encodes and generates as its run did
+        model = ReconModel.from_pretrained(str(tmp_path / name))
+        assert (model.encoder.precision, model.decoder.generation_precision) == (name, name)
     assert low[-1]["train_loss"] != full[-1]["train_loss"]  # it did run in bf16
     assert low[-1]["val_loss"] == pytest.approx(full[-1]["val_loss"], rel=0.05)
 
@@ -124,3 +128,29 @@ def test_keep_freed_memory_stops_large_tensors_being_faulted_in_again():
     # alternates between two or three heap blocks, each faulted in on its first use (CI once saw 3
     # in the first 10 uses); after the settling uses, reuse faults nothing (seen: 0)
     assert kept_faults < plain / 4
+
+
+def test_generation_runs_in_the_precision_it_is_given_and_tracks_fp32(tmp_path, tiny_encoder_dir, data):
+    run(tiny_encoder_dir, data, tmp_path / "run", "--encoder-precision", "fp32", "--generation-precision", "fp32")
+    model = ReconModel.from_pretrained(str(tmp_path / "run"))
+    vectors = model.encode(sentences(24, seed=5))
+    seen = []
+    model.decoder.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    texts, logits = {}, {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        model.set_generation_precision(precision)
+        texts[precision] = model.generate_from_vectors(vectors, num_beams=2)
+        assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}, (precision, set(seen))
+        with autocast(torch.device("cpu"), precision), torch.no_grad():
+            logits[precision] = model.decoder(vectors, torch.full((24, 1), model.config.bos_id)).float()
+    assert model.resolved_generation_precision() == "bf16"
+    # bf16 rounding moves the logits a little, not what the decoder prefers
+    assert (logits["bf16"] - logits["fp32"]).abs().max() < 0.05 * logits["fp32"].abs().max()
+    top2 = logits["fp32"].topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 2 * (logits["bf16"] - logits["fp32"]).abs().amax(-1)
+    assert torch.equal(logits["bf16"].argmax(-1)[clear], logits["fp32"].argmax(-1)[clear]) and clear.any()
+    assert len(texts["bf16"]) == 24 and all(isinstance(t, str) for t in texts["bf16"])
+    with pytest.raises(ConfigError, match=r"--generation-precision must be one of \('auto', 'bf16', 'fp32', "
+                                          r"'bf16-cuda-only'\), not 'fp16'"):
+        parse(TrainConfig, ["--encoder", tiny_encoder_dir, "--generation-precision", "fp16"])
