@@ -17,7 +17,7 @@ import os
 import sys
 
 from recon import distributed
-from recon.cache import DEFAULT_CACHE_DIR
+from recon.cache import DEFAULT_CACHE_DIR, cached_encode, encoder_cache
 from recon.checkpoint import load_meta, resolve_checkpoint
 from recon.config import EvalConfig, ProbeSettings, describe_decoding, parse
 from recon.corrector import correction_table, evaluate_correction
@@ -26,26 +26,37 @@ from recon.device import keep_freed_memory
 from recon.errors import ReconError, print_error
 from recon.evaluation import evaluate_split
 from recon.model import ReconModel
-from recon.progress import quiet_libraries
+from recon.progress import progress, quiet_libraries
 from recon.probes import probe_checkpoint
 from recon.report import headline_table, uncertainty_lines
 from recon.spec import part
 
 
-def training_texts(cfg, trained_args, corpus, model, say):
-    """The checkpoint's training split, for the retrieval control ([] when it cannot be rebuilt).
-    corpus: the evaluated corpus when it is the training data, else None (rebuilt from the args)."""
+def retrieval_pool(cfg, trained_args, corpus, model, say):
+    """The checkpoint's training split and its vectors, for the retrieval control: ([], None) when it
+    cannot be rebuilt. corpus: the evaluated corpus when it is the training data, else None (rebuilt
+    from the args). A frozen encoder's vectors come from the run's vector cache, where its training
+    left them (or are encoded and kept there); others are encoded by the evaluation."""
     if cfg.retrieval_pool == 0:
-        return []
+        return [], None
     if corpus is None:
         if "data" not in trained_args:
-            return []
+            return [], None
         try:
             corpus = model.training_corpus()
         except DataError as e:
             say(f"warning: no retrieval control: the training data cannot be read here ({e})")
-            return []
-    return corpus.texts("train")[:cfg.retrieval_pool]
+            return [], None
+    texts = corpus.texts("train")[:cfg.retrieval_pool]
+    cache_dir, encoder_id = encoder_cache(model.config.encoder_spec, model.encoder,
+                                          trained_args.get("cache_dir", DEFAULT_CACHE_DIR))
+    if not cache_dir:
+        return texts, None
+    with progress(total=len(texts), desc="retrieval pool", leave=False, disable=not distributed.is_main()) as bar:
+        vectors, hit = cached_encode(model.encoder, texts, cache_dir, encoder_id, cfg.batch_size, bar)
+    say(f"retrieval pool: {len(texts)} training texts, their vectors " + ("read from" if hit else "kept in")
+        + f" the cache in {cache_dir}")
+    return texts, vectors
 
 
 def main(argv=None):
@@ -104,6 +115,7 @@ def main(argv=None):
                          "decode_seconds": sum(r["seconds"] for r in correction["conditions"]["correction"]["curve"]),
                          **({"random": correction["conditions"]["random target"]["predictions"]}
                             if "random target" in correction["conditions"] else {})}
+        pool = retrieval_pool(cfg, meta.get("args", {}), corpus if same else None, model, say)
         metrics = evaluate_split(model, corpus, split, cfg.output_dir, log=say, given=given,
                                  info={"checkpoint": folder, "step": meta.get("step"), "data": dcfg.data},
                                  max_examples=cfg.max_examples, num_beams=cfg.num_beams,
@@ -113,7 +125,7 @@ def main(argv=None):
                                  correction_beam=cfg.correction_beam, feedback_rate=cfg.feedback_rate,
                                  feedback_steps=cfg.feedback_steps, feedback_beam=cfg.feedback_beam,
                                  correction_rate=cfg.correction_rate,
-                                 pool_texts=training_texts(cfg, meta.get("args", {}), corpus if same else None, model, say))
+                                 pool_texts=pool[0], pool_vectors=pool[1])
         say(f"\n{split} split of {dcfg.data}, {metrics['num_examples']} texts (report in {cfg.output_dir}/report.md):")
         say(headline_table(metrics))
         say(uncertainty_lines(metrics))

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+import evaluate as evaluate_script
 import train as train_script
 from conftest import sentences
 from recon.cache import cached_encode, encoder_cache
@@ -53,6 +54,16 @@ def test_a_second_run_reads_the_cache_and_trains_identically(tiny_encoder_dir, t
     vocab = lambda run: open(next((tmp_path / run).glob("checkpoint-*/decoder_spm.model")), "rb").read()
     assert vocab("a") == vocab("b") == vocab("c")
     assert log("c") == log("a")
+    # evaluate.py's retrieval control reads the training split's vectors where training left them
+    capsys.readouterr()
+    for run in ("a", "c"):
+        assert evaluate_script.main(["--checkpoint", str(tmp_path / run), "--split", "validation", "--num-beams", "1",
+                                     "--output-dir", str(tmp_path / f"ev-{run}")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("training texts, their vectors read from the cache") == 1  # run c kept no cache: encoded
+    metrics = {run: json.loads((tmp_path / f"ev-{run}" / "metrics.json").read_text()) for run in ("a", "c")}
+    assert metrics["a"]["retrieval_pool_size"] == metrics["c"]["retrieval_pool_size"] > 150  # the training split
+    assert [metrics[run]["control_retrieval_bleu"] for run in ("a", "c")] == [metrics["a"]["control_retrieval_bleu"]] * 2
 
 
 def test_the_encoders_precision_keys_the_cache_and_moves_its_vectors_a_little(tiny_encoder_dir, tmp_path):
