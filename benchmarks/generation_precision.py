@@ -3,8 +3,8 @@ run's validation sentences, encoded once) in fp32 and under bf16 autocast, alter
 greedily and with the beam search its run evaluated with (the rerank's re-encoding left out: it
 follows --encoder-precision). It prints sentences a second for each, their ratio, the share of
 sentences written the same in both, and each precision's corpus BLEU against the references (a
-check, not a result: evaluate.py on the validation split is the measurement). `--generation-precision
-auto` (the default of train.py and evaluate.py) chooses bf16 where the hardware multiplies bf16 natively.
+check, not a result: evaluate.py on the validation split is the measurement). A CPU generates in fp32 by
+default; `--generation-precision auto` chooses bf16 where it multiplies bf16 natively (docs/speed.md).
 
     python benchmarks/generation_precision.py --checkpoint checkpoints/default
     python benchmarks/generation_precision.py --checkpoint checkpoints/default --sentences 128 --threads 1
