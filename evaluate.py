@@ -59,6 +59,22 @@ def retrieval_pool(cfg, trained_args, corpus, model, say):
     return texts, vectors
 
 
+def check_loop_flags(cfg, model, folder):
+    """Refuse the correction and feedback flags that do not fit this checkpoint, saying what to give instead."""
+    if model.base is None and cfg.correction_beam > 1 and not cfg.correction_steps:
+        raise ReconError(f"{folder} is not a corrector: --correction-beam needs --correction-steps N (vector "
+                         "feedback on a plain checkpoint), or a checkpoint of `python train.py --base-model RUN_DIR`")
+    if model.base is not None and cfg.feedback_rate is not None and not cfg.feedback_steps:
+        raise ReconError(f"{folder} is a corrector, which reads its hypothesis's vector itself: --feedback-rate "
+                         "is for vector feedback on a plain checkpoint, or on its base with --feedback-steps N")
+    if model.base is None and cfg.correction_rate:
+        raise ReconError(f"{folder} is not a corrector: --correction-rate moves a corrector's target slot; vector "
+                         "feedback on a plain checkpoint moves its input by --feedback-rate")
+    if model.base is None and cfg.feedback_steps:
+        raise ReconError(f"{folder} is not a corrector: --feedback-steps runs vector feedback on a corrector's base "
+                         "first; on a plain checkpoint give --correction-steps N (its vector feedback) instead")
+
+
 def main(argv=None):
     quiet_libraries()
     keep_freed_memory()
@@ -75,18 +91,7 @@ def main(argv=None):
         if cfg.generation_precision:  # else as the checkpoint's run generated
             model.set_generation_precision(cfg.generation_precision)
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
-        if model.base is None and cfg.correction_beam > 1 and not cfg.correction_steps:
-            raise ReconError(f"{folder} is not a corrector: --correction-beam needs --correction-steps N (vector "
-                             "feedback on a plain checkpoint), or a checkpoint of `python train.py --base-model RUN_DIR`")
-        if model.base is not None and cfg.feedback_rate is not None and not cfg.feedback_steps:
-            raise ReconError(f"{folder} is a corrector, which reads its hypothesis's vector itself: --feedback-rate "
-                             "is for vector feedback on a plain checkpoint, or on its base with --feedback-steps N")
-        if model.base is None and cfg.correction_rate:
-            raise ReconError(f"{folder} is not a corrector: --correction-rate moves a corrector's target slot; vector "
-                             "feedback on a plain checkpoint moves its input by --feedback-rate")
-        if model.base is None and cfg.feedback_steps:
-            raise ReconError(f"{folder} is not a corrector: --feedback-steps runs vector feedback on a corrector's base "
-                             "first; on a plain checkpoint give --correction-steps N (its vector feedback) instead")
+        check_loop_flags(cfg, model, folder)
         plain_loop = model.base is None and bool(cfg.correction_steps)
         say(f"decoding: {describe_decoding(cfg.num_beams, cfg.rerank)}"
             + ("" if given_beams else " (step 0 of vector feedback: the single pass)" if plain_loop
