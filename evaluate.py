@@ -86,10 +86,7 @@ def main(argv=None):
         cfg.with_decoding_of(meta.get("args", {}))
         model = ReconModel.from_pretrained(folder, encoder=cfg.encoder, representation=cfg.representation,
                                            device=distributed.setup(cfg.device))
-        if cfg.encoder_precision:  # else as the checkpoint's run encoded (from_pretrained)
-            model.encoder.precision = cfg.encoder_precision
-        if cfg.generation_precision:  # else as the checkpoint's run generated
-            model.set_generation_precision(cfg.generation_precision)
+        model.set_precisions(cfg.encoder_precision, cfg.generation_precision)  # unset: as the checkpoint's run ran
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
         check_loop_flags(cfg, model, folder)
         plain_loop = model.base is None and bool(cfg.correction_steps)

@@ -11,11 +11,11 @@ evaluate.py and the probes) chooses bf16 where the hardware multiplies bf16 nati
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmark import timed  # benchmarks/benchmark.py: synchronised wall time
 from recon.data import DataConfig
 from recon.device import cpu_has_bf16
 from recon.encoder import EncoderSpec
@@ -41,13 +41,7 @@ def main(argv=None):
 
     def run(precision):
         encoder.precision = precision
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        v = encoder.encode(texts, args.batch_size).float()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return v, time.perf_counter() - t0
+        return timed(lambda: encoder.encode(texts, args.batch_size).float(), device)
 
     run("fp32"), run("bf16")  # warm-up
     seconds = {"fp32": [], "bf16": []}

@@ -12,11 +12,11 @@ default; `--generation-precision auto` chooses bf16 where it multiplies bf16 nat
 
 import argparse
 import statistics
-import time
 
 import sacrebleu
 import torch
 
+from benchmark import timed  # benchmarks/benchmark.py: synchronised wall time
 from recon.checkpoint import load_meta, resolve_checkpoint
 from recon.device import cpu_has_bf16, keep_freed_memory
 from recon.model import ReconModel
@@ -39,20 +39,16 @@ def main(argv=None):
     run_args = load_meta(folder).get("args", {})
     texts = model.training_corpus().texts("validation")[:args.sentences]
     vectors = model.encode(texts)
-    settings = {"greedy": dict(num_beams=1), f"beam {run_args.get('num_beams', 8)}": dict(
-        num_beams=run_args.get("num_beams", 8), return_all=True)}
+    beams = run_args.get("num_beams", 8)
+    settings = {"greedy": dict(num_beams=1), f"beam {beams}": dict(num_beams=beams, return_all=True)}
     print(f"{folder}: {len(texts)} validation sentences, {torch.get_num_threads()} threads, device {device}"
           + (f" (bf16 native on this CPU: {cpu_has_bf16()})" if device.type == "cpu" else ""))
 
     def run(precision, gen):
-        model.set_generation_precision(precision)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = model.decode_rows(vectors, no_repeat_ngram=run_args.get("no_repeat_ngram", 3), **gen)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (out[0] if gen.get("return_all") else out), time.perf_counter() - t0
+        model.set_precisions(generation=precision)
+        out, seconds = timed(lambda: model.decode_rows(vectors, no_repeat_ngram=run_args.get("no_repeat_ngram", 3), **gen),
+                             device)
+        return (out[0] if gen.get("return_all") else out), seconds
 
     for name, gen in settings.items():
         run("fp32", gen), run("bf16", gen)  # warm-up

@@ -64,11 +64,11 @@ class ReconConfig(ModelSpecs, DecoderSpec, EncoderSpec):
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def recorded_precision(folder, name, default):
-    """The --encoder-precision or --generation-precision (`name`) a checkpoint's run ran in (runs before
-    the flag: bf16-cuda-only), or `default` for a checkpoint saved without a run's meta.json."""
+def recorded_precisions(folder):
+    """The --encoder-precision and --generation-precision a checkpoint's run ran in (runs before the flags:
+    bf16-cuda-only), as set_precisions' arguments; none for a checkpoint saved without a run's meta.json."""
     args = load_meta(folder).get("args")
-    return with_unrecorded(args)[name] if args else default
+    return {part: with_unrecorded(args)[f"{part}_precision"] for part in ("encoder", "generation")} if args else {}
 
 
 class ReconModel(nn.Module):
@@ -91,10 +91,13 @@ class ReconModel(nn.Module):
     def attach_base(self, base):
         self.__dict__["_base"] = base
 
-    def set_generation_precision(self, precision):
-        """--generation-precision of this model's decoder, and of its base's (a corrector's)."""
-        for model in (self,) if self.base is None else (self, self.base):
-            model.decoder.generation_precision = precision
+    def set_precisions(self, encoder=None, generation=None):
+        """--encoder-precision of the encoder and --generation-precision of this model's decoder and of its
+        base's (a corrector's), those given (None: left as they are)."""
+        if encoder:
+            self.encoder.precision = encoder
+        for model in ((self,) if self.base is None else (self, self.base)) if generation else ():
+            model.decoder.generation_precision = generation
 
     def resolved_generation_precision(self):
         """What generation runs in on this model's device: bf16 or fp32."""
@@ -383,10 +386,9 @@ class ReconModel(nn.Module):
                 raise CheckpointError(f"{folder} corrects the model in {config.base_model}, which is not there; "
                                       "put the base run back at that path")
             base = cls.from_pretrained(config.base_model, encoder=encoder, representation=representation, device=device)
-            base.encoder.precision = recorded_precision(folder, "encoder_precision", base.encoder.precision)
             self = cls(config, base.encoder, base.tokenizer)
             self.attach_base(base)
-            self.set_generation_precision(recorded_precision(folder, "generation_precision", self.decoder.generation_precision))
+            self.set_precisions(**recorded_precisions(folder))  # the base's encoder and decoder too, as this run ran them
             self.folder = folder
             self.load_weights(folder)
             if device is not None:
@@ -408,9 +410,8 @@ class ReconModel(nn.Module):
             dec_tok = load_decoder_tokenizer(config.decoder_tokenizer, folder)
         except (OSError, RuntimeError) as e:
             raise CheckpointError(f"{folder}: the decoder vocabulary is missing or corrupt ({e})") from None
-        enc.precision = recorded_precision(folder, "encoder_precision", enc.precision)
         self = cls(config, enc, dec_tok)
-        self.set_generation_precision(recorded_precision(folder, "generation_precision", self.decoder.generation_precision))
+        self.set_precisions(**recorded_precisions(folder))
         self.folder = folder
         self.load_weights(folder)
         if device is not None:

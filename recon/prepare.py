@@ -234,7 +234,7 @@ def prepare(cfg, device, log=print):
         warm_start(model.decoder, (previous or base).decoder)  # and with it the base's vector statistics
     elif cfg.embedding_init == "encoder" and not resume_from:
         log(model.decoder.init_from_encoder(encoder, encoder_rows(tokenizer, encoder)))
-    model.set_generation_precision(cfg.generation_precision)  # and the base's, which writes the hypotheses
+    model.set_precisions(generation=cfg.generation_precision)  # and the base's, which writes the hypotheses
     world = dist.world_size()
     log(f"decoder: {model.decoder_parameters() / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size} "
         f"({tokenizer.kind}); device {device}" + (f", {world} processes (DDP)" if world > 1 else ""))

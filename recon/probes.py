@@ -402,10 +402,7 @@ def main(argv=None):
         if cfg.checkpoint:
             folder = resolve_checkpoint(cfg.checkpoint)
             model = ReconModel.from_pretrained(folder, device=device)
-            if cfg.encoder_precision:  # else as the checkpoint's run encoded
-                model.encoder.precision = cfg.encoder_precision
-            if cfg.generation_precision:  # else as the checkpoint's run generated
-                model.set_generation_precision(cfg.generation_precision)
+            model.set_precisions(cfg.encoder_precision, cfg.generation_precision)  # unset: as the checkpoint's run ran
             probe_checkpoint(folder, model, settings, cfg.output_dir, cfg.cache_dir, cfg.batch_size, cfg.seed, prediction_files=cfg.prediction_files)
         else:
             check(cfg.generation_precision is None, "--generation-precision is the precision of a checkpoint's "

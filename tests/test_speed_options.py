@@ -139,7 +139,7 @@ def test_generation_runs_in_the_precision_it_is_given_and_tracks_fp32(tmp_path, 
     texts, logits = {}, {}
     for precision in ("fp32", "bf16"):
         seen.clear()
-        model.set_generation_precision(precision)
+        model.set_precisions(generation=precision)
         texts[precision] = model.generate_from_vectors(vectors, num_beams=2)
         assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}, (precision, set(seen))
         with autocast(torch.device("cpu"), precision), torch.no_grad():
