@@ -129,7 +129,8 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # how many positions are filled
-        self._spare = None  # beam search reorders into a second buffer, then swaps
+        self._whole = (self.k, self.v)  # the buffers whose front rows self.k and self.v are
+        self._spare = None  # reorder and select copy into a second pair, then swap
         self.rows = {}  # name -> (B, ...): what the first call computed from the vectors, for later steps
         self.of_tokens = set()  # the rows' names that follow the tokens written, not the input alone
 
@@ -140,23 +141,29 @@ class KVCache:
 
     def select(self, index):
         """Keep only these rows of the batch (finished sequences leave it)."""
-        self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
-        self._spare = None
         self.rows = {name: t.index_select(0, index) for name, t in self.rows.items()}
+        self._move(index)
 
     def reorder(self, index):
         """Beam search: row i of the batch continues row index[i], a beam of the same input. The rows
         computed from the input alone are alike across its beams and stay; those of the tokens written
         (set_token_row) and the keys and values of the positions filled so far move."""
         self.rows.update({name: self.rows[name].index_select(0, index) for name in self.of_tokens})
+        self._move(index)
+
+    def _move(self, index):
+        """Keys and values: row i becomes row index[i], into the front rows of a second pair of buffers
+        of the first batch's size (a fresh tensor per step costs more, in page faults, than the copy),
+        then the pairs swap. Only the positions filled so far are copied: each later one is written
+        before it is read."""
         if self._spare is None:
-            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
-        # into preallocated memory: a fresh tensor per step costs more (page faults) than the copy; the
-        # positions past self.pos hold nothing yet (each is written before it is read)
-        filled = slice(0, self.pos)
-        torch.index_select(self.k[:, :, :, filled], 1, index, out=self._spare[0][:, :, :, filled])
-        torch.index_select(self.v[:, :, :, filled], 1, index, out=self._spare[1][:, :, :, filled])
-        (self.k, self.v), self._spare = self._spare, (self.k, self.v)
+            self._spare = (torch.empty_like(self._whole[0]), torch.empty_like(self._whole[1]))
+        filled, n = slice(0, self.pos), len(index)
+        k, v = self._spare[0][:, :n], self._spare[1][:, :n]
+        torch.index_select(self.k[:, :, :, filled], 1, index, out=k[:, :, :, filled])
+        torch.index_select(self.v[:, :, :, filled], 1, index, out=v[:, :, :, filled])
+        self.k, self.v = k, v
+        self._whole, self._spare = self._spare, self._whole
 
 
 class Block(nn.Module):
@@ -196,13 +203,15 @@ class Block(nn.Module):
     @staticmethod
     def _attend(q, k, v, keep, start, end, drop):
         B, H, T, hd = q.shape
-        if keep is None:
-            # the first call fills a block of positions (causal within it); later calls add one
-            # position that may attend to everything before it
+        if keep is None and (start == 0 or T == 1):
+            # the first call fills a block of positions (causal within it); a later call of one
+            # position may attend to everything before it
             y = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and T > 1, dropout_p=drop)
-        else:
+        else:  # padding to skip, or a later call of several positions (causal among them)
             causal = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(start)  # (T, end)
-            mask = causal[None, None] & keep[:, None, None, :end]  # (B, 1, T, end)
+            mask = causal[None, None]  # (1, 1, T, end)
+            if keep is not None:
+                mask = mask & keep[:, None, None, :end]  # (B, 1, T, end)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return y.transpose(1, 2).reshape(B, T, H * hd)
 
@@ -398,51 +407,60 @@ class Decoder(nn.Module):
     def token_logits(self, x, rows, input_ids, cache):
         """Logits (B, T, V) from the final states x (B, T, D) of the token positions."""
         logits = F.linear(x, self.tok_emb.weight)  # tied input/output embeddings: (B, T, V)
+        if input_ids is None or not ("prior" in rows and self.prior_used is not None or self.coverage is not None):
+            history = None
+        elif cache is None:
+            history = input_ids[:, :0]  # a whole sequence: no earlier call
+        else:  # the inputs of the cache's earlier calls (B, t), moved with their beams
+            history = cache.rows.get("history", input_ids[:, :0])
+            cache.set_token_row("history", torch.cat([history, input_ids], 1))
+        # in generation (a cache, no gradient) the logits are new here and change in place
+        in_place = cache is not None and not torch.is_grad_enabled()
         if "prior" in rows:  # what the vector says the sentence holds, as much as each position wants
             gate = self.prior_gate(x)  # (B, T, 1)
-            logits = logits + gate * rows["prior"][:, None].to(logits.dtype)
+            logits = (logits.add_ if in_place else logits.add)(gate * rows["prior"][:, None].to(logits.dtype))
             if self.prior_used is not None and input_ids is not None:
-                logits = self.use_up_prior(logits, gate, rows["boost"], input_ids, cache)
+                logits = self.use_up_prior(logits, gate, rows["boost"], input_ids, history, in_place)
         if self.coverage is not None and input_ids is not None:
-            logits = self.penalise_written(logits, input_ids, cache)
+            logits = self.penalise_written(logits, input_ids, history, in_place)
         return logits
 
-    def use_up_prior(self, logits, gate, boost, input_ids, cache):
+    def use_up_prior(self, logits, gate, boost, input_ids, history, in_place=False):
         """--prior-used-up: logits (B, T, V) minus the learned share of the prior's boost (B, V), gate x
         (prior minus the vocabulary's lowest), of every token among the inputs up to each position (once a
-        token, however often written; counted on from what the cache has seen). Scattered from
-        (B, T, T) as coverage is, not marked in a (B, T, V) tensor."""
+        token, however often written), the inputs of earlier cached calls (history (B, t)) included.
+        Scattered from (B, T, T) and (B, T, t) as coverage is, not marked in a (B, T, V) tensor."""
         B, T = input_ids.shape
         share = self.prior_used * gate[..., 0]  # (B, T)
         seen = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # position t: inputs 0..t
         same = input_ids[:, :, None] == input_ids[:, None, :]  # (B, T, T)
         first = ~(same & seen.tril(-1)).any(-1)  # (B, T): no earlier input is the same token
-        before = cache.rows.get("used") if cache is not None else None  # (B, V) written in earlier calls
-        if before is not None:
-            first = first & (before.gather(1, input_ids) == 0)
-            logits = logits - (share[..., None] * (boost * before)[:, None]).to(logits.dtype)
+        if history.shape[1]:
+            first = first & ~(input_ids[:, :, None] == history[:, None, :]).any(-1)
+            # each written token's entry less share x boost: a token written twice gets the same value twice
+            at = history[:, None, :].expand(B, T, -1)  # (B, T, t)
+            taken = (share[..., None] * boost.gather(1, history)[:, None, :]).to(logits.dtype)
+            logits = (logits.scatter_ if in_place else logits.scatter)(2, at, logits.gather(2, at) - taken)
         amount = share[:, :, None] * (boost.gather(1, input_ids) * first)[:, None, :] * seen  # (B, T, T)
-        logits = logits.scatter_add(2, input_ids[:, None, :].expand(B, T, T), -amount.to(logits.dtype))
-        if cache is not None:
-            used = torch.zeros_like(boost) if before is None else before
-            cache.set_token_row("used", used.scatter(1, input_ids, 1.0))
-        return logits
+        add = logits.scatter_add_ if in_place else logits.scatter_add
+        return add(2, input_ids[:, None, :].expand(B, T, T), -amount.to(logits.dtype))
 
-    def penalise_written(self, logits, input_ids, cache):
+    def penalise_written(self, logits, input_ids, history, in_place=False):
         """--coverage: logits (B, T, V) minus each token's learned penalty times how often it occurs
-        in the inputs up to each position ([BOS] and the tokens written so far, counted on from what
-        the cache has seen). Scattered from (B, T, T), not counted in a (B, T, V) tensor."""
+        in the inputs up to each position ([BOS] and the tokens written so far), the inputs of earlier
+        cached calls (history (B, t)) counted first. Scattered from (B, T, T) and (B, T, t), not
+        counted in a (B, T, V) tensor."""
         B, T = input_ids.shape
         seen = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()  # position t: inputs 0..t
         amount = self.coverage[input_ids][:, None, :] * seen  # (B, T, T): column s, the penalty of input s
-        logits = logits.scatter_add(2, input_ids[:, None, :].expand(B, T, T), -amount.to(logits.dtype))
-        if cache is not None:
-            before = cache.rows.get("written")  # (B, V) counts from earlier calls
-            if before is None:
-                before = torch.zeros(B, logits.shape[-1], device=logits.device)
-            else:
-                logits = logits - (self.coverage * before)[:, None].to(logits.dtype)
-            cache.set_token_row("written", before.scatter_add(1, input_ids, torch.ones_like(input_ids, dtype=before.dtype)))
+        add = logits.scatter_add_ if in_place else logits.scatter_add
+        logits = add(2, input_ids[:, None, :].expand(B, T, T), -amount.to(logits.dtype))
+        if history.shape[1]:
+            # each written token's entry less its penalty times its count, the same value for each copy
+            counts = (history[:, :, None] == history[:, None, :]).sum(-1, dtype=torch.float32)  # (B, t)
+            at = history[:, None, :].expand(B, T, -1)
+            penalty = (self.coverage[history] * counts)[:, None, :].to(logits.dtype)  # (B, 1, t)
+            logits = (logits.scatter_ if in_place else logits.scatter)(2, at, logits.gather(2, at) - penalty)
         return logits
 
     def bow_logprobs(self, z):

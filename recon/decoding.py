@@ -48,6 +48,7 @@ class ValidText:
         for b, (a, z) in _FIRST_RANGE.items():
             lo[b], hi[b] = a, z
         self.first_lo, self.first_hi = lo, hi
+        self.byte_ids = (self.byte >= 0).nonzero().squeeze(1)  # the byte pieces' ids
 
     @classmethod
     def for_tokenizer(cls, tokenizer, device):
@@ -60,8 +61,15 @@ class ValidText:
         """Set the logits (n, V) of every token this row may not write next to -inf, in place."""
         due, lo, hi = state.unbind(-1)
         free = (self.follow < 0) | (self.follow > steps_left) | self.banned  # (V,) not allowed between characters
-        mid = ~((self.byte >= lo[:, None]) & (self.byte <= hi[:, None]))  # (n, V) not the byte that is due
-        logits.masked_fill_(torch.where(due[:, None] > 0, mid, free), float("-inf"))
+        # two passes over (n, V), the rest on the byte pieces' columns: rows between characters may
+        # write what `free` allows, a row within a character only the byte that is due
+        kept = logits[:, self.byte_ids]  # (n, bytes), before the passes
+        within = due[:, None] > 0  # (n, 1)
+        logits.masked_fill_(free, float("-inf"))
+        logits.masked_fill_(within, float("-inf"))
+        byte = self.byte[self.byte_ids]
+        not_due = ~((byte >= lo[:, None]) & (byte <= hi[:, None]))  # (n, bytes)
+        logits[:, self.byte_ids] = kept.masked_fill_(torch.where(within, not_due, free[self.byte_ids]), float("-inf"))
 
     def advance(self, state, tokens):
         """The state after each row wrote `tokens` (n,)."""
@@ -109,10 +117,11 @@ def ban_repeats_(logits, history, n, canon=None):
     hit = (windows == last[:, None]).all(-1) & (starts[None] + n - 1 < length[:, None])  # (b, t-n+1)
     rows, at = hit.nonzero(as_tuple=True)
     if len(rows):
-        # class ids are below the vocabulary size: (b, V) covers them without reading canon's max
-        banned = torch.zeros(logits.shape[0], canon.shape[0], dtype=torch.bool, device=logits.device)
-        banned[rows, c[rows, at + n - 1]] = True
-        logits.masked_fill_(banned[:, canon.clamp(min=0)] & (canon >= 0), float("-inf"))
+        # only the rows with a ban, each once; class ids are below the vocabulary size: (h, V) holds them
+        hit, row_of = rows.unique(return_inverse=True)
+        banned = torch.zeros(len(hit), canon.shape[0], dtype=torch.bool, device=logits.device)
+        banned[row_of, c[rows, at + n - 1]] = True
+        logits[hit] = logits[hit].masked_fill_(banned[:, canon.clamp(min=0)] & (canon >= 0), float("-inf"))
 
 
 def _ban_ids_(logits, history, n):
@@ -228,7 +237,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
             logp.masked_fill_(done[..., None], float("-inf"))
             if eos_id >= 0:
                 logp[..., eos_id].masked_fill_(done, 0.0)
-            cand = (scores[..., None] + logp).view(b, K * V)
+            cand = logp.add_(scores[..., None]).view(b, K * V)  # in place: logp is not read again
             scores, flat = cand.topk(K, dim=-1)  # (b, K)
             origin, nxt = flat // V, flat % V
             done = done.gather(1, origin)
@@ -316,6 +325,21 @@ def _static_step(decoder, s, eos_id, valid, max_new_tokens):
     pos.add_(1)
 
 
+def _count_written(decoder, cache):
+    """_static_step's rows of the tokens written, from the inputs the first call kept (cache.rows
+    "history"), on fixed shapes: "used" marks them and "written" counts them (B, V)."""
+    history = cache.rows.pop("history", None)
+    cache.of_tokens.discard("history")
+    if history is None:
+        return
+    shape = (history.shape[0], decoder.tok_emb.num_embeddings)
+    ones = torch.ones(history.shape, device=history.device)
+    if decoder.prior_used is not None:
+        cache.rows["used"] = torch.zeros(shape, device=history.device).scatter_(1, history, ones)
+    if decoder.coverage is not None:
+        cache.rows["written"] = torch.zeros(shape, device=history.device).scatter_add_(1, history, ones)
+
+
 class _Plans(dict):
     """greedy_static's graphs and buffers on a decoder, by batch shape: made again, never copied
     (a copied or pickled decoder starts without them; a CUDA graph cannot be copied)."""
@@ -359,6 +383,7 @@ def greedy_static(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=N
     cache.pos = 0
     with autocast(device, precision):  # the prefix and [BOS], as greedy() runs them, into this shape's cache
         logits = decoder(vectors, torch.full((B, 1), bos_id, dtype=torch.long, device=device), cache)
+    _count_written(decoder, cache)
     if plan is None:
         s = {"cache": cache, "rows": cache.rows, "logits": logits[:, -1].clone(),
              "pos": torch.tensor([cache.pos], device=device), "t": torch.zeros(1, dtype=torch.long, device=device),

@@ -288,6 +288,48 @@ def test_what_the_vector_adds_at_every_position_survives_the_cache_and_the_beams
             assert score == pytest.approx(sum(logp[i, t].item() for i, t in enumerate(full)) / len(full), abs=1e-4)
 
 
+def test_cached_calls_match_a_full_forward_when_tokens_repeat():
+    """The used-up prior and coverage read a cache's earlier inputs (its "history"): fed in calls of one
+    token and of several, with tokens written two and three times, the cached logits are a full
+    forward's, and the inputs follow their rows through reorder (beams of one sentence) and select."""
+    torch.manual_seed(11)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, bow_prior=True,
+                              coverage=True, prior_used_up=True), 16, 40).eval()
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0, 0.3)
+    vecs = torch.randn(1, 16).expand(3, -1)  # three beams of one sentence: reorder moves rows among them
+    ids = torch.tensor([[2, 7, 7, 9, 7, 5, 9, 11], [2, 5, 6, 5, 5, 8, 8, 8], [2, 9, 9, 9, 4, 7, 7, 6]])
+    with torch.no_grad():
+        full = dec(vecs, ids)
+        cache = dec.new_cache(3, torch.device("cpu"), torch.float32)
+        parts = [dec(vecs, ids[:, :1], cache)] + [dec(None, ids[:, t:t + 1], cache) for t in range(1, 4)]
+        parts.append(dec(None, ids[:, 4:6], cache))  # two positions in one call
+        cache.reorder(torch.tensor([2, 0, 1]))  # each row now continues another's inputs
+        moved = dec(None, ids[[2, 0, 1], 6:7], cache)
+        cache.select(torch.tensor([0, 2]))  # the second row leaves
+        kept = dec(None, ids[[2, 1], 7:8], cache)
+    torch.testing.assert_close(torch.cat(parts, 1), full[:, :6], rtol=0, atol=1e-5)
+    torch.testing.assert_close(moved[:, 0], full[[2, 0, 1], 6], rtol=0, atol=1e-5)
+    torch.testing.assert_close(kept[:, 0], full[[2, 1], 7], rtol=0, atol=1e-5)
+
+
+def test_kv_cache_moves_the_filled_positions_of_the_chosen_rows():
+    from recon.decoder import KVCache
+    torch.manual_seed(12)
+    cache = KVCache(2, 6, 2, 8, 4, torch.device("cpu"), torch.float32)
+    cache.k.normal_(), cache.v.normal_()
+    cache.pos = 3
+    k, v = cache.k.clone(), cache.v.clone()
+    cache.select(torch.tensor([0, 2, 5]))
+    cache.reorder(torch.tensor([2, 2, 0]))  # rows 5, 5, 0 of the start
+    assert cache.k.shape == (2, 3, 2, 8, 4)
+    torch.testing.assert_close(cache.k[:, :, :, :3], k[:, [5, 5, 0], :, :3], rtol=0, atol=0)
+    torch.testing.assert_close(cache.v[:, :, :, :3], v[:, [5, 5, 0], :, :3], rtol=0, atol=0)
+    cache.select(torch.tensor([1]))
+    torch.testing.assert_close(cache.k[:, :, :, :3], k[:, [5], :, :3], rtol=0, atol=0)
+
+
 def test_the_bag_of_words_prior_starts_as_the_heads_log_probabilities():
     """--bow-prior: an untrained decoder's logits are its language model's plus the bag-of-words
     head's log-probabilities (gate 1 everywhere); with the gate at 0 they are the language model's."""
