@@ -63,13 +63,15 @@ class ValidText:
         free = (self.follow < 0) | (self.follow > steps_left) | self.banned  # (V,) not allowed between characters
         # two passes over (n, V), the rest on the byte pieces' columns: rows between characters may
         # write what `free` allows, a row within a character only the byte that is due
-        kept = logits[:, self.byte_ids]  # (n, bytes), before the passes
+        kept = logits.index_select(1, self.byte_ids)  # (n, bytes), before the passes
         within = due[:, None] > 0  # (n, 1)
         logits.masked_fill_(free, float("-inf"))
         logits.masked_fill_(within, float("-inf"))
         byte = self.byte[self.byte_ids]
         not_due = ~((byte >= lo[:, None]) & (byte <= hi[:, None]))  # (n, bytes)
-        logits[:, self.byte_ids] = kept.masked_fill_(torch.where(within, not_due, free[self.byte_ids]), float("-inf"))
+        # index_copy_, as _static_step writes: a step captured in a CUDA graph may hold it
+        logits.index_copy_(1, self.byte_ids, kept.masked_fill_(torch.where(within, not_due, free[self.byte_ids]),
+                                                               float("-inf")))
 
     def advance(self, state, tokens):
         """The state after each row wrote `tokens` (n,)."""
