@@ -24,6 +24,7 @@ import torch.nn as nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from recon.batching import Batches, pad_batch
+from recon.checkpoint import load_meta, resolve_checkpoint
 from recon.data import DataConfig
 from recon.decoder import DecoderSpec
 from recon.decoding import beam_search, greedy, greedy_static
@@ -38,6 +39,20 @@ from recon.training import TrainStep
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def validation_decoding(checkpoint, sentences, device=None):
+    """For the generation benchmarks: a trained checkpoint, the vectors of the first `sentences` texts of
+    its run's validation split, and the decodings its run evaluated with (greedy and its beam search,
+    without the rerank), as decode_rows' arguments: (folder, model, texts, vectors, {name: kwargs})."""
+    folder = resolve_checkpoint(checkpoint)
+    model = ReconModel.from_pretrained(folder, device=device)
+    run_args = load_meta(folder).get("args", {})
+    texts = model.training_corpus().texts("validation")[:sentences]
+    beams, no_repeat = run_args.get("num_beams", 8), run_args.get("no_repeat_ngram", 3)
+    settings = {"greedy": dict(num_beams=1, no_repeat_ngram=no_repeat),
+                f"beam {beams}": dict(num_beams=beams, return_all=True, no_repeat_ngram=no_repeat)}
+    return folder, model, texts, model.encode(texts), settings
 
 
 def peak_mb(device):

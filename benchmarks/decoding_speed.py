@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,30 +24,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def worker(args):
     """One round in this process's recon: time each setting, print one JSON line."""
     import torch
-    from recon.checkpoint import load_meta, resolve_checkpoint
+    from benchmark import timed, validation_decoding  # benchmarks/benchmark.py
     from recon.device import keep_freed_memory
-    from recon.model import ReconModel
     keep_freed_memory()  # as train.py and evaluate.py run
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = resolve_checkpoint(args.checkpoint)
-    model = ReconModel.from_pretrained(folder)
-    run_args = load_meta(folder).get("args", {})
-    vectors = model.encode(model.training_corpus().texts("validation")[:args.sentences])
-    beams = run_args.get("num_beams", 8)
-    settings = {"greedy": dict(num_beams=1), f"beam {beams}": dict(num_beams=beams, return_all=True)}
+    _, model, _, vectors, settings = validation_decoding(args.checkpoint, args.sentences)
     result = {}
     for name, gen in settings.items():
-        def decode():
-            return model.decode_rows(vectors, no_repeat_ngram=run_args.get("no_repeat_ngram", 3), **gen)
-        decode()  # warm-up: the allocator's pages, the first batch's buffers
-        seconds = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            out = decode()
-            seconds.append(time.perf_counter() - t0)
+        timed(lambda: model.decode_rows(vectors, **gen), vectors.device)  # warm-up: pages, the first batch's buffers
+        runs = [timed(lambda: model.decode_rows(vectors, **gen), vectors.device) for _ in range(args.repeats)]
+        out = runs[-1][0]
         tokens = out[0] if gen.get("return_all") else out
-        result[name] = {"seconds": min(seconds), "sentences": len(vectors),
+        result[name] = {"seconds": min(s for _, s in runs), "sentences": len(vectors),
                         "digest": hashlib.sha256(json.dumps(tokens).encode()).hexdigest()[:16]}
     print(json.dumps(result))
 

@@ -16,10 +16,8 @@ import statistics
 import sacrebleu
 import torch
 
-from benchmark import timed  # benchmarks/benchmark.py: synchronised wall time
-from recon.checkpoint import load_meta, resolve_checkpoint
+from benchmark import timed, validation_decoding  # benchmarks/benchmark.py
 from recon.device import cpu_has_bf16, keep_freed_memory
-from recon.model import ReconModel
 
 
 def main(argv=None):
@@ -34,20 +32,13 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    folder = resolve_checkpoint(args.checkpoint)
-    model = ReconModel.from_pretrained(folder, device=device)
-    run_args = load_meta(folder).get("args", {})
-    texts = model.training_corpus().texts("validation")[:args.sentences]
-    vectors = model.encode(texts)
-    beams = run_args.get("num_beams", 8)
-    settings = {"greedy": dict(num_beams=1), f"beam {beams}": dict(num_beams=beams, return_all=True)}
+    folder, model, texts, vectors, settings = validation_decoding(args.checkpoint, args.sentences, device)
     print(f"{folder}: {len(texts)} validation sentences, {torch.get_num_threads()} threads, device {device}"
           + (f" (bf16 native on this CPU: {cpu_has_bf16()})" if device.type == "cpu" else ""))
 
     def run(precision, gen):
         model.set_precisions(generation=precision)
-        out, seconds = timed(lambda: model.decode_rows(vectors, no_repeat_ngram=run_args.get("no_repeat_ngram", 3), **gen),
-                             device)
+        out, seconds = timed(lambda: model.decode_rows(vectors, **gen), device)
         return (out[0] if gen.get("return_all") else out), seconds
 
     for name, gen in settings.items():
