@@ -90,8 +90,10 @@ def main(argv=None):
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
         check_loop_flags(cfg, model, folder)
         plain_loop = model.base is None and bool(cfg.correction_steps)
-        say(f"decoding: {describe_decoding(cfg.num_beams, cfg.rerank)}"
-            + ("" if given_beams else " (step 0 of vector feedback: the single pass)" if plain_loop
+        say(f"decoding: {describe_decoding(cfg.num_beams, 'embedding' if cfg.loop_of_run else cfg.rerank)}"
+            + (f", then {cfg.correction_steps} steps of vector feedback, as the run's own evaluation decoded "
+               "(--correction-steps 0 for the first pass alone)" if cfg.loop_of_run
+               else "" if given_beams else " (step 0 of vector feedback: the single pass)" if plain_loop
                else " (as the run's own evaluation decoded" + ("; --num-beams 1 for greedy)" if cfg.num_beams > 1 else ")")))
         dcfg, same = DataConfig.from_meta(meta.get("args", {}), data=cfg.data, text_field=cfg.text_field,
                                           sentence_split=cfg.sentence_split)
@@ -102,7 +104,8 @@ def main(argv=None):
                 "the split is still by text hash, so the test split holds no training text")
         split = cfg.split or ("test" if same else "all")
         correction, given = None, None
-        if (model.base is not None or cfg.correction_steps) and distributed.is_main():
+        # the loop step by step beside its ablations: asked for, or a corrector's (not the run's own feedback)
+        if (model.base is not None or (cfg.correction_steps and not cfg.loop_of_run)) and distributed.is_main():
             steps = model.correction_steps if cfg.correction_steps is None else cfg.correction_steps
             say(f"{'correction' if model.base is not None else 'vector feedback'}, step by step, beside its ablations "
                 f"(correction.md in {cfg.output_dir}):")

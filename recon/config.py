@@ -33,6 +33,7 @@ __all__ = ["ConfigError", "DataConfig", "EvalConfig", "OptimConfig", "ProbeConfi
 
 RERANKS = ("none", "embedding")
 DEFAULT_BEAMS = 8  # train.py's final evaluation: 8 beams, the one whose re-encoded vector is nearest the target
+DEFAULT_FEEDBACK_STEPS = 3  # and then 3 steps of vector feedback (recon/feedback.py), as many beams a step
 
 
 NO_REPEAT_MATCH_HELP = ("how --no-repeat-ngram compares n-grams: loose (decoder pieces as the metrics see words: case, "
@@ -181,6 +182,13 @@ class RunConfig:
     rerank: Optional[str] = field(default=None, metadata={
         "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (default: "
                 "embedding when there are beams, none for greedy)"})
+    feedback_steps: Optional[int] = field(default=None, metadata={
+        "help": "final evaluation: after the first pass, this many steps of vector feedback (recon/feedback.py): "
+                "the decoded vector moved by a step of the residual of its output's re-encoded vector, each step "
+                "decoded with --num-beams beams, every sentence keeping the --num-beams candidates closest to its "
+                "target (the first pass's among them, so step 0 is the rerank's choice); the controls go through "
+                f"the same loop. 0: the first pass alone (default {DEFAULT_FEEDBACK_STEPS} for a plain run, 0 for a "
+                "corrector, whose correction loop is its search; docs/training.md)"})
     eval_batch_size: int = field(default=256, metadata={"help": "sentences per batch in evaluation"})
     encoder_precision: str = field(default="auto", metadata={"help": ENCODER_PRECISION_HELP})
     generation_precision: str = field(default="bf16-cuda-only", metadata={"help": GENERATION_PRECISION_HELP})
@@ -206,6 +214,7 @@ class RunConfig:
 
     def __post_init__(self):
         self.num_beams, self.rerank = resolve_decoding(self.num_beams, self.rerank, DEFAULT_BEAMS)
+        check(self.feedback_steps is None or self.feedback_steps >= 0, "--feedback-steps cannot be negative")
         for name in ("eval_steps", "save_total_limit", "num_beams", "eval_batch_size"):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         check(self.save_steps >= 0 and self.time_limit >= 0, "step counts and --time-limit cannot be negative")
@@ -240,6 +249,11 @@ class TrainConfig(ModelSpecs, RunConfig, CorrectionSpec, OptimConfig, TokenizerS
     def __post_init__(self):
         if self.base_model:  # a corrector's final evaluation runs its loop from the base's greedy pass
             self.num_beams, self.rerank = resolve_decoding(self.num_beams, self.rerank)
+            check(not self.feedback_steps, "a corrector's final evaluation runs its own correction loop: drop "
+                  "--feedback-steps (evaluate.py --feedback-steps N runs vector feedback on its base first)")
+            self.feedback_steps = 0
+        elif self.feedback_steps is None:
+            self.feedback_steps = DEFAULT_FEEDBACK_STEPS
         for spec in TRAINED_WITH + (RunConfig,):
             spec.__post_init__(self)
         check(not self.early_stopping_patience or self.validation_fraction > 0,
@@ -348,6 +362,7 @@ class EvalConfig(ProbeSettings):
 
     def __post_init__(self):
         ProbeSettings.__post_init__(self)
+        self.loop_of_run = False  # set by with_decoding_of: the run's own vector feedback, not asked for here
         check(self.split in (None, "train", "validation", "test", "all"),
               f"--split must be train, validation, test or all, not {self.split!r}")
         check((self.num_beams or 1) >= 1 and self.batch_size >= 1, "--num-beams and --batch-size must be at least 1")
@@ -369,8 +384,15 @@ class EvalConfig(ProbeSettings):
 
     def with_decoding_of(self, recorded):
         """Fill in unset --num-beams / --rerank from a run's recorded flags (meta "args"): evaluate.py
-        decodes as the run's own final evaluation did (greedy for runs from before it was recorded)."""
+        decodes as the run's own final evaluation did (greedy for runs from before it was recorded), its
+        vector feedback included when no decoding or loop flag is given (loop_of_run)."""
         corrector = bool(recorded.get("base_model"))
+        asked = (self.num_beams, self.correction_steps, self.feedback_rate, self.correction_beam) != (None, None, None, 1)
+        self.loop_of_run = not corrector and not asked and bool(recorded.get("feedback_steps"))
+        if self.loop_of_run:  # the run's final evaluation ended with vector feedback: its beams, its steps
+            self.num_beams = recorded.get("num_beams", 1)
+            self.correction_steps, self.correction_beam = recorded["feedback_steps"], self.num_beams
+            self.rerank = self.rerank or "none"
         loop = corrector or bool(self.correction_steps)  # vector feedback on a plain checkpoint is a loop too
         if self.num_beams is None and loop and not corrector:
             self.num_beams, self.rerank = 1, self.rerank or "none"  # step 0 is the single pass, as a corrector's

@@ -265,14 +265,19 @@ class RunHooks:
 def final_evaluation(cfg, run, step, log, checkpoint=None):
     split = cfg.eval_split
     out = os.path.join(cfg.output_dir, f"eval-{split}")
+    # vector feedback keeps each sentence's candidates closest to its target: the rerank's choice is its step 0
+    loop = dict(correction_steps=cfg.feedback_steps, correction_beam=cfg.num_beams) if cfg.feedback_steps else {}
     metrics = evaluate_split(run.model, run.corpus, split, out, log=log,
                              info={"checkpoint": checkpoint or cfg.output_dir, "step": step, "data": cfg.data},
                              max_examples=cfg.eval_max_examples,
-                             num_beams=cfg.num_beams, batch_size=cfg.eval_batch_size, seed=cfg.seed, rerank=cfg.rerank,
+                             num_beams=cfg.num_beams, batch_size=cfg.eval_batch_size, seed=cfg.seed,
+                             rerank="none" if loop else cfg.rerank, **loop,
                              no_repeat_ngram=cfg.no_repeat_ngram, no_repeat_match=cfg.no_repeat_match,
                              pool_texts=run.corpus.texts("train"),
                              pool_vectors=run.vectors["train"] if run.pool_vectors is None else run.pool_vectors)
-    log(f"\n{split} split ({metrics['num_examples']} sentences, {describe_decoding(cfg.num_beams, cfg.rerank)}; "
+    decoding = describe_decoding(cfg.num_beams, cfg.rerank) + (
+        f", then {cfg.feedback_steps} steps of vector feedback" if loop else "")
+    log(f"\n{split} split ({metrics['num_examples']} sentences, {decoding}; "
         f"report in {out}/report.md):\n{headline_table(metrics)}\n{uncertainty_lines(metrics)}")
     return metrics
 

@@ -12,6 +12,7 @@ import train as train_script
 from conftest import sentences
 from recon import ReconModel
 from recon.corrector import correct
+from recon.evaluation import matched_random_vectors
 from recon.feedback import feedback_loop
 
 
@@ -147,3 +148,43 @@ def test_evaluate_runs_vector_feedback_on_a_plain_checkpoint(base_run, capsys):
     assert "drop --rerank" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not rerank"):
         model.generate_from_vectors(model.encode(texts[:2]), correction_steps=1, rerank="embedding", num_beams=2)
+
+
+def test_train_ends_with_vector_feedback_and_evaluate_decodes_as_it_did(base_run, tiny_encoder_dir, capsys):
+    tmp = base_run
+    data = tmp / "data.txt"
+    run = tmp / "fed"
+    argv = ["--encoder", tiny_encoder_dir, "--data", str(data), "--output-dir", str(run), "--d-model", "32",
+            "--n-layer", "1", "--n-head", "2", "--decoder-tokenizer", "encoder", "--validation-fraction", "0",
+            "--test-fraction", "0.25", "--max-steps", "30", "--batch-size", "8", "--dropout", "0",
+            "--cache-dir", str(tmp / "cache"), "--eval-steps", "1000", "--num-beams", "2", "--feedback-steps", "2"]
+    assert train_script.main(argv) == 0
+    assert "2 beams, the one whose re-encoded vector is nearest the target, then 2 steps of vector feedback" in \
+        capsys.readouterr().out
+    metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert metrics["decoding"]["correction_steps"] == 2 and metrics["decoding"]["correction_beam"] == 2
+    assert metrics["decoding"]["num_beams"] == 2 and metrics["decoding"]["feedback_rate"] == 0.15
+    rows = [json.loads(line) for line in (run / "eval-test" / "predictions.jsonl").read_text().splitlines()]
+    model = ReconModel.from_pretrained(str(run))
+    texts = [r["reference"] for r in rows]
+    again = model.generate_from_vectors(model.encode(texts), num_beams=2, correction_steps=2, correction_beam=2,
+                                        no_repeat_ngram=3)
+    assert [r["prediction"] for r in rows] == again
+    # the random control went through the same loop: decoded so here, it matches
+    noise = matched_random_vectors(model.encode(texts), 0)
+    assert [r["control_random_prediction"] for r in rows] == model.generate_from_vectors(
+        noise, num_beams=2, correction_steps=2, correction_beam=2, no_repeat_ngram=3)
+    # evaluate.py with no decoding flags decodes as the run's evaluation did, without the step-by-step report
+    out = tmp / "fed-ev"
+    assert evaluate_script.main(["--checkpoint", str(run), "--output-dir", str(out), "--retrieval-pool", "0"]) == 0
+    assert "then 2 steps of vector feedback, as the run's own evaluation decoded" in capsys.readouterr().out
+    assert not (out / "correction.md").exists()
+    assert [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()] == again
+    # --correction-steps 0: the first pass alone, reranked as the run's beams were
+    assert evaluate_script.main(["--checkpoint", str(run), "--output-dir", str(tmp / "fed-ev0"),
+                                 "--retrieval-pool", "0", "--correction-steps", "0"]) == 0
+    first = json.loads((tmp / "fed-ev0" / "metrics.json").read_text())["decoding"]
+    assert first["rerank"] == "embedding" and "correction_steps" not in first
+    # a corrector's final evaluation is its own loop: --feedback-steps is refused with what to do instead
+    assert train_script.main(["--base-model", str(run), "--output-dir", str(tmp / "corr"), "--feedback-steps", "1"]) == 2
+    assert "drop --feedback-steps" in capsys.readouterr().err

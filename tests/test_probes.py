@@ -103,15 +103,17 @@ def test_probes_of_a_checkpoint_set_its_decoder_beside_the_probe(tiny_encoder_di
     assert "drop ['encoder']" in capsys.readouterr().err
 
     # any other decoding beside the same probe, from an evaluation's predictions: evaluate.py --probes
-    # sets its own (as the run evaluates itself: 8 beams, the rerank, the 3-gram ban) beside the greedy pass; a file that writes the references back
+    # sets its own (as the run evaluates itself: 8 beams, the 3-gram ban, 3 steps of vector feedback) beside the greedy
+    # pass; a file that writes the references back
     # writes every content word; a file short of test sentences is refused before any work
     ev = tmp_path / "eval"
     assert evaluate_script.main(["--checkpoint", str(run), "--output-dir", str(ev), "--retrieval-pool", "0",
                                  "--probes", "--bow-vocab", "40", "--stop-words", "3", "--probe-tasks", "bow"]) == 0
     rows = json.loads((ev / "probes.json").read_text())["decodings"]
-    assert [r["decoding"] for r in rows] == ["greedy, no ban", "8 beams, embedding rerank, 3-gram ban"]
+    fed = "8 beams, 3-gram ban, then 3 vector-feedback steps (rate 0.15, beam 8)"
+    assert [r["decoding"] for r in rows] == ["greedy, no ban", fed]
     assert rows[0]["probe_content_recall"] == rows[1]["probe_content_recall"]  # one probe, two decodings
-    assert "| 8 beams, embedding rerank, 3-gram ban |" in (ev / "probes.md").read_text()
+    assert f"| {fed} |" in (ev / "probes.md").read_text()
     lines = (ev / "predictions.jsonl").read_text().splitlines()
     perfect = tmp_path / "perfect" / "predictions.jsonl"
     perfect.parent.mkdir()
@@ -120,7 +122,7 @@ def test_probes_of_a_checkpoint_set_its_decoder_beside_the_probe(tiny_encoder_di
     assert main(["--checkpoint", str(run), "--output-dir", str(out), "--cache-dir", "", "--bow-vocab", "40",
                  "--stop-words", "3", "--probe-tasks", "bow", "--predictions", f"{ev}/predictions.jsonl,{perfect}"]) == 0
     rows = json.loads((out / "probes.json").read_text())["decodings"]
-    assert rows[1]["decoding"] == "8 beams, embedding rerank, 3-gram ban" and rows[2]["decoding"] == str(perfect)  # no metrics.json there
+    assert rows[1]["decoding"] == fed and rows[2]["decoding"] == str(perfect)  # no metrics.json there
     assert rows[2]["decoder_content_recall"] == pytest.approx(100.0)
     assert rows[2]["probe_words_the_decoder_writes"] == pytest.approx(100.0)
     perfect.write_text("\n".join(lines[1:]) + "\n")

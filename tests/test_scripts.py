@@ -62,9 +62,10 @@ def test_evaluate_defaults_to_the_held_out_split(trained_run):
     test = json.loads((out / "eval-test" / "metrics.json").read_text())
     assert m["split"] == "test" and m["num_examples"] == test["num_examples"]
     assert m["bleu"] == pytest.approx(test["bleu"])  # same checkpoint, same split, same numbers
-    # decoded as train.py's own evaluation was: 8 beams and the rerank, the controls so decoded too
-    assert m["decoding"]["num_beams"] == test["decoding"]["num_beams"] == 8
-    assert m["decoding"]["rerank"] == test["decoding"]["rerank"] == "embedding"
+    # decoded as train.py's own evaluation was: 8 beams, then 3 steps of vector feedback keeping 8 candidates (the
+    # closest at step 0 is the rerank's choice), the controls so decoded too
+    loop = {"num_beams": 8, "rerank": "none", "correction_steps": 3, "correction_beam": 8, "feedback_rate": 0.15}
+    assert {k: m["decoding"][k] for k in loop} == {k: test["decoding"][k] for k in loop} == loop
     def outputs(folder):
         rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
         return [(r["prediction"], r["control_random_prediction"], r["control_shuffled_prediction"]) for r in rows]
