@@ -179,7 +179,10 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         return sharded(model.encode, xs)
 
     def generate(v):  # the controls decode as the reconstruction does, rerank included
-        return decode(model, v, rerank=rerank, **gen)[0]
+        return decode(model, v, rerank=rerank, **gen, **step_log("the random-vector control"))[0]
+
+    def step_log(what):  # a loop's steps, logged: minutes pass between the evaluation's lines otherwise
+        return {"log": lambda line: log(f"{what}, {line}")} if loop and is_main() else {}
 
     vectors = encode(texts)  # (N, D)
     t_encode = time.time() - t0
@@ -187,7 +190,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     if "predictions" in given:
         predictions, plain_beam, t_decode = list(given["predictions"]), None, given["decode_seconds"]
     else:
-        predictions, plain_beam = decode(model, vectors, rerank=rerank, **gen)
+        predictions, plain_beam = decode(model, vectors, rerank=rerank, **gen, **step_log("the reconstruction"))
         t_decode = time.time() - t0 - t_encode
     re_encoded = encode(predictions)
     fidelity = cosine(re_encoded, vectors)  # (N,) re-encoded reconstruction vs target

@@ -165,7 +165,7 @@ class ReconModel(nn.Module):
     def generate_from_vectors(self, vectors, num_beams=1, length_penalty=1.0, max_new_tokens=None, batch_size=256,
                               return_all=False, no_repeat_ngram=0, correction_steps=None, correction_beam=1,
                               no_repeat_match="loose", temperature=0.0, seed=0, rerank="none", feedback_rate=None,
-                              feedback_steps=0, feedback_beam=None, correction_rate=0.0):
+                              feedback_steps=0, feedback_beam=None, correction_rate=0.0, log=None):
         """(N, vector_dim) vectors from anywhere -> list of N strings.
 
         rerank="embedding" (beam search; train.py's default evaluation is 8 beams so reranked):
@@ -184,6 +184,7 @@ class ReconModel(nn.Module):
         feedback_rate, keeping feedback_beam candidates: correction_beam if None), then the
         corrector's steps on the correction_beam closest it kept. correction_rate > 0 (a corrector): each
         step moves the corrector's target slot by this times the residual of its closest new candidate.
+        log: a correction loop reports each step's time through it (print, or None for silence).
         temperature > 0 (one pass, num_beams=1): sample each token at this temperature instead of
         taking the most likely, drawn from a generator seeded with `seed` (the same seed, the same
         samples on one device).
@@ -211,7 +212,7 @@ class ReconModel(nn.Module):
                 outputs, _ = correct(self, vectors, correction_steps, correction_beam, batch_size=batch_size,
                                      num_beams=num_beams, no_repeat_ngram=no_repeat_ngram,
                                      no_repeat_match=no_repeat_match, length_penalty=length_penalty,
-                                     rate=feedback_rate, seed=seed)
+                                     rate=feedback_rate, seed=seed, log=log)
                 return outputs[-1]
             if rerank not in ("none", "embedding"):
                 raise ValueError(f"rerank must be none or embedding, not {rerank!r}")
@@ -239,7 +240,7 @@ class ReconModel(nn.Module):
                              no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
                              length_penalty=length_penalty, rate=feedback_rate, seed=seed,
                              feedback_steps=feedback_steps, feedback_beam=feedback_beam,
-                             correction_rate=correction_rate)
+                             correction_rate=correction_rate, log=log)
         return outputs[-1]
 
     @torch.no_grad()

@@ -159,8 +159,11 @@ def test_train_ends_with_vector_feedback_and_evaluate_decodes_as_it_did(base_run
             "--test-fraction", "0.25", "--max-steps", "30", "--batch-size", "8", "--dropout", "0",
             "--cache-dir", str(tmp / "cache"), "--eval-steps", "1000", "--num-beams", "2", "--feedback-steps", "2"]
     assert train_script.main(argv) == 0
-    assert "2 beams, the one whose re-encoded vector is nearest the target, then 2 steps of vector feedback" in \
-        capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 beams, the one whose re-encoded vector is nearest the target, then 2 steps of vector feedback" in printed
+    # each step is logged as it ends, the control's too: the evaluation is not silent for minutes
+    assert "the reconstruction, feedback step 2 of 2: " in printed
+    assert "the random-vector control, feedback step 2 of 2: " in printed
     metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
     assert metrics["decoding"]["correction_steps"] == 2 and metrics["decoding"]["correction_beam"] == 2
     assert metrics["decoding"]["num_beams"] == 2 and metrics["decoding"]["feedback_rate"] == 0.15
