@@ -256,6 +256,9 @@ class TrainConfig(ModelSpecs, RunConfig, CorrectionSpec, OptimConfig, TokenizerS
             self.feedback_steps = DEFAULT_FEEDBACK_STEPS
         for spec in TRAINED_WITH + (RunConfig,):
             spec.__post_init__(self)
+        check(not (self.feedback_steps and self.num_beams > 1 and self.rerank == "none"),
+              "vector feedback keeps each sentence's candidates closest to its target, so its step 0 is the rerank's "
+              "choice: drop --rerank none, or give --feedback-steps 0 for plain beam search")
         check(not self.early_stopping_patience or self.validation_fraction > 0,
               "--early-stopping-patience watches the validation loss: give --validation-fraction above 0")
         check(self.base_model or self.decoder_type != "corrector",

@@ -129,14 +129,18 @@ def test_generate_from_vectors_reranks_as_evaluation_does(tiny_model):
 
 
 def test_decoding_defaults():
-    """train.py evaluates with 8 beams and the rerank, a corrector run greedily (its loop is its
-    search); evaluate.py decodes as the checkpoint's run evaluated itself, greedy for older runs."""
+    """train.py evaluates with 8 beams and the rerank, then 3 steps of vector feedback, a corrector run
+    greedily (its loop is its search); evaluate.py decodes as the checkpoint's run evaluated itself,
+    greedy for older runs."""
     from recon.config import ConfigError, EvalConfig, TrainConfig
-    assert (TrainConfig().num_beams, TrainConfig().rerank) == (8, "embedding")
+    assert (TrainConfig().num_beams, TrainConfig().rerank, TrainConfig().feedback_steps) == (8, "embedding", 3)
     assert (TrainConfig(num_beams=1).num_beams, TrainConfig(num_beams=1).rerank) == (1, "none")
-    assert TrainConfig(num_beams=4).rerank == "embedding" and TrainConfig(num_beams=4, rerank="none").rerank == "none"
+    assert TrainConfig(num_beams=4).rerank == "embedding"
+    assert TrainConfig(num_beams=4, rerank="none", feedback_steps=0).rerank == "none"  # plain beam search
+    with pytest.raises(ConfigError, match="drop --rerank none, or give --feedback-steps 0"):
+        TrainConfig(num_beams=4, rerank="none")
     corrector = TrainConfig(base_model="runs/base")
-    assert (corrector.num_beams, corrector.rerank) == (1, "none")
+    assert (corrector.num_beams, corrector.rerank, corrector.feedback_steps) == (1, "none", 0)
     with pytest.raises(ConfigError, match="--num-beams 2 or more"):
         TrainConfig(num_beams=1, rerank="embedding")
 

@@ -191,3 +191,6 @@ def test_train_ends_with_vector_feedback_and_evaluate_decodes_as_it_did(base_run
     # a corrector's final evaluation is its own loop: --feedback-steps is refused with what to do instead
     assert train_script.main(["--base-model", str(run), "--output-dir", str(tmp / "corr"), "--feedback-steps", "1"]) == 2
     assert "drop --feedback-steps" in capsys.readouterr().err
+    # plain beam search's top beam cannot start a loop that keeps the closest candidates
+    assert train_script.main(argv[:-4] + ["--num-beams", "2", "--rerank", "none"]) == 2
+    assert "drop --rerank none, or give --feedback-steps 0" in capsys.readouterr().err
