@@ -90,9 +90,8 @@ def main(argv=None):
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
         check_loop_flags(cfg, model, folder)
         plain_loop = model.base is None and bool(cfg.correction_steps)
-        say(f"decoding: {describe_decoding(cfg.num_beams, 'embedding' if cfg.loop_of_run else cfg.rerank)}"
-            + (f", then {cfg.correction_steps} steps of vector feedback, as the run's own evaluation decoded "
-               "(--correction-steps 0 for the first pass alone)" if cfg.loop_of_run
+        say(f"decoding: {describe_decoding(cfg.num_beams, cfg.rerank, cfg.correction_steps if cfg.loop_of_run else 0)}"
+            + (", as the run's own evaluation decoded (--correction-steps 0 for the first pass alone)" if cfg.loop_of_run
                else "" if given_beams else " (step 0 of vector feedback: the single pass)" if plain_loop
                else " (as the run's own evaluation decoded" + ("; --num-beams 1 for greedy)" if cfg.num_beams > 1 else ")")))
         dcfg, same = DataConfig.from_meta(meta.get("args", {}), data=cfg.data, text_field=cfg.text_field,

@@ -54,12 +54,13 @@ def resolve_decoding(num_beams, rerank, beams_if_unset=1):
     return num_beams, rerank if rerank is not None else ("embedding" if num_beams > 1 else "none")
 
 
-def describe_decoding(num_beams, rerank):
-    """The decoding in words, for logs."""
-    if num_beams == 1:
-        return "greedy"
-    return f"{num_beams} beams, " + ("the one whose re-encoded vector is nearest the target" if rerank == "embedding"
-                                     else "the top one")
+def describe_decoding(num_beams, rerank, feedback_steps=0):
+    """The decoding in words, for logs; feedback_steps: then that many steps of vector feedback (whose
+    first pass keeps the closest beam, as the rerank does)."""
+    rerank = "embedding" if feedback_steps else rerank
+    first = "greedy" if num_beams == 1 else f"{num_beams} beams, " + (
+        "the one whose re-encoded vector is nearest the target" if rerank == "embedding" else "the top one")
+    return first + (f", then {feedback_steps} steps of vector feedback" if feedback_steps else "")
 
 
 def _check_rerank(rerank, num_beams):
@@ -390,12 +391,13 @@ class EvalConfig(ProbeSettings):
         decodes as the run's own final evaluation did (greedy for runs from before it was recorded), its
         vector feedback included when no decoding or loop flag is given (loop_of_run)."""
         corrector = bool(recorded.get("base_model"))
-        asked = (self.num_beams, self.correction_steps, self.feedback_rate, self.correction_beam) != (None, None, None, 1)
+        asked = (self.num_beams, self.rerank, self.correction_steps, self.feedback_rate,
+                 self.correction_beam) != (None, None, None, None, 1)
         self.loop_of_run = not corrector and not asked and bool(recorded.get("feedback_steps"))
         if self.loop_of_run:  # the run's final evaluation ended with vector feedback: its beams, its steps
             self.num_beams = recorded.get("num_beams", 1)
             self.correction_steps, self.correction_beam = recorded["feedback_steps"], self.num_beams
-            self.rerank = self.rerank or "none"
+            self.rerank = "none"
         loop = corrector or bool(self.correction_steps)  # vector feedback on a plain checkpoint is a loop too
         if self.num_beams is None and loop and not corrector:
             self.num_beams, self.rerank = 1, self.rerank or "none"  # step 0 is the single pass, as a corrector's

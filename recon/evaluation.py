@@ -150,6 +150,12 @@ def loop_settings(model, correction_steps, correction_beam, feedback_rate, feedb
     return loop
 
 
+def step_log(loop, log, what):
+    """generate_from_vectors' log for a correction loop (none without one): each step's time as it ends, named
+    by `what` ("the reconstruction, feedback step 1 of 3: ..."); minutes pass between the evaluation's lines otherwise."""
+    return {"log": lambda line: log(f"{what}, {line}")} if loop and is_main() else {}
+
+
 def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=256, seed=0, rerank="none",
              pool_texts=None, pool_vectors=None, no_repeat_ngram=0, correction_steps=None, correction_beam=1, log=print,
              no_repeat_match="loose", given=None, feedback_rate=None, feedback_steps=0, feedback_beam=None,
@@ -179,10 +185,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
         return sharded(model.encode, xs)
 
     def generate(v):  # the controls decode as the reconstruction does, rerank included
-        return decode(model, v, rerank=rerank, **gen, **step_log("the random-vector control"))[0]
-
-    def step_log(what):  # a loop's steps, logged: minutes pass between the evaluation's lines otherwise
-        return {"log": lambda line: log(f"{what}, {line}")} if loop and is_main() else {}
+        return decode(model, v, rerank=rerank, **gen, **step_log(loop, log, "the random-vector control"))[0]
 
     vectors = encode(texts)  # (N, D)
     t_encode = time.time() - t0
@@ -190,7 +193,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
     if "predictions" in given:
         predictions, plain_beam, t_decode = list(given["predictions"]), None, given["decode_seconds"]
     else:
-        predictions, plain_beam = decode(model, vectors, rerank=rerank, **gen, **step_log("the reconstruction"))
+        predictions, plain_beam = decode(model, vectors, rerank=rerank, **gen, **step_log(loop, log, "the reconstruction"))
         t_decode = time.time() - t0 - t_encode
     re_encoded = encode(predictions)
     fidelity = cosine(re_encoded, vectors)  # (N,) re-encoded reconstruction vs target

@@ -275,9 +275,8 @@ def final_evaluation(cfg, run, step, log, checkpoint=None):
                              no_repeat_ngram=cfg.no_repeat_ngram, no_repeat_match=cfg.no_repeat_match,
                              pool_texts=run.corpus.texts("train"),
                              pool_vectors=run.vectors["train"] if run.pool_vectors is None else run.pool_vectors)
-    decoding = describe_decoding(cfg.num_beams, cfg.rerank) + (
-        f", then {cfg.feedback_steps} steps of vector feedback" if loop else "")
-    log(f"\n{split} split ({metrics['num_examples']} sentences, {decoding}; "
+    log(f"\n{split} split ({metrics['num_examples']} sentences, "
+        f"{describe_decoding(cfg.num_beams, cfg.rerank, cfg.feedback_steps)}; "
         f"report in {out}/report.md):\n{headline_table(metrics)}\n{uncertainty_lines(metrics)}")
     return metrics
 
