@@ -14,6 +14,14 @@ def _precision(decoder, device):
     return resolve_precision(decoder.generation_precision, device)
 
 
+def _exit_every(device):
+    """Tokens between the checks that let finished sentences leave the batch: each check reads a count
+    on the host, which costs a CUDA stream its lead but nothing on a CPU, where a finished sentence
+    left in the batch costs its rows' share of every step (every token there: 8% faster beam search
+    with the same tokens, docs/speed.md)."""
+    return 1 if device.type == "cpu" else 8
+
+
 def _cache_dtype(decoder, device):
     # on the CPU attention runs in fp32 under bf16 autocast too (Block.attention): its keys stay fp32
     return torch.bfloat16 if device.type == "cuda" and _precision(decoder, device) == "bf16" else torch.float32
@@ -146,8 +154,8 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
            temperature=0.0, generator=None):
     """(B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS]).
 
-    Every 8 tokens the finished rows are dropped from the batch and the cache, so a batch of
-    mixed lengths costs about its mean length, not its longest. valid: a ValidText, or None;
+    Every 8 tokens on CUDA (every token on a CPU) the finished rows leave the batch and the cache, so
+    a batch of mixed lengths costs about its mean length, not its longest. valid: a ValidText, or None;
     no_repeat_ngram: never write an n-gram of tokens twice (0: off); canon: compare them loosely
     (see ban_repeats_). temperature > 0: draw each token from softmax(logits / temperature) (with
     `generator`, a torch.Generator on the vectors' device) instead of taking the most likely; the
@@ -160,6 +168,7 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
     rows = torch.arange(B, device=device)  # which output row each live batch row writes
     done = torch.zeros(B, dtype=torch.bool, device=device)
     state = valid.start(B) if valid else None
+    every = _exit_every(device)
     with autocast(device, _precision(decoder, device)):
         logits = decoder(vectors, tokens, cache)
         for t in range(max_new_tokens):
@@ -180,7 +189,7 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
             done |= nxt == eos_id
             if t == max_new_tokens - 1:
                 break
-            if t % 8 == 7:  # one host sync every 8 tokens, not one per token
+            if t % every == every - 1:  # a host sync: every 8 tokens on CUDA, every token on a CPU
                 n_live = int((~done).sum())
                 if n_live == 0:
                     break
@@ -201,7 +210,8 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
 
     Beams that emit [EOS] are frozen (their score no longer changes); at the end each beam's
     sum of log-probabilities is divided by length ** length_penalty, length counting [EOS].
-    Every 8 tokens the sentences whose beams have all ended leave the batch and the cache.
+    Every 8 tokens on CUDA (every token on a CPU) the sentences whose beams have all ended leave the
+    batch and the cache.
     return_all: also return every final beam, best first, as a list of B lists of (ids, score).
     valid: a ValidText, or None; no_repeat_ngram: never write an n-gram of tokens twice (0: off);
     canon: compare them loosely (see ban_repeats_).
@@ -219,6 +229,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
     rows = torch.arange(B, device=device)  # the input sentence of each live batch row
     results = [None] * B  # per input sentence: (beams (K, T) on the CPU, final scores (K,))
     state = valid.start(B * K).view(B, K, 3) if valid else None
+    every, live = _exit_every(device), None  # live: the unfinished beams' rows, where only theirs are computed
 
     def store(sel):
         final = scores[sel] / lengths[sel].clamp(min=1).float() ** length_penalty  # (b, K)
@@ -229,19 +240,12 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
         logits = decoder(vecs, tokens, cache)
         for t in range(max_new_tokens):
             b = len(rows)
-            logp = logits[:, -1].float().log_softmax(-1).view(b, K, -1)  # (b, K, V)
-            V = logp.shape[-1]
-            if no_repeat_ngram:
-                ban_repeats_(logp.view(b * K, V), seqs.view(b * K, -1), no_repeat_ngram, canon)
-            if valid:
-                valid.mask_(logp.view(b * K, V), state.view(b * K, 3), max_new_tokens - 1 - t)
-            # a finished beam may only "continue" with EOS at no cost (in place: no (b, K, V) copies)
-            logp.masked_fill_(done[..., None], float("-inf"))
-            if eos_id >= 0:
-                logp[..., eos_id].masked_fill_(done, 0.0)
-            cand = logp.add_(scores[..., None]).view(b, K * V)  # in place: logp is not read again
-            scores, flat = cand.topk(K, dim=-1)  # (b, K)
-            origin, nxt = flat // V, flat % V
+            if live is None:  # every beam's logits
+                scores, origin, nxt = _beam_step(logits[:, -1], scores, done, seqs, state, valid, no_repeat_ngram,
+                                                 canon, eos_id, max_new_tokens - 1 - t)
+            else:
+                scores, origin, nxt = _live_beam_step(logits[:, -1], live, scores, done, seqs, state, valid,
+                                                      no_repeat_ngram, canon, eos_id, max_new_tokens - 1 - t)
             done = done.gather(1, origin)
             lengths = lengths.gather(1, origin) + (~done).long()
             done = done | (nxt == eos_id)
@@ -252,7 +256,7 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
             if t == max_new_tokens - 1:
                 break
             cache.reorder((origin + torch.arange(b, device=device)[:, None] * K).view(-1))
-            if t % 8 == 7:  # one host sync every 8 tokens, not one per token
+            if t % every == every - 1:  # a host sync: every 8 tokens on CUDA, every token on a CPU
                 finished = done.all(-1)  # (b,)
                 n_finished = int(finished.sum())
                 if n_finished == b:
@@ -263,7 +267,11 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
                     cache.select((keep[:, None] * K + torch.arange(K, device=device)).view(-1))
                     scores, lengths, done, seqs, rows, nxt = (x[keep] for x in (scores, lengths, done, seqs, rows, nxt))
                     state = state[keep] if valid else None
+            if every == 1:  # a CPU: finished beams' logits are not computed (a host sync a step)
+                live = cache.need = (~done).view(-1).nonzero().squeeze(1)
             logits = decoder(None, nxt.reshape(-1, 1), cache)
+            if live is not None and len(logits) != len(live):  # a decoder that computes every row's
+                logits = logits[live]
     store(torch.ones(len(rows), dtype=torch.bool, device=device))
     best, beams = [], []
     for s, f in results:
@@ -272,6 +280,44 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
         if return_all:
             beams.append([(_strip(s[k], eos_id), float(f[k])) for k in order])
     return (best, beams) if return_all else best
+
+
+def _beam_step(logits, scores, done, seqs, state, valid, no_repeat_ngram, canon, eos_id, steps_left):
+    """One step of beam search from every beam's logits (b*K, V): (scores, origin beam, token), each (b, K)."""
+    b, K = scores.shape
+    logp = logits.float().log_softmax(-1).view(b, K, -1)  # (b, K, V)
+    V = logp.shape[-1]
+    if no_repeat_ngram:
+        ban_repeats_(logp.view(b * K, V), seqs.view(b * K, -1), no_repeat_ngram, canon)
+    if valid:
+        valid.mask_(logp.view(b * K, V), state.view(b * K, 3), steps_left)
+    # a finished beam may only "continue" with EOS at no cost (in place: no (b, K, V) copies)
+    logp.masked_fill_(done[..., None], float("-inf"))
+    if eos_id >= 0:
+        logp[..., eos_id].masked_fill_(done, 0.0)
+    cand = logp.add_(scores[..., None]).view(b, K * V)  # in place: logp is not read again
+    scores, flat = cand.topk(K, dim=-1)  # (b, K)
+    return scores, flat // V, flat % V
+
+
+def _live_beam_step(logits, live, scores, done, seqs, state, valid, no_repeat_ngram, canon, eos_id, steps_left):
+    """_beam_step from the logits (n, V) of the unfinished beams alone (rows `live` of the b*K): each
+    offers its K best continuations, a finished beam EOS at no cost, and the K best of those are the K
+    best of _beam_step's b*K*V (the same tokens)."""
+    b, K = scores.shape
+    logp = logits.float().log_softmax(-1)  # (n, V)
+    if no_repeat_ngram:
+        ban_repeats_(logp, seqs.view(b * K, -1)[live], no_repeat_ngram, canon)
+    if valid:
+        valid.mask_(logp, state.view(b * K, 3)[live], steps_left)
+    top, token = logp.topk(K, dim=-1)  # (n, K)
+    cand = torch.full((b * K, K), float("-inf"), device=logp.device)
+    cand[:, 0].masked_fill_(done.view(-1), 0.0)
+    cand[live] = top
+    tokens = torch.full((b * K, K), max(eos_id, 0), dtype=torch.long, device=logp.device)
+    tokens[live] = token
+    scores, flat = (cand.view(b, K, K) + scores[..., None]).view(b, K * K).topk(K, dim=-1)  # (b, K)
+    return scores, flat // K, tokens.view(b, K * K).gather(1, flat)
 
 
 # ----------------------------------------------------------------------------------------------

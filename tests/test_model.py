@@ -288,6 +288,41 @@ def test_what_the_vector_adds_at_every_position_survives_the_cache_and_the_beams
             assert score == pytest.approx(sum(logp[i, t].item() for i, t in enumerate(full)) / len(full), abs=1e-4)
 
 
+@pytest.mark.parametrize("valid", [False, True])
+def test_beam_search_leaving_out_finished_beams_writes_the_same_beams(monkeypatch, valid):
+    """On a CPU beam search computes the logits of unfinished beams alone and lets ended sentences leave
+    at every token; on CUDA it computes every beam's and checks every 8 tokens. Forced here to the CUDA
+    way on the CPU, both write the same beams with the same scores, beams ending at many lengths."""
+    import recon.decoding as decoding
+    from recon.decoding import ValidText
+    torch.manual_seed(12)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, bow_prior=True,
+                              coverage=True, prior_used_up=True), 16, 40).eval()
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0, 0.3)
+        dec.tok_emb.weight[3] *= 3  # [EOS] likelier: beams end at many lengths
+    vecs = torch.randn(24, 16)
+    gen = dict(max_new_tokens=12, return_all=True, no_repeat_ngram=2,
+               valid=ValidText([-1] * 20 + [0x41, 0xC3, 0xA9] + [-1] * 17, [0, 1, 2], "cpu") if valid else None)
+    asked, token_logits = [], Decoder.token_logits
+
+    def recording(self, x, rows, input_ids, cache, need=None):
+        asked.append(len(x) if need is None else len(need))
+        return token_logits(self, x, rows, input_ids, cache, need)
+
+    monkeypatch.setattr(Decoder, "token_logits", recording)
+    best, beams = beam_search(dec, vecs, 2, 3, 4, **gen)
+    assert any(n < 4 * 24 and n % 4 for n in asked)  # finished beams were left out, not only ended sentences
+    monkeypatch.setattr(decoding, "_exit_every", lambda device: 8)
+    best_all, beams_all = beam_search(dec, vecs, 2, 3, 4, **gen)
+    assert best == best_all
+    assert len({len(ids) for row in beams for ids, _ in row}) > 3
+    for row, row_all in zip(beams, beams_all):
+        assert [ids for ids, _ in row] == [ids for ids, _ in row_all]
+        assert [s for _, s in row] == pytest.approx([s for _, s in row_all], abs=1e-5)
+
+
 def test_cached_calls_match_a_full_forward_when_tokens_repeat():
     """The used-up prior and coverage read a cache's earlier inputs (its "history"): fed in calls of one
     token and of several, with tokens written two and three times, the cached logits are a full
