@@ -59,9 +59,17 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
                                                                    **gen)[1]]
     if start is None:
         start = model.generate_from_vectors(target, **gen)
+    known = {}  # every candidate's re-encoded vector: a text written again is not encoded again
+
+    def encode(texts):
+        new = [h for h in dict.fromkeys(texts) if h not in known]
+        if new:
+            known.update(zip(new, model.encode(new, batch_size).float().cpu()))
+        return torch.stack([known[h] for h in texts]) if texts else torch.empty(0, target.shape[1])
+
     pools = [list(dict.fromkeys([h] if isinstance(h, str) else h)) for h in start]
     flat = [h for p in pools for h in p]
-    flat_vectors = model.encode(flat, batch_size).float().cpu()  # (M, Dv)
+    flat_vectors = encode(flat)  # (M, Dv)
     z_target = dec.standardize(target).cpu()
     owner = torch.tensor([i for i, p in enumerate(pools) for _ in p])
     sims = F.cosine_similarity(dec.standardize(flat_vectors).cpu(), z_target[owner], dim=-1)
@@ -88,7 +96,7 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
             new = [list(dict.fromkeys(h for h, _ in row)) for row in beams]
         flat = [h for row in new for h in row]
         owner = torch.tensor([i for i, row in enumerate(new) for _ in row])
-        flat_vectors = model.encode(flat, batch_size).float().cpu()  # (M, Dv)
+        flat_vectors = encode(flat)  # (M, Dv)
         sim = F.cosine_similarity(dec.standardize(flat_vectors).cpu(), z_target[owner], dim=-1)
         at, picks = 0, []
         for i, row in enumerate(new):

@@ -100,6 +100,21 @@ def test_feedback_keeps_every_beam_of_a_wide_first_pass():
     assert (cosines(model, wide[-1], target) >= cosines(model, wide[0], target) - 1e-6).all()
 
 
+def test_feedback_encodes_each_text_once():
+    """A candidate written again, at a later step or for another sentence, keeps the vector it was
+    re-encoded to: the loop encodes every distinct text once, and writes what it would without that."""
+    model = Rotating()
+    target = torch.randn(16, 2, generator=torch.Generator().manual_seed(2))
+    target[8:] = target[:8]  # two sentences a vector: every candidate written twice at each step
+    encoded, encode = [], model.encode
+    model.encode = lambda texts, batch_size=256: encoded.extend(texts) or encode(texts, batch_size)
+    outputs, _ = feedback_loop(model, target, 6, beam=3, rate=0.3, num_beams=3)
+    assert len(encoded) == len(set(encoded)) and outputs[-1][8:] == outputs[-1][:8]
+    assert len(encoded) <= 16 * 3 * 7 // 2  # at most half of the 3 candidates a sentence a pass (7 passes)
+    model.encode = encode
+    assert feedback_loop(model, target, 6, beam=3, rate=0.3, num_beams=3)[0] == outputs
+
+
 @pytest.fixture(scope="module")
 def base_run(tiny_encoder_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("feedback")
