@@ -133,7 +133,6 @@ class KVCache:
         self._spare = None  # reorder and select copy into a second pair, then swap
         self.rows = {}  # name -> (B, ...): what the first call computed from the vectors, for later steps
         self.of_tokens = set()  # the rows' names that follow the tokens written, not the input alone
-        self.need = None  # None, or the rows whose logits the next call is asked for (the others' are not read)
 
     def set_token_row(self, name, t):
         """Keep a row that follows the tokens written so far (B, ...): beam search moves it with them."""
@@ -391,8 +390,7 @@ class Decoder(nn.Module):
         """The embedded positions x (B, P+T, D) through the blocks to logits (B, T, V) of the
         token positions (the first n_prefix positions predict nothing)."""
         x = self.hidden_states(x, rows, cache)
-        need = cache.need if cache is not None else None
-        return self.token_logits(self.ln_f(x[:, n_prefix:]), rows, input_ids, cache, need)  # token positions alone
+        return self.token_logits(self.ln_f(x[:, n_prefix:]), rows, input_ids, cache)  # token positions alone
 
     def hidden_states(self, x, rows, cache):
         """The embedded positions x (B, S, D) through the blocks (B, S, D), before the final LayerNorm."""
@@ -406,9 +404,9 @@ class Decoder(nn.Module):
             cache.pos += x.shape[1]
         return x
 
-    def token_logits(self, x, rows, input_ids, cache, need=None):
-        """Logits (B, T, V) from the final states x (B, T, D) of the token positions; need: those of
-        these rows alone (n, T, V) (beam search leaves out its finished beams)."""
+    def token_logits(self, x, rows, input_ids, cache):
+        """Logits (B, T, V) from the final states x (B, T, D) of the token positions."""
+        logits = F.linear(x, self.tok_emb.weight)  # tied input/output embeddings: (B, T, V)
         if input_ids is None or not ("prior" in rows and self.prior_used is not None or self.coverage is not None):
             history = None
         elif cache is None:
@@ -416,11 +414,6 @@ class Decoder(nn.Module):
         else:  # the inputs of the cache's earlier calls (B, t), moved with their beams
             history = cache.rows.get("history", input_ids[:, :0])
             cache.set_token_row("history", torch.cat([history, input_ids], 1))
-        if need is not None:
-            x, input_ids = x[need], (input_ids[need] if input_ids is not None else None)
-            history = history[need] if history is not None else None
-            rows = {name: rows[name][need] for name in ("prior", "boost") if name in rows}
-        logits = F.linear(x, self.tok_emb.weight)  # tied input/output embeddings: (B, T, V)
         # in generation (a cache, no gradient) the logits are new here and change in place
         in_place = cache is not None and not torch.is_grad_enabled()
         if "prior" in rows:  # what the vector says the sentence holds, as much as each position wants

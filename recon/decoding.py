@@ -15,10 +15,9 @@ def _precision(decoder, device):
 
 
 def _exit_every(device):
-    """Tokens between the checks that let finished sentences leave the batch: each check reads a count
-    on the host, which costs a CUDA stream its lead but nothing on a CPU, where a finished sentence
-    left in the batch costs its rows' share of every step (every token there: 8% faster beam search
-    with the same tokens, docs/speed.md)."""
+    """Tokens between beam search's checks for sentences whose beams have all ended: each check reads a
+    count on the host, which costs a CUDA stream its lead and a CPU nothing. On a CPU every finished beam
+    also leaves the batch at once (docs/speed.md, "Finished beams on a CPU")."""
     return 1 if device.type == "cpu" else 8
 
 
@@ -154,8 +153,8 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
            temperature=0.0, generator=None):
     """(B, Dv) vectors -> list of B token-id lists (without [BOS] and [EOS]).
 
-    Every 8 tokens on CUDA (every token on a CPU) the finished rows leave the batch and the cache, so
-    a batch of mixed lengths costs about its mean length, not its longest. valid: a ValidText, or None;
+    Every 8 tokens the finished rows are dropped from the batch and the cache, so a batch of
+    mixed lengths costs about its mean length, not its longest. valid: a ValidText, or None;
     no_repeat_ngram: never write an n-gram of tokens twice (0: off); canon: compare them loosely
     (see ban_repeats_). temperature > 0: draw each token from softmax(logits / temperature) (with
     `generator`, a torch.Generator on the vectors' device) instead of taking the most likely; the
@@ -168,7 +167,6 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
     rows = torch.arange(B, device=device)  # which output row each live batch row writes
     done = torch.zeros(B, dtype=torch.bool, device=device)
     state = valid.start(B) if valid else None
-    every = _exit_every(device)
     with autocast(device, _precision(decoder, device)):
         logits = decoder(vectors, tokens, cache)
         for t in range(max_new_tokens):
@@ -189,7 +187,7 @@ def greedy(decoder, vectors, bos_id, eos_id, max_new_tokens=None, valid=None, no
             done |= nxt == eos_id
             if t == max_new_tokens - 1:
                 break
-            if t % every == every - 1:  # a host sync: every 8 tokens on CUDA, every token on a CPU
+            if t % 8 == 7:  # one host sync every 8 tokens, not one per token
                 n_live = int((~done).sum())
                 if n_live == 0:
                     break
@@ -210,8 +208,8 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
 
     Beams that emit [EOS] are frozen (their score no longer changes); at the end each beam's
     sum of log-probabilities is divided by length ** length_penalty, length counting [EOS].
-    Every 8 tokens on CUDA (every token on a CPU) the sentences whose beams have all ended leave the
-    batch and the cache.
+    Every 8 tokens on CUDA the sentences whose beams have all ended leave the batch and the cache; on
+    a CPU each finished beam leaves them at once (its only continuation is [EOS] at no cost).
     return_all: also return every final beam, best first, as a list of B lists of (ids, score).
     valid: a ValidText, or None; no_repeat_ngram: never write an n-gram of tokens twice (0: off);
     canon: compare them loosely (see ban_repeats_).
@@ -229,7 +227,9 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
     rows = torch.arange(B, device=device)  # the input sentence of each live batch row
     results = [None] * B  # per input sentence: (beams (K, T) on the CPU, final scores (K,))
     state = valid.start(B * K).view(B, K, 3) if valid else None
-    every, live = _exit_every(device), None  # live: the unfinished beams' rows, where only theirs are computed
+    every = _exit_every(device)
+    live = torch.arange(B * K, device=device) if every == 1 else None  # a CPU: the slots the cache holds
+    row_of = None if live is None else live.clone()  # (b*K,): the cache row of each of those slots
 
     def store(sel):
         final = scores[sel] / lengths[sel].clamp(min=1).float() ** length_penalty  # (b, K)
@@ -240,12 +240,11 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
         logits = decoder(vecs, tokens, cache)
         for t in range(max_new_tokens):
             b = len(rows)
-            if live is None:  # every beam's logits
-                scores, origin, nxt = _beam_step(logits[:, -1], scores, done, seqs, state, valid, no_repeat_ngram,
-                                                 canon, eos_id, max_new_tokens - 1 - t)
+            args = (scores, done, seqs, state, valid, no_repeat_ngram, canon, eos_id, max_new_tokens - 1 - t)
+            if live is None or t == 0:  # every beam's logits
+                scores, origin, nxt = _beam_step(logits[:, -1], *args)
             else:
-                scores, origin, nxt = _live_beam_step(logits[:, -1], live, scores, done, seqs, state, valid,
-                                                      no_repeat_ngram, canon, eos_id, max_new_tokens - 1 - t)
+                scores, origin, nxt = _live_beam_step(logits[:, -1], live, *args)
             done = done.gather(1, origin)
             lengths = lengths.gather(1, origin) + (~done).long()
             done = done | (nxt == eos_id)
@@ -255,7 +254,11 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
             seqs = torch.cat([seqs.gather(1, origin[..., None].expand(-1, -1, seqs.shape[-1])), nxt[..., None]], -1)
             if t == max_new_tokens - 1:
                 break
-            cache.reorder((origin + torch.arange(b, device=device)[:, None] * K).view(-1))
+            came_from = origin + torch.arange(b, device=device)[:, None] * K  # (b, K) each beam's slot before
+            if live is None:
+                cache.reorder(came_from.view(-1))
+            else:  # the cache holds the unfinished beams alone, in slot order
+                cache.select(row_of[came_from[~done]])
             if t % every == every - 1:  # a host sync: every 8 tokens on CUDA, every token on a CPU
                 finished = done.all(-1)  # (b,)
                 n_finished = int(finished.sum())
@@ -264,14 +267,13 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
                 if n_finished:
                     store(finished)
                     keep = (~finished).nonzero().squeeze(1)
-                    cache.select((keep[:, None] * K + torch.arange(K, device=device)).view(-1))
+                    if live is None:  # (else their beams have all left the cache)
+                        cache.select((keep[:, None] * K + torch.arange(K, device=device)).view(-1))
                     scores, lengths, done, seqs, rows, nxt = (x[keep] for x in (scores, lengths, done, seqs, rows, nxt))
                     state = state[keep] if valid else None
-            if every == 1:  # a CPU: finished beams' logits are not computed (a host sync a step)
-                live = cache.need = (~done).view(-1).nonzero().squeeze(1)
-            logits = decoder(None, nxt.reshape(-1, 1), cache)
-            if live is not None and len(logits) != len(live):  # a decoder that computes every row's
-                logits = logits[live]
+            if live is not None:
+                live = _live_rows(done, row_of)
+            logits = decoder(None, nxt.reshape(-1, 1) if live is None else nxt.view(-1)[live, None], cache)
     store(torch.ones(len(rows), dtype=torch.bool, device=device))
     best, beams = [], []
     for s, f in results:
@@ -280,6 +282,14 @@ def beam_search(decoder, vectors, bos_id, eos_id, num_beams=4, length_penalty=1.
         if return_all:
             beams.append([(_strip(s[k], eos_id), float(f[k])) for k in order])
     return (best, beams) if return_all else best
+
+
+def _live_rows(done, row_of):
+    """The slots (of b*K) of the unfinished beams, in order: the rows of the cache; row_of (>= b*K) is
+    set to each one's row."""
+    live = (~done).view(-1).nonzero().squeeze(1)
+    row_of[live] = torch.arange(len(live), device=live.device)
+    return live
 
 
 def _beam_step(logits, scores, done, seqs, state, valid, no_repeat_ngram, canon, eos_id, steps_left):

@@ -290,9 +290,9 @@ def test_what_the_vector_adds_at_every_position_survives_the_cache_and_the_beams
 
 @pytest.mark.parametrize("valid", [False, True])
 def test_beam_search_leaving_out_finished_beams_writes_the_same_beams(monkeypatch, valid):
-    """On a CPU beam search computes the logits of unfinished beams alone and lets ended sentences leave
-    at every token; on CUDA it computes every beam's and checks every 8 tokens. Forced here to the CUDA
-    way on the CPU, both write the same beams with the same scores, beams ending at many lengths."""
+    """On a CPU finished beams leave the decoder's batch and its cache at once; on CUDA every beam stays
+    until its sentence's last has ended, checked every 8 tokens. Forced here to the CUDA way on the CPU,
+    both write the same beams with the same scores, beams ending at many lengths."""
     import recon.decoding as decoding
     from recon.decoding import ValidText
     torch.manual_seed(12)
@@ -305,15 +305,15 @@ def test_beam_search_leaving_out_finished_beams_writes_the_same_beams(monkeypatc
     vecs = torch.randn(24, 16)
     gen = dict(max_new_tokens=12, return_all=True, no_repeat_ngram=2,
                valid=ValidText([-1] * 20 + [0x41, 0xC3, 0xA9] + [-1] * 17, [0, 1, 2], "cpu") if valid else None)
-    asked, token_logits = [], Decoder.token_logits
+    asked, forward = [], Decoder.forward
 
-    def recording(self, x, rows, input_ids, cache, need=None):
-        asked.append(len(x) if need is None else len(need))
-        return token_logits(self, x, rows, input_ids, cache, need)
+    def recording(self, vectors=None, input_ids=None, cache=None):
+        asked.append(len(input_ids))
+        return forward(self, vectors, input_ids, cache)
 
-    monkeypatch.setattr(Decoder, "token_logits", recording)
+    monkeypatch.setattr(Decoder, "forward", recording)
     best, beams = beam_search(dec, vecs, 2, 3, 4, **gen)
-    assert any(n < 4 * 24 and n % 4 for n in asked)  # finished beams were left out, not only ended sentences
+    assert any(n % 4 for n in asked)  # finished beams left the batch, not only ended sentences
     monkeypatch.setattr(decoding, "_exit_every", lambda device: 8)
     best_all, beams_all = beam_search(dec, vecs, 2, 3, 4, **gen)
     assert best == best_all
