@@ -31,6 +31,19 @@ def out_of_time(seconds, max_seconds, steps, log):
     return True
 
 
+def encode_once(model, batch_size):
+    """model.encode on the CPU in float32, each distinct text once: a candidate written again, at a later
+    step or for another sentence, keeps the vector of its first encoding."""
+    known = {}
+
+    def encode(texts):
+        new = [h for h in dict.fromkeys(texts) if h not in known]
+        if new:
+            known.update(zip(new, model.encode(new, batch_size).float().cpu()))
+        return torch.stack([known[h] for h in texts]) if texts else model.encode([], batch_size).float().cpu()
+    return encode
+
+
 def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=0, batch_size=256,
                   no_repeat_ngram=0, num_beams=1, length_penalty=1.0, log=None, no_repeat_match="loose", start=None,
                   max_seconds=0.0, return_kept=False):
@@ -59,14 +72,7 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
                                                                    **gen)[1]]
     if start is None:
         start = model.generate_from_vectors(target, **gen)
-    known = {}  # every candidate's re-encoded vector: a text written again is not encoded again
-
-    def encode(texts):
-        new = [h for h in dict.fromkeys(texts) if h not in known]
-        if new:
-            known.update(zip(new, model.encode(new, batch_size).float().cpu()))
-        return torch.stack([known[h] for h in texts]) if texts else torch.empty(0, target.shape[1])
-
+    encode = encode_once(model, batch_size)
     pools = [list(dict.fromkeys([h] if isinstance(h, str) else h)) for h in start]
     flat = [h for p in pools for h in p]
     flat_vectors = encode(flat)  # (M, Dv)
