@@ -115,16 +115,19 @@ def test_feedback_encodes_each_text_once():
     assert feedback_loop(model, target, 6, beam=3, rate=0.3, num_beams=3)[0] == outputs
 
 
+def tiny_run(encoder_dir, tmp, out, *extra):
+    """train.py's flags for a tiny run on tmp/data.txt (a 1-layer decoder, 30 steps), then `extra`."""
+    return ["--encoder", encoder_dir, "--data", str(tmp / "data.txt"), "--output-dir", str(out), "--d-model", "32",
+            "--n-layer", "1", "--n-head", "2", "--decoder-tokenizer", "encoder", "--validation-fraction", "0",
+            "--max-steps", "30", "--batch-size", "8", "--dropout", "0", "--cache-dir", str(tmp / "cache"),
+            "--eval-steps", "1000", *extra]
+
+
 @pytest.fixture(scope="module")
 def base_run(tiny_encoder_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("feedback")
-    data = tmp / "data.txt"
-    data.write_text("\n".join(sentences(24)) + "\n")
-    args = ["--encoder", tiny_encoder_dir, "--data", str(data), "--output-dir", str(tmp / "base"), "--d-model", "32",
-            "--n-layer", "1", "--n-head", "2", "--decoder-tokenizer", "encoder", "--validation-fraction", "0",
-            "--test-fraction", "0", "--max-steps", "30", "--batch-size", "8", "--dropout", "0", "--no-eval",
-            "--cache-dir", str(tmp / "cache"), "--eval-steps", "1000"]
-    assert train_script.main(args) == 0
+    (tmp / "data.txt").write_text("\n".join(sentences(24)) + "\n")
+    assert train_script.main(tiny_run(tiny_encoder_dir, tmp, tmp / "base", "--test-fraction", "0", "--no-eval")) == 0
     return tmp
 
 
@@ -167,12 +170,8 @@ def test_evaluate_runs_vector_feedback_on_a_plain_checkpoint(base_run, capsys):
 
 def test_train_ends_with_vector_feedback_and_evaluate_decodes_as_it_did(base_run, tiny_encoder_dir, capsys):
     tmp = base_run
-    data = tmp / "data.txt"
     run = tmp / "fed"
-    argv = ["--encoder", tiny_encoder_dir, "--data", str(data), "--output-dir", str(run), "--d-model", "32",
-            "--n-layer", "1", "--n-head", "2", "--decoder-tokenizer", "encoder", "--validation-fraction", "0",
-            "--test-fraction", "0.25", "--max-steps", "30", "--batch-size", "8", "--dropout", "0",
-            "--cache-dir", str(tmp / "cache"), "--eval-steps", "1000", "--num-beams", "2", "--feedback-steps", "2"]
+    argv = tiny_run(tiny_encoder_dir, tmp, run, "--test-fraction", "0.25", "--num-beams", "2", "--feedback-steps", "2")
     assert train_script.main(argv) == 0
     printed = capsys.readouterr().out
     assert "2 beams, the one whose re-encoded vector is nearest the target, then 2 steps of vector feedback" in printed

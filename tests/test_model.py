@@ -249,6 +249,17 @@ def test_decoder_overfits_a_handful_of_sentences(tiny_model):
     assert tiny_model.reconstruct(texts) == [t.lower() for t in texts]  # uncased encoder vocabulary
 
 
+def random_decoder(seed, **spec):
+    """A 2-layer decoder (vectors of 16, a vocabulary of 40) with large random weights, drawn after
+    torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, **spec), 16, 40).eval()
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0, 0.3)
+    return dec
+
+
 @pytest.mark.parametrize("condition,bow_prior,coverage,used_up", [
     ("prefix+add", False, False, False), ("prefix+add-zero", False, False, False), ("prefix", True, False, False),
     ("prefix+add", True, True, False), ("prefix", True, True, True)])
@@ -295,12 +306,8 @@ def test_beam_search_leaving_out_finished_beams_writes_the_same_beams(monkeypatc
     both write the same beams with the same scores, beams ending at many lengths."""
     import recon.decoding as decoding
     from recon.decoding import ValidText
-    torch.manual_seed(12)
-    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, bow_prior=True,
-                              coverage=True, prior_used_up=True), 16, 40).eval()
+    dec = random_decoder(12, bow_prior=True, coverage=True, prior_used_up=True)
     with torch.no_grad():
-        for p in dec.parameters():
-            p.normal_(0, 0.3)
         dec.tok_emb.weight[3] *= 3  # [EOS] likelier: beams end at many lengths
     vecs = torch.randn(24, 16)
     gen = dict(max_new_tokens=12, return_all=True, no_repeat_ngram=2,
@@ -327,12 +334,7 @@ def test_cached_calls_match_a_full_forward_when_tokens_repeat():
     """The used-up prior and coverage read a cache's earlier inputs (its "history"): fed in calls of one
     token and of several, with tokens written two and three times, the cached logits are a full
     forward's, and the inputs follow their rows through reorder (beams of one sentence) and select."""
-    torch.manual_seed(11)
-    dec = Decoder(DecoderSpec(d_model=32, n_layer=2, n_head=2, dropout=0.0, max_target_len=12, bow_prior=True,
-                              coverage=True, prior_used_up=True), 16, 40).eval()
-    with torch.no_grad():
-        for p in dec.parameters():
-            p.normal_(0, 0.3)
+    dec = random_decoder(11, bow_prior=True, coverage=True, prior_used_up=True)
     vecs = torch.randn(1, 16).expand(3, -1)  # three beams of one sentence: reorder moves rows among them
     ids = torch.tensor([[2, 7, 7, 9, 7, 5, 9, 11], [2, 5, 6, 5, 5, 8, 8, 8], [2, 9, 9, 9, 4, 7, 7, 6]])
     with torch.no_grad():
