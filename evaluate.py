@@ -112,8 +112,9 @@ def main(argv=None):
                                              cfg.seed, cfg.batch_size, cfg.no_repeat_ngram, cfg.output_dir, say,
                                              no_repeat_match=cfg.no_repeat_match, ablations=cfg.ablations,
                                              rate=cfg.feedback_rate, feedback_steps=cfg.feedback_steps,
-                                             feedback_beam=cfg.feedback_beam, correction_rate=cfg.correction_rate)
-            if cfg.num_beams == 1 and cfg.rerank == "none" and cfg.length_penalty == 1.0 and distributed.world_size() == 1:
+                                             feedback_beam=cfg.feedback_beam, correction_rate=cfg.correction_rate,
+                                             num_beams=cfg.num_beams)
+            if cfg.rerank == "none" and cfg.length_penalty == 1.0 and distributed.world_size() == 1:
                 # the headline's reconstruction and random control are that run's last step: not decoded twice
                 given = {"predictions": correction["conditions"]["correction"]["predictions"],
                          "decode_seconds": sum(r["seconds"] for r in correction["conditions"]["correction"]["curve"]),

@@ -18,7 +18,8 @@ with its BLEU after every step:
     feedback                vector feedback on the base alone (the default loop), for the same table
 --repeat-penalty=A: every decoding takes A off words already written (experiments/repeat_penalty.py).
 --pool=FILE: vector feedback's kept candidates (feedback_select.py --pool writes the same file; made
-here when missing). --data=FILE (one text a line) replaces the split's texts. The 3-gram ban (loose)
+here when missing). --feedback-steps=N (default 6) and --first-beams=B (default 1, greedy; 8: the default
+evaluation's first pass, every beam a candidate) set the loop that makes the pool. --data=FILE (one text a line) replaces the split's texts. The 3-gram ban (loose)
 throughout. Every variant reads nothing of a sentence but its vector and its own outputs' vectors.
 """
 import json
@@ -112,7 +113,8 @@ if "pool" in opts and os.path.exists(opts["pool"]):
     kept_fb = json.load(open(opts["pool"]))
 if kept_fb is None and any(v == "feedback" or v.startswith("after") for v in variants):
     t0 = time.time()
-    _, _, kept_fb = feedback_loop(base, vectors, 6, 8, True, 0.15, no_repeat_ngram=3, return_kept=True)
+    _, _, kept_fb = feedback_loop(base, vectors, int(opts.get("feedback-steps", 6)), 8, True, 0.15, no_repeat_ngram=3,
+                                  num_beams=int(opts.get("first-beams", 1)), return_kept=True)
     fb_seconds = time.time() - t0
     if "pool" in opts:
         json.dump(kept_fb, open(opts["pool"], "w"))

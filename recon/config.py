@@ -319,7 +319,8 @@ class EvalConfig(ProbeSettings):
     max_examples: Optional[int] = field(default=None, metadata={"help": "evaluate at most this many texts"})
     num_beams: Optional[int] = field(default=None, metadata={
         "help": "beams (1: greedy; default: as the checkpoint's run evaluated itself, its --num-beams, 1 for runs "
-                "from before that was recorded)"})
+                "from before that was recorded; with a correction loop, its first pass: every beam a candidate, the "
+                "base's greedy pass scored beside it)"})
     rerank: Optional[str] = field(default=None, metadata={
         "help": "none, or embedding: keep the beam whose re-encoded vector is closest to the target (default: as "
                 "the checkpoint's run evaluated itself when --num-beams is not given; else embedding when there "

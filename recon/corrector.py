@@ -563,7 +563,7 @@ ABLATIONS = ("no-feedback", "random-target", "reference")  # evaluate.py --corre
 
 def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_repeat_ngram=0, output_dir=None,
                         log=print, no_repeat_match="loose", ablations=ABLATIONS, rate=None, feedback_steps=0,
-                        feedback_beam=None, correction_rate=0.0):
+                        feedback_beam=None, correction_rate=0.0, num_beams=1):
     """BLEU, exact match, token F1 and standardised cosine after each correction step of `texts`,
     for the corrector and, as `ablations` names them, two ablations: no-feedback (the hypothesis
     vector replaced by the training mean; the same sequence beam) and random-target (Gaussian vectors
@@ -572,7 +572,9 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     A plain model (no corrector) runs recon/feedback.py's loop at `rate`: its no-feedback ablation moves
     each vector by another sentence's residual, and it has no reference check (a right hypothesis has no
     residual, so its step decodes the target vector again). feedback_steps, correction_rate (a corrector): as
-    correct(); the no-feedback ablation takes every loop's feedback away. Writes correction.json, correction.md
+    correct(); the no-feedback ablation takes every loop's feedback away. num_beams > 1: every loop's first pass
+    is a beam search of the base whose beams are all candidates (step 0 is the closest, the rerank's choice), and
+    the base's greedy pass is scored beside it, with a paired test. Writes correction.json, correction.md
     and correction.png to output_dir. Returns the dict."""
     import json
 
@@ -596,7 +598,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
         log("vector feedback: no 'reference as hypothesis' check (a right hypothesis leaves no residual to move by)")
         ablations = [a for a in ablations if a != "reference"]
     conditions = {"correction": dict(beam=beam), **dict(every[a] for a in ABLATIONS if a in ablations)}
-    result = {"steps": steps, "beam": beam, "num_examples": len(texts), "no_repeat_ngram": no_repeat_ngram,
+    result = {"steps": steps, "beam": beam, "num_beams": num_beams, "num_examples": len(texts),
+              "no_repeat_ngram": no_repeat_ngram,
               "no_repeat_match": no_repeat_match, "conditions": {},
               **({"loop": "vector feedback", "rate": DEFAULT_RATE if rate is None else rate} if plain else
                  {"loop": "corrector", "feedback_steps": feedback_steps, "feedback_beam": feedback_beam or beam,
@@ -612,7 +615,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
         outputs, seconds = correct(model, v, n, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
                                    no_repeat_match=no_repeat_match, log=lambda line: log(f"{name}: {line}"),
                                    rate=rate if plain or how["feedback_steps"] else None, seed=seed,
-                                   feedback_beam=feedback_beam, correction_rate=correction_rate, **how)
+                                   feedback_beam=feedback_beam, correction_rate=correction_rate,
+                                   num_beams=num_beams, **how)
         curve = []
         for step, preds in enumerate(outputs):
             per_example = [example_scores(p, t) for p, t in zip(preds, texts)]  # for the scores and the tests
@@ -629,8 +633,18 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
         last = curve[-1]
         log(f"{name}: BLEU {curve[0]['bleu']:.2f} -> {last['bleu']:.2f}, exact match {last['exact_match']:.2f}%, "
             f"standardised cosine {curve[0]['cosine_standardized']:.3f} -> {last['cosine_standardized']:.3f}")
+    if num_beams > 1:  # step 0 is a beam search's closest beam: the base's greedy pass beside it
+        greedy = (model.base or model).generate_from_vectors(vectors, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
+                                                             no_repeat_match=no_repeat_match)
+        per_example = [example_scores(p, t) for p, t in zip(greedy, texts)]
+        cos = cosine(model.decoder.standardize(model.encode(greedy, batch_size)), target)
+        ends["greedy", 0] = Scores(greedy, texts, per_example, extra={"cosine_standardized": cos.tolist()})
+        s = corpus_scores(greedy, texts, per_example)
+        result["greedy"] = {"bleu": s["bleu"], "exact_match": s["exact_match"], "token_f1": s["token_f1"],
+                            "cosine_standardized": float(cos.mean())}
     last = ("correction", steps + feedback_steps)
-    against = {"the base's single pass": ("correction", 0), "no feedback": ("no feedback", steps + feedback_steps)}
+    against = {"the base's single pass": ("correction", 0), "the base's greedy pass": ("greedy", 0),
+               "no feedback": ("no feedback", steps + feedback_steps)}
     result["tests"] = {name: paired(ends[last], ends[other], seed=seed) for name, other in against.items()
                        if other in ends and other != last}
     if output_dir:
@@ -644,10 +658,13 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
 
 
 def correction_table(result):
+    beams, all_beams = result.get("num_beams", 1), result.get("loop") == "vector feedback" or result.get("feedback_steps")
+    first_pass = ("single pass" if beams == 1 else f"first pass of {beams} beams, " +
+                  ("every beam a candidate (the closest is the rerank's choice)" if all_beams else "its top beam"))
     if result.get("loop") == "vector feedback":
         head = (f"Vector feedback on {result['num_examples']} texts: {result['steps']} steps of rate {result['rate']:g}, "
                 f"{result['beam']} beam(s) a step and the {result['beam']} closest candidates kept; step 0 is the "
-                "decoder's single pass; 'no feedback' moves each vector by another sentence's residual.")
+                f"decoder's {first_pass}; 'no feedback' moves each vector by another sentence's residual.")
     else:
         first = (f"{result['feedback_steps']} steps of vector feedback on the base (rate {result['rate']:g}, "
                  f"{result.get('feedback_beam', result['beam'])} beams), then "
@@ -655,12 +672,16 @@ def correction_table(result):
         moved = (f" (its target slot moved by {result['correction_rate']:g} of the residual a step)"
                  if result.get("correction_rate") else "")
         head = (f"Correction of {result['num_examples']} texts, {first}{result['steps']} steps of the corrector{moved}, "
-                f"sequence beam {result['beam']}; step 0 is the base model's single pass (for 'reference as "
+                f"sequence beam {result['beam']}; step 0 is the base model's {first_pass} (for 'reference as "
                 "hypothesis', the reference itself: one greedy step from it shows whether the corrector keeps a right "
                 "hypothesis).")
     lines = [head, "",
              "| condition | step | BLEU | exact match % | token F1 | standardised cosine | s per sentence |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    if "greedy" in result:  # beside a first pass of beams: the base's greedy single pass
+        g = result["greedy"]
+        lines.append(f"| the base's greedy pass | 0 | {g['bleu']:.2f} | {g['exact_match']:.2f} | {g['token_f1']:.2f} | "
+                     f"{g['cosine_standardized']:.3f} | |")
     for name, c in result["conditions"].items():
         for r in c["curve"]:
             lines.append(f"| {name} | {r['step']} | {r['bleu']:.2f} | {r['exact_match']:.2f} | {r['token_f1']:.2f} | "

@@ -165,6 +165,40 @@ def test_evaluate_writes_each_step_beside_the_ablations(runs, capsys, monkeypatc
     assert "--feedback-rate is for vector feedback on a plain checkpoint" in capsys.readouterr().err
 
 
+def test_evaluate_with_beams_starts_every_loop_from_them_and_scores_the_greedy_pass_beside(runs, monkeypatch):
+    import recon.corrector
+    tmp, _, _ = runs
+    out = tmp / "ev_beams"
+    calls, correct = [], recon.corrector.correct
+    monkeypatch.setattr(recon.corrector, "correct", lambda *a, **k: calls.append(k.get("num_beams")) or correct(*a, **k))
+    assert evaluate_script.main(["--checkpoint", str(tmp / "corr"), "--output-dir", str(out), "--split", "train",
+                                 "--num-beams", "3", "--feedback-steps", "1", "--feedback-beam", "2",
+                                 "--correction-steps", "1", "--correction-beam", "2", "--retrieval-pool", "0",
+                                 "--correction-ablations", "no-feedback,random-target"]) == 0
+    result = json.loads((out / "correction.json").read_text())
+    # every loop started from 3 beams, and the evaluation took its outputs rather than decoding them again
+    assert calls == [3, 3, 3] and result["num_beams"] == 3
+    model = ReconModel.from_pretrained(str(tmp / "corr"))
+    texts = sentences(16)
+    vectors = model.encode(texts)
+    curve = result["conditions"]["correction"]["curve"]
+    first = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["prediction"] for r in first] == result["conditions"]["correction"]["predictions"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bleu"] == pytest.approx(curve[-1]["bleu"])
+    # step 0 is the closest of the base's 3 beams: the rerank's choice
+    ban = dict(no_repeat_ngram=metrics["decoding"]["no_repeat_ngram"])
+    reranked = model.base.rerank_beams(vectors, num_beams=3, **ban)[0]
+    truth = [r["reference"] for r in first]
+    assert curve[0]["bleu"] == pytest.approx(corpus_scores(reranked, truth)["bleu"])
+    # the base's greedy pass beside it, in the table and in a paired test against the last step
+    greedy = corpus_scores(model.base.generate_from_vectors(vectors, **ban), truth)
+    assert result["greedy"]["bleu"] == pytest.approx(greedy["bleu"])
+    assert result["tests"]["the base's greedy pass"]["bleu"]["b"] == pytest.approx(greedy["bleu"])
+    table = (out / "correction.md").read_text()
+    assert "| the base's greedy pass | 0 |" in table and "first pass of 3 beams, every beam a candidate" in table
+
+
 def test_a_corrector_for_a_fine_tuned_base_re_encodes_with_the_bases_trained_encoder(runs):
     from safetensors.torch import load_file
     tmp, base, corrector = runs
