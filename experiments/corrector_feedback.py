@@ -94,67 +94,72 @@ def corrector_loop(corr, vectors, first, steps, beam, rate=0.0, return_kept=Fals
     return (outputs, seconds, kept) if return_kept else (outputs, seconds)
 
 
-opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
-ckpt, split, variants = args[0], args[1], args[2:]
-corr = ReconModel.from_pretrained(ckpt)
-base = corr.base
-if base is None:
-    sys.exit(f"{ckpt} is not a corrector (train one with train.py --base-model RUN_DIR)")
-texts = open(opts["data"]).read().splitlines() if "data" in opts else base.training_corpus().texts(split)
-if "repeat-penalty" in opts:  # every decoding from here on, the corrector's steps (the pool is read as it was made)
-    from repeat_penalty import install
-    install(base, float(opts["repeat-penalty"]))
-vectors = base.encode(texts).float().cpu()
-target = base.decoder.standardize(vectors)
+def main():
+    opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    ckpt, split, variants = args[0], args[1], args[2:]
+    corr = ReconModel.from_pretrained(ckpt)
+    base = corr.base
+    if base is None:
+        sys.exit(f"{ckpt} is not a corrector (train one with train.py --base-model RUN_DIR)")
+    texts = open(opts["data"]).read().splitlines() if "data" in opts else base.training_corpus().texts(split)
+    if "repeat-penalty" in opts:  # every decoding from here on, the corrector's steps (the pool is read as it was made)
+        from repeat_penalty import install
+        install(base, float(opts["repeat-penalty"]))
+    vectors = base.encode(texts).float().cpu()
+    target = base.decoder.standardize(vectors)
 
-kept_fb, fb_seconds = None, None
-if "pool" in opts and os.path.exists(opts["pool"]):
-    kept_fb = json.load(open(opts["pool"]))
-if kept_fb is None and any(v == "feedback" or v.startswith("after") for v in variants):
-    t0 = time.time()
-    _, _, kept_fb = feedback_loop(base, vectors, int(opts.get("feedback-steps", 6)), 8, True, 0.15, no_repeat_ngram=3,
-                                  num_beams=int(opts.get("first-beams", 1)), return_kept=True)
-    fb_seconds = time.time() - t0
-    if "pool" in opts:
-        json.dump(kept_fb, open(opts["pool"], "w"))
+    kept_fb, fb_seconds = None, None
+    if "pool" in opts and os.path.exists(opts["pool"]):
+        kept_fb = json.load(open(opts["pool"]))
+    if kept_fb is None and any(v == "feedback" or v.startswith("after") for v in variants):
+        t0 = time.time()
+        _, _, kept_fb = feedback_loop(base, vectors, int(opts.get("feedback-steps", 6)), 8, True, 0.15, no_repeat_ngram=3,
+                                      num_beams=int(opts.get("first-beams", 1)), return_kept=True)
+        fb_seconds = time.time() - t0
+        if "pool" in opts:
+            json.dump(kept_fb, open(opts["pool"], "w"))
 
-print(f"{ckpt} (base {corr.config.base_model}), {opts.get('data', split + ' split')} ({len(texts)} texts), 3-gram ban")
-print("| variant | BLEU by step | token F1, last | exact match %, last | cosine (std.), last | s a sentence a step |")
-print("|---|---|---:|---:|---:|---:|")
-for variant in variants:
-    kind, *p = variant.split(":")
-    t0 = time.time()
-    if kind == "feedback":
-        outputs, secs = [[row[0][1] for row in kept_fb]], [fb_seconds or 0.0]
-    elif kind == "corr":
-        first = base.generate_from_vectors(vectors, **GEN)
-        outputs, secs = corrector_loop(corr, vectors, [[h] for h in first], int(p[0]), int(p[1]))
-    elif kind == "moved":
-        first = base.generate_from_vectors(vectors, **GEN)
-        outputs, secs = corrector_loop(corr, vectors, [[h] for h in first], int(p[1]), int(p[2]), float(p[0]))
-    elif kind == "after":
-        outputs, secs = corrector_loop(corr, vectors, [[t for _, t in row] for row in kept_fb], int(p[0]), int(p[1]))
-    elif kind == "interleave":
-        rounds, f_steps, c_steps, beam = map(int, p)
-        first, outputs, secs = [[t for _, t in row] for row in kept_fb], [], []
-        for r in range(rounds):
-            out, sec, kept = corrector_loop(corr, vectors, first, c_steps, beam, return_kept=True)
-            outputs, secs = outputs + out[(r > 0):], secs + sec[(r > 0):]
-            t1 = time.time()  # the corrector's kept candidates (its last step's pool) start more feedback
-            _, sec, kept = feedback_loop(base, vectors, f_steps, 8, True, 0.15, no_repeat_ngram=3, return_kept=True,
-                                         start=kept)
-            first = [[t for _, t in row] for row in kept]
-            outputs.append([row[0] for row in first])
-            secs.append(time.time() - t1)
-    elif kind == "aftermoved":
-        first = [[t for _, t in row] for row in kept_fb]
-        outputs, secs = corrector_loop(corr, vectors, first, int(p[1]), int(p[2]), float(p[0]))
-    else:
-        sys.exit(f"unknown variant {variant!r}: corr:STEPS:BEAM, moved:RATE:STEPS:BEAM, after:STEPS:BEAM, aftermoved:RATE:STEPS:BEAM or feedback")
-    bleus = [corpus_scores(o, texts)["bleu"] for o in outputs]
-    last = corpus_scores(outputs[-1], texts)
-    cos = F.cosine_similarity(base.decoder.standardize(base.encode(outputs[-1]).float()), target, dim=-1).mean()
-    per_step = sum(secs[1:]) / max(len(secs) - 1, 1) / len(texts)
-    print(f"| {variant} | {' / '.join(f'{b:.2f}' for b in bleus)} | {last['token_f1']:.2f} | "
-          f"{last['exact_match']:.2f} | {float(cos):.3f} | {per_step:.4f} |", flush=True)
+    print(f"{ckpt} (base {corr.config.base_model}), {opts.get('data', split + ' split')} ({len(texts)} texts), 3-gram ban")
+    print("| variant | BLEU by step | token F1, last | exact match %, last | cosine (std.), last | s a sentence a step |")
+    print("|---|---|---:|---:|---:|---:|")
+    for variant in variants:
+        kind, *p = variant.split(":")
+        t0 = time.time()
+        if kind == "feedback":
+            outputs, secs = [[row[0][1] for row in kept_fb]], [fb_seconds or 0.0]
+        elif kind == "corr":
+            first = base.generate_from_vectors(vectors, **GEN)
+            outputs, secs = corrector_loop(corr, vectors, [[h] for h in first], int(p[0]), int(p[1]))
+        elif kind == "moved":
+            first = base.generate_from_vectors(vectors, **GEN)
+            outputs, secs = corrector_loop(corr, vectors, [[h] for h in first], int(p[1]), int(p[2]), float(p[0]))
+        elif kind == "after":
+            outputs, secs = corrector_loop(corr, vectors, [[t for _, t in row] for row in kept_fb], int(p[0]), int(p[1]))
+        elif kind == "interleave":
+            rounds, f_steps, c_steps, beam = map(int, p)
+            first, outputs, secs = [[t for _, t in row] for row in kept_fb], [], []
+            for r in range(rounds):
+                out, sec, kept = corrector_loop(corr, vectors, first, c_steps, beam, return_kept=True)
+                outputs, secs = outputs + out[(r > 0):], secs + sec[(r > 0):]
+                t1 = time.time()  # the corrector's kept candidates (its last step's pool) start more feedback
+                _, sec, kept = feedback_loop(base, vectors, f_steps, 8, True, 0.15, no_repeat_ngram=3, return_kept=True,
+                                             start=kept)
+                first = [[t for _, t in row] for row in kept]
+                outputs.append([row[0] for row in first])
+                secs.append(time.time() - t1)
+        elif kind == "aftermoved":
+            first = [[t for _, t in row] for row in kept_fb]
+            outputs, secs = corrector_loop(corr, vectors, first, int(p[1]), int(p[2]), float(p[0]))
+        else:
+            sys.exit(f"unknown variant {variant!r}: corr:STEPS:BEAM, moved:RATE:STEPS:BEAM, after:STEPS:BEAM, aftermoved:RATE:STEPS:BEAM or feedback")
+        bleus = [corpus_scores(o, texts)["bleu"] for o in outputs]
+        last = corpus_scores(outputs[-1], texts)
+        cos = F.cosine_similarity(base.decoder.standardize(base.encode(outputs[-1]).float()), target, dim=-1).mean()
+        per_step = sum(secs[1:]) / max(len(secs) - 1, 1) / len(texts)
+        print(f"| {variant} | {' / '.join(f'{b:.2f}' for b in bleus)} | {last['token_f1']:.2f} | "
+              f"{last['exact_match']:.2f} | {float(cos):.3f} | {per_step:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
