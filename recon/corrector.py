@@ -561,6 +561,19 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
 ABLATIONS = ("no-feedback", "random-target", "reference")  # evaluate.py --correction-ablations
 
 
+def _scored(model, preds, texts, target, batch_size):
+    """(BLEU, exact match, token F1 and mean standardised cosine of `preds`; their Scores for the paired tests)."""
+    from recon.evaluation import cosine
+    from recon.metrics import corpus_scores, example_scores
+    from recon.significance import Scores
+    per_example = [example_scores(p, t) for p, t in zip(preds, texts)]
+    s = corpus_scores(preds, texts, per_example)
+    cos = cosine(model.decoder.standardize(model.encode(preds, batch_size)), target)  # (N,)
+    row = {"bleu": s["bleu"], "exact_match": s["exact_match"], "token_f1": s["token_f1"],
+           "cosine_standardized": float(cos.mean())}
+    return row, Scores(preds, texts, per_example, extra={"cosine_standardized": cos.tolist()})
+
+
 def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_repeat_ngram=0, output_dir=None,
                         log=print, no_repeat_match="loose", ablations=ABLATIONS, rate=None, feedback_steps=0,
                         feedback_beam=None, correction_rate=0.0, num_beams=1):
@@ -572,16 +585,13 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     A plain model (no corrector) runs recon/feedback.py's loop at `rate`: its no-feedback ablation moves
     each vector by another sentence's residual, and it has no reference check (a right hypothesis has no
     residual, so its step decodes the target vector again). feedback_steps, correction_rate (a corrector): as
-    correct(); the no-feedback ablation takes every loop's feedback away. num_beams > 1: every loop's first pass
-    is a beam search of the base whose beams are all candidates (step 0 is the closest, the rerank's choice), and
-    the base's greedy pass is scored beside it, with a paired test. Writes correction.json, correction.md
-    and correction.png to output_dir. Returns the dict."""
+    correct(); the no-feedback ablation takes every loop's feedback away. num_beams > 1: every loop starts from the
+    base's beams, and its greedy pass is scored beside them. Writes correction.json, .md and .png to output_dir."""
     import json
 
-    from recon.evaluation import cosine, matched_random_vectors
+    from recon.evaluation import matched_random_vectors
     from recon.feedback import DEFAULT_RATE
-    from recon.metrics import corpus_scores, example_scores
-    from recon.significance import Scores, paired
+    from recon.significance import paired
     vectors = model.encode(texts, batch_size)
     target = model.decoder.standardize(vectors)
     # no feedback keeps the sequence beam: it takes away the corrector's input of the hypothesis's
@@ -599,8 +609,7 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
         ablations = [a for a in ablations if a != "reference"]
     conditions = {"correction": dict(beam=beam), **dict(every[a] for a in ABLATIONS if a in ablations)}
     result = {"steps": steps, "beam": beam, "num_beams": num_beams, "num_examples": len(texts),
-              "no_repeat_ngram": no_repeat_ngram,
-              "no_repeat_match": no_repeat_match, "conditions": {},
+              "no_repeat_ngram": no_repeat_ngram, "no_repeat_match": no_repeat_match, "conditions": {},
               **({"loop": "vector feedback", "rate": DEFAULT_RATE if rate is None else rate} if plain else
                  {"loop": "corrector", "feedback_steps": feedback_steps, "feedback_beam": feedback_beam or beam,
                   **({"rate": DEFAULT_RATE if rate is None else rate} if feedback_steps else {}),
@@ -619,29 +628,20 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
                                    num_beams=num_beams, **how)
         curve = []
         for step, preds in enumerate(outputs):
-            per_example = [example_scores(p, t) for p, t in zip(preds, texts)]  # for the scores and the tests
-            s = corpus_scores(preds, texts, per_example)
-            z = model.decoder.standardize(model.encode(preds, batch_size))
-            cos = cosine(z, target)  # (N,)
-            curve.append({"step": step, "bleu": s["bleu"], "exact_match": s["exact_match"],
-                          "token_f1": s["token_f1"], "cosine_standardized": float(cos.mean()),
-                          "seconds": seconds[step], "seconds_per_sentence": seconds[step] / len(texts)})
+            row, scores = _scored(model, preds, texts, target, batch_size)
+            curve.append({"step": step, **row, "seconds": seconds[step],
+                          "seconds_per_sentence": seconds[step] / len(texts)})
             if step in (0, len(outputs) - 1) and name in ("correction", "no feedback"):
-                ends[name, step] = Scores(preds, texts, per_example, extra={"cosine_standardized": cos.tolist()})
-        # the last step's outputs and their cosines, row by row, for recon.significance
-        result["conditions"][name] = {"curve": curve, "predictions": outputs[-1], "cosine_standardized": cos.tolist()}
+                ends[name, step] = scores
+        result["conditions"][name] = {"curve": curve, "predictions": outputs[-1],  # and, for recon.significance:
+                                      "cosine_standardized": scores.values["cosine_standardized"].tolist()}
         last = curve[-1]
         log(f"{name}: BLEU {curve[0]['bleu']:.2f} -> {last['bleu']:.2f}, exact match {last['exact_match']:.2f}%, "
             f"standardised cosine {curve[0]['cosine_standardized']:.3f} -> {last['cosine_standardized']:.3f}")
     if num_beams > 1:  # step 0 is a beam search's closest beam: the base's greedy pass beside it
-        greedy = (model.base or model).generate_from_vectors(vectors, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram,
-                                                             no_repeat_match=no_repeat_match)
-        per_example = [example_scores(p, t) for p, t in zip(greedy, texts)]
-        cos = cosine(model.decoder.standardize(model.encode(greedy, batch_size)), target)
-        ends["greedy", 0] = Scores(greedy, texts, per_example, extra={"cosine_standardized": cos.tolist()})
-        s = corpus_scores(greedy, texts, per_example)
-        result["greedy"] = {"bleu": s["bleu"], "exact_match": s["exact_match"], "token_f1": s["token_f1"],
-                            "cosine_standardized": float(cos.mean())}
+        greedy = (model.base or model).generate_from_vectors(
+            vectors, batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match)
+        result["greedy"], ends["greedy", 0] = _scored(model, greedy, texts, target, batch_size)
     last = ("correction", steps + feedback_steps)
     against = {"the base's single pass": ("correction", 0), "the base's greedy pass": ("greedy", 0),
                "no feedback": ("no feedback", steps + feedback_steps)}
@@ -658,7 +658,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
 
 
 def correction_table(result):
-    beams, all_beams = result.get("num_beams", 1), result.get("loop") == "vector feedback" or result.get("feedback_steps")
+    beams = result.get("num_beams", 1)
+    all_beams = result.get("loop") == "vector feedback" or result.get("feedback_steps")
     first_pass = ("single pass" if beams == 1 else f"first pass of {beams} beams, " +
                   ("every beam a candidate (the closest is the rerank's choice)" if all_beams else "its top beam"))
     if result.get("loop") == "vector feedback":
