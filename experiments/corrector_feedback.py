@@ -31,31 +31,18 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recon.feedback import feedback_loop  # noqa: E402
+from recon.feedback import encode_once, feedback_loop  # noqa: E402
 from recon.metrics import corpus_scores  # noqa: E402
 from recon.model import ReconModel  # noqa: E402
 
 GEN = dict(no_repeat_ngram=3)
 
 
-class Vectors:
-    """The encoder's vectors of texts, each text encoded once."""
-
-    def __init__(self, model):
-        self.model, self.seen = model, {}
-
-    def __call__(self, texts):
-        new = list(dict.fromkeys(t for t in texts if t not in self.seen))
-        if new:
-            self.seen.update(zip(new, self.model.encode(new).float().cpu()))
-        return torch.stack([self.seen[t] for t in texts])
-
-
 def corrector_loop(corr, vectors, first, steps, beam, rate=0.0, return_kept=False):
     """The corrector's loop from `first` (per sentence, a list of texts), its target slot moved at `rate`;
     return_kept: also each sentence's kept candidates, closest first."""
     base, dec, t0 = corr.base, corr.decoder, time.time()
-    encode, target = Vectors(base), vectors.float().cpu()
+    encode, target = encode_once(base, 256), vectors.float().cpu()
     z = dec.standardize(target).cpu()
 
     def closest(pools):  # each sentence's pool sorted by cosine to its target, with the cosines

@@ -492,7 +492,7 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     step starts after this many seconds (a machine lent for a fixed time); fewer steps are returned.
     Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
-    from recon.feedback import feedback_loop, out_of_time
+    from recon.feedback import encode_once, feedback_loop, out_of_time
     if model.base is None:
         return feedback_loop(model, vectors, steps, beam, feedback, rate, seed,
                              batch_size, no_repeat_ngram, num_beams, length_penalty, log, no_repeat_match, start,
@@ -519,14 +519,7 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     target = dec.standardize(vectors).cpu()
     slot = vectors.cpu()  # the target slot of the rows: moved at correction_rate, else the target itself
     generator = torch.Generator().manual_seed(seed)
-    seen = {}  # text -> its vector: each candidate is encoded once
-
-    def encode(texts):
-        new = [t for t in dict.fromkeys(texts) if t not in seen]
-        if new:
-            seen.update(zip(new, base.encode(new, batch_size)))
-        return torch.stack([seen[t] for t in texts])
-
+    encode = encode_once(base, batch_size)  # each candidate is encoded once
     for _ in range(steps):
         if out_of_time(seconds, max_seconds, len(before) + steps, log):
             break
@@ -587,8 +580,6 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     residual, so its step decodes the target vector again). feedback_steps, correction_rate (a corrector): as
     correct(); the no-feedback ablation takes every loop's feedback away. num_beams > 1: every loop starts from the
     base's beams, and its greedy pass is scored beside them. Writes correction.json, .md and .png to output_dir."""
-    import json
-
     from recon.evaluation import matched_random_vectors
     from recon.feedback import DEFAULT_RATE
     from recon.significance import paired
@@ -648,13 +639,19 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
     result["tests"] = {name: paired(ends[last], ends[other], seed=seed) for name, other in against.items()
                        if other in ends and other != last}
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "correction.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        with open(os.path.join(output_dir, "correction.md"), "w") as f:
-            f.write(correction_table(result) + "\n")
-        plot_correction(result, os.path.join(output_dir, "correction.png"))
+        write_correction(result, output_dir)
     return result
+
+
+def write_correction(result, output_dir):
+    """evaluate_correction's result as correction.json, correction.md and correction.png in output_dir."""
+    import json
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "correction.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(output_dir, "correction.md"), "w") as f:
+        f.write(correction_table(result) + "\n")
+    plot_correction(result, os.path.join(output_dir, "correction.png"))
 
 
 def correction_table(result):
