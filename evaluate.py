@@ -70,6 +70,9 @@ def check_loop_flags(cfg, model, folder):
     if model.base is None and cfg.correction_rate:
         raise ReconError(f"{folder} is not a corrector: --correction-rate moves a corrector's target slot; vector "
                          "feedback on a plain checkpoint moves its input by --feedback-rate")
+    if cfg.companions and not (cfg.feedback_steps if model.base is not None else cfg.correction_steps):
+        raise ReconError(f"--companions join vector feedback: give {folder} --feedback-steps N (a corrector) or "
+                         "--correction-steps N (a plain checkpoint) too")
     if model.base is None and cfg.feedback_steps:
         raise ReconError(f"{folder} is not a corrector: --feedback-steps runs vector feedback on a corrector's base "
                          "first; on a plain checkpoint give --correction-steps N (its vector feedback) instead")
@@ -89,6 +92,7 @@ def main(argv=None):
         model.set_precisions(cfg.encoder_precision, cfg.generation_precision)  # unset: as the checkpoint's run ran
         say = print if distributed.is_main() else (lambda *a, **k: None)  # under torchrun: rank 0 alone prints
         check_loop_flags(cfg, model, folder)
+        model.add_companions([c for c in cfg.companions.split(",") if c], device=model.device)
         plain_loop = model.base is None and bool(cfg.correction_steps)
         say(f"decoding: {describe_decoding(cfg.num_beams, cfg.rerank, cfg.correction_steps if cfg.loop_of_run else 0)}"
             + (", as the run's own evaluation decoded (--correction-steps 0 for the first pass alone)" if cfg.loop_of_run

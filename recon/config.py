@@ -360,6 +360,10 @@ class EvalConfig(ProbeSettings):
     correction_rate: float = field(default=0.0, metadata={
         "help": "a corrector: after each step move its target slot by this times the residual of the step's "
                 "closest new candidate, as vector feedback moves the base's input (0: the target itself)"})
+    companions: str = field(default="", metadata={
+        "help": "comma-separated plain checkpoints of the same vectors (the same command at other --seed): vector "
+                "feedback (--correction-steps on a plain checkpoint, --feedback-steps on a corrector) runs on each "
+                "decoder too, and every step writes the closest of all their candidates (docs/correction.md)"})
     probes: bool = field(default=False, metadata={
         "help": "also train the probes (recon/probes.py) on the checkpoint's vectors of its training data and set "
                 "its decoder beside them (its greedy pass, and this evaluation's decoding when it covers the whole "

@@ -490,25 +490,28 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     correction_rate > 0 (a corrector): each step moves the rows' target slot as vector feedback moves the base's
     input (moved_slot; the permutations of feedback=False drawn from `seed`). max_seconds > 0: no
     step starts after this many seconds (a machine lent for a fixed time); fewer steps are returned.
-    Returns (outputs per step, step 0 the base's or `start`; seconds per step).
+    model.companions (ReconModel.add_companions): other decoders of the same vectors whose vector feedback joins
+    the loop (recon.feedback.pooled_feedback). Returns (outputs per step, step 0 the base's or `start`; seconds per step).
     """
-    from recon.feedback import encode_once, feedback_loop, out_of_time
+    from recon.feedback import encode_once, feedback_loop, out_of_time, pooled_feedback
+    gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
+               length_penalty=length_penalty)
+    decoders = [model.base or model, *model.companions]  # the plain decoders whose vector feedback runs
+
+    def loop(n, k, return_kept=False):
+        return (pooled_feedback(decoders, vectors, n, k, **loop_args, return_kept=return_kept) if len(decoders) > 1
+                else feedback_loop(decoders[0], vectors, n, k, **loop_args, return_kept=return_kept))
+    loop_args = dict(feedback=feedback, rate=rate, seed=seed, num_beams=num_beams, log=log, start=start,
+                     max_seconds=max_seconds, **gen)
     if model.base is None:
-        return feedback_loop(model, vectors, steps, beam, feedback, rate, seed,
-                             batch_size, no_repeat_ngram, num_beams, length_penalty, log, no_repeat_match, start,
-                             max_seconds)
+        return loop(steps, beam)
     if rate is not None and not feedback_steps:
         raise ValueError("a corrector reads the hypothesis's vector itself: the feedback rate is for a plain "
                          "decoder's loop (recon/feedback.py), or for feedback_steps on its base first")
     base, dec = model.base, model.decoder
-    gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
-               length_penalty=length_penalty)
     before, before_seconds, carried = [], [], 0.0
     if feedback_steps:  # vector feedback on the base first; the corrector takes up all it kept
-        before, before_seconds, kept = feedback_loop(base, vectors, feedback_steps, feedback_beam or beam, feedback,
-                                                     rate, seed,
-                                                     batch_size, no_repeat_ngram, num_beams, length_penalty, log,
-                                                     no_repeat_match, start, max_seconds, return_kept=True)
+        before, before_seconds, kept = loop(feedback_steps, feedback_beam or beam, return_kept=True)
         start = [[h for _, h in row] for row in kept]  # closest first: its first is the feedback's output
         before, before_seconds, carried = before[:-1], before_seconds[:-1], before_seconds[-1]
     t0 = time.time()
@@ -604,7 +607,8 @@ def evaluate_correction(model, texts, steps, beam=1, seed=0, batch_size=256, no_
               **({"loop": "vector feedback", "rate": DEFAULT_RATE if rate is None else rate} if plain else
                  {"loop": "corrector", "feedback_steps": feedback_steps, "feedback_beam": feedback_beam or beam,
                   **({"rate": DEFAULT_RATE if rate is None else rate} if feedback_steps else {}),
-                  **({"correction_rate": correction_rate} if correction_rate else {})})}
+                  **({"correction_rate": correction_rate} if correction_rate else {})}),
+              **({"companions": [c.folder for c in model.companions]} if model.companions else {})}
     if plain:
         rate = result["rate"]
     ends = {}  # (condition, step) -> Scores of its outputs, for the paired tests
@@ -673,6 +677,9 @@ def correction_table(result):
                 f"sequence beam {result['beam']}; step 0 is the base model's {first_pass} (for 'reference as "
                 "hypothesis', the reference itself: one greedy step from it shows whether the corrector keeps a right "
                 "hypothesis).")
+    if result.get("companions"):
+        head += (f" The vector feedback runs on {len(result['companions']) + 1} decoders of the same vectors (the base and "
+                 f"{', '.join(result['companions'])}), every step writing the closest of all their candidates.")
     lines = [head, "",
              "| condition | step | BLEU | exact match % | token F1 | standardised cosine | s per sentence |",
              "|---|---:|---:|---:|---:|---:|---:|"]

@@ -12,6 +12,10 @@ and needs no training: any checkpoint's decoder runs it (`evaluate.py --correcti
 plain checkpoint). Its no-feedback ablation moves each vector by another sentence's residual (the same
 size and statistics, the wrong direction), so the two loops decode the same number of perturbed
 vectors and keep their candidates the same way; only the direction differs.
+
+Several decoders of the same vectors (the same command at other seeds: `ReconModel.add_companions`) each
+run the loop on their own, and every sentence writes the closest of all their candidates (pooled_feedback):
+they keep different candidates, and the vector tells them apart (docs/correction.md).
 """
 
 import time
@@ -121,3 +125,31 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
             log(f"feedback step {len(outputs) - 1} of {steps}: {seconds[-1]:.1f}s "
                 f"({seconds[-1] / max(len(target), 1):.4f}s a sentence)")
     return (outputs, seconds, kept) if return_kept else (outputs, seconds)
+
+
+def pooled_feedback(models, vectors, steps, beam=1, batch_size=256, max_seconds=0.0, return_kept=False, **kw):
+    """feedback_loop on each of `models` (plain decoders of the same vectors), pooled: at every step each
+    sentence writes, of the loops' outputs, the one whose re-encoded vector is closest to its target
+    (standardised cosine, the first model's statistics): the closest of all the loops keep. Takes
+    feedback_loop's arguments (max_seconds shared out among the loops) and returns what it returns, the
+    seconds of each step summed over the loops; return_kept: every candidate the loops kept, closest first."""
+    runs = [feedback_loop(m, vectors, steps, beam, batch_size=batch_size, max_seconds=max_seconds / len(models),
+                          return_kept=True, **kw) for m in models]
+    dec, encode = models[0].decoder, encode_once(models[0], batch_size)
+    z = dec.standardize(torch.as_tensor(vectors).float()).cpu()
+    encode([h for _, _, kept in runs for row in kept for _, h in row])  # each candidate once, in big batches
+    n = min(len(outputs) for outputs, _, _ in runs)  # a deadline may cut a loop short
+    outputs = []
+    for k in range(n):
+        options = [run[0][k] for run in runs]  # per loop, per sentence
+        sims = torch.stack([F.cosine_similarity(dec.standardize(encode(o)).cpu(), z, dim=-1) for o in options])
+        outputs.append([options[m][i] for i, m in enumerate(sims.argmax(0).tolist())])
+    seconds = [sum(run[1][k] for run in runs) for k in range(n)]
+    if not return_kept:
+        return outputs, seconds
+    kept = []
+    for i in range(len(z)):
+        cands = list(dict.fromkeys(h for _, _, run_kept in runs for _, h in run_kept[i]))
+        sim = F.cosine_similarity(dec.standardize(encode(cands)).cpu(), z[i][None], dim=-1)
+        kept.append(sorted(zip(sim.tolist(), cands), key=lambda p: -p[0]))
+    return outputs, seconds, kept

@@ -80,6 +80,7 @@ class ReconModel(nn.Module):
         self.decoder = config.decoder_spec.build(config.vector_dim, config.vocab_size)
         set_trainable(self.encoder, self.trains_encoder, config.finetune_layers)
         self.__dict__["_base"] = None  # a corrector's base model: not a submodule (its weights are its own)
+        self.__dict__["_companions"] = []  # other decoders of the same vectors, for vector feedback (not submodules)
         self.correction_steps = 1  # a corrector's steps when none are asked for
         self.folder = None  # the checkpoint it was loaded from
 
@@ -90,6 +91,32 @@ class ReconModel(nn.Module):
 
     def attach_base(self, base):
         self.__dict__["_base"] = base
+
+    @property
+    def companions(self):
+        """Other plain decoders of the same vectors whose vector feedback joins this model's (or its base's):
+        every step of the loop writes the closest of all their candidates (recon.feedback.pooled_feedback)."""
+        return self.__dict__["_companions"]
+
+    def add_companions(self, paths, device=None):
+        """Load plain checkpoints of the same encoder and representation (the same command at other seeds,
+        say) as companions: vector feedback (correction_steps on a plain model, feedback_steps on a
+        corrector) then runs on every decoder and pools their candidates. Returns self."""
+        own = self.base or self
+        for path in paths:
+            other = type(self).from_pretrained(path, device=device)
+            if other.base is not None:
+                raise CheckpointError(f"{path} is a corrector; a companion is a plain decoder of the same vectors "
+                                      "(a run of the same command at another --seed)")
+            mine = (own.config.encoder_fingerprint, own.config.representation, own.config.vector_dim)
+            theirs = (other.config.encoder_fingerprint, other.config.representation, other.config.vector_dim)
+            if mine != theirs:
+                raise CheckpointError(f"{path} decodes {other.config.representation!r} vectors of {other.config.encoder}, "
+                                      f"not {own.config.representation!r} vectors of {own.config.encoder}: a companion "
+                                      "must decode the same vectors (the same --encoder and --representation)")
+            other.encoder = own.encoder  # one encoder for all (the same weights, checked above)
+            self.companions.append(other.eval())
+        return self
 
     def set_precisions(self, encoder=None, generation=None):
         """--encoder-precision of the encoder and --generation-precision of this model's decoder and of its

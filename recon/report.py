@@ -137,6 +137,9 @@ def write_report(output_dir, metrics, rows, title, n_examples=10):
         decoding += f", then {d['correction_steps']} correction steps (sequence beam {d.get('correction_beam', 1)})"
     if d.get("correction_rate"):
         decoding += f", the corrector's target slot moved by {d['correction_rate']:g} of the residual a step"
+    if d.get("companions"):
+        decoding += (f"; the vector feedback pooled with that of {len(d['companions'])} other decoder(s) of the same "
+                     f"vectors ({', '.join(d['companions'])}), the closest candidate of all written")
     decoding += f"; at most {d['max_new_tokens']} tokens. BLEU signature: `{metrics['sacrebleu_signature']}`."
     notes = []
     if "beam_without_rerank_bleu" in metrics:
@@ -213,6 +216,8 @@ def decoding_label(d):
     elif d.get("correction_steps"):
         label += f", then {d['correction_steps']} correction steps" + (
             f" (sequence beam {d['correction_beam']})" if d.get("correction_beam", 1) > 1 else "")
+    if d.get("companions"):
+        label += f", feedback pooled over {len(d['companions']) + 1} decoders"
     if d.get("correction_rate"):
         label += f", target slot moved at {d['correction_rate']:g}"
     return label

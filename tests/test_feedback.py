@@ -13,7 +13,7 @@ from conftest import sentences
 from recon import ReconModel
 from recon.corrector import correct
 from recon.evaluation import matched_random_vectors
-from recon.feedback import feedback_loop
+from recon.feedback import feedback_loop, pooled_feedback
 
 
 class Rotating:
@@ -25,6 +25,7 @@ class Rotating:
         a = math.radians(degrees)
         self.rotation = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
         self.decoder, self.base = self, None  # standardize() lives on the decoder: here, the identity; no corrector
+        self.companions = []  # no other decoders of the same vectors
 
     def standardize(self, v):
         return torch.as_tensor(v).float()
@@ -46,6 +47,15 @@ class Rotating:
         shifts = [torch.tensor([0.02 * k, -0.01 * k]) for k in range(num_beams)]
         rows = [[(t, 0.0) for t in self._write(torch.as_tensor(v).float() + s)] for s in shifts]
         return best, [list(r) for r in zip(*rows)]
+
+
+class Sided(Rotating):
+    """Right where the vector's first coordinate is positive, turned elsewhere."""
+
+    def _write(self, v):
+        v = torch.as_tensor(v).float()
+        v = torch.where(v[:, :1] > 0, v, v @ self.rotation.T)
+        return [f"{x:.4f} {y:.4f}" for x, y in v.tolist()]
 
 
 def cosines(model, texts, target):
@@ -113,6 +123,32 @@ def test_feedback_encodes_each_text_once():
     assert len(encoded) <= 16 * 3 * 7 // 2  # at most half of the 3 candidates a sentence a pass (7 passes)
     model.encode = encode
     assert feedback_loop(model, target, 6, beam=3, rate=0.3, num_beams=3)[0] == outputs
+
+
+def test_pooled_feedback_writes_the_closest_of_every_decoders_loop():
+    """Two decoders of the same vectors, wrong in different ways (one turns every vector by 40 degrees,
+    the other is right on one half-plane and 60 degrees off on the other), each run
+    their own loop; every step each sentence writes whichever loop's output re-encodes closer to its target,
+    and correct() pools a model's companions so."""
+    first, second = Rotating(40.0), Sided(-60.0)
+    target = torch.randn(24, 2, generator=torch.Generator().manual_seed(3))
+    loops = [feedback_loop(m, target, 2, beam=2, rate=0.1, num_beams=2, return_kept=True) for m in (first, second)]
+    pooled, seconds, kept = pooled_feedback([first, second], target, 2, beam=2, rate=0.1, num_beams=2,
+                                            return_kept=True)
+    assert len(pooled) == len(seconds) == 3
+    for step, out in enumerate(pooled):
+        mine, theirs = loops[0][0][step], loops[1][0][step]
+        better = [a if ca >= cb else b for a, b, ca, cb in
+                  zip(mine, theirs, cosines(first, mine, target), cosines(first, theirs, target))]
+        assert out == better
+        assert (cosines(first, out, target) >= cosines(first, mine, target) - 1e-6).all()
+    for step in (0, 2):  # each decoder writes some of the sentences
+        assert pooled[step] != loops[0][0][step] and pooled[step] != loops[1][0][step]
+    for row, a, b, t in zip(kept, loops[0][2], loops[1][2], target):  # every candidate either kept, closest first
+        assert {h for _, h in row} == {h for _, h in a} | {h for _, h in b}
+        assert [c for c, _ in row] == sorted((c for c, _ in row), reverse=True) and row[0][1] in (a[0][1], b[0][1])
+    first.companions = [second]
+    assert correct(first, target, 2, 2, rate=0.1, num_beams=2)[0] == pooled
 
 
 def tiny_run(encoder_dir, tmp, out, *extra):
@@ -208,3 +244,35 @@ def test_train_ends_with_vector_feedback_and_evaluate_decodes_as_it_did(base_run
     # plain beam search's top beam cannot start a loop that keeps the closest candidates
     assert train_script.main(argv[:-4] + ["--num-beams", "2", "--rerank", "none"]) == 2
     assert "drop --rerank none, or give --feedback-steps 0" in capsys.readouterr().err
+
+
+def test_evaluate_pools_the_feedback_of_companion_decoders(base_run, tiny_encoder_dir, capsys):
+    tmp = base_run
+    other = tmp / "base_seed1"
+    assert train_script.main(tiny_run(tiny_encoder_dir, tmp, other, "--test-fraction", "0", "--no-eval",
+                                      "--seed", "1")) == 0
+    out = tmp / "ev_companions"
+    assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(out), "--split", "train",
+                                 "--correction-steps", "2", "--correction-beam", "2", "--companions", str(other),
+                                 "--retrieval-pool", "0", "--correction-ablations", "none"]) == 0
+    result = json.loads((out / "correction.json").read_text())
+    assert result["companions"] == [str(other / "checkpoint-30")]
+    assert "runs on 2 decoders of the same vectors" in (out / "correction.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["decoding"]["companions"] == result["companions"]
+    assert "pooled with that of 1 other decoder(s)" in (out / "report.md").read_text()
+    # the same as the Python call with the companion added; and not what the base alone writes
+    model = ReconModel.from_pretrained(str(tmp / "base"))
+    texts = [json.loads(line)["reference"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    vectors = model.encode(texts)
+    alone = model.generate_from_vectors(vectors, correction_steps=2, correction_beam=2, no_repeat_ngram=3)
+    pooled = model.add_companions([str(other)]).generate_from_vectors(vectors, correction_steps=2, correction_beam=2,
+                                                                      no_repeat_ngram=3)
+    assert result["conditions"]["correction"]["predictions"] == pooled != alone
+    assert model.companions[0].encoder is model.encoder
+    cos = lambda preds: float(cosines(model, preds, vectors).mean())  # noqa: E731
+    assert cos(pooled) >= cos(alone) - 1e-6  # the closest of a superset of candidates
+    # bad settings: clear errors
+    assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev3"),
+                                 "--correction-steps", "0", "--companions", str(other)]) == 2
+    assert "--companions join vector feedback" in capsys.readouterr().err
