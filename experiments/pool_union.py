@@ -11,7 +11,7 @@ corrector_feedback.py's aftermoved.
 Arguments: a split, then checkpoints (the first one's greedy pass and standardisation are the yardstick).
 Prints BLEU and token F1 of each pool alone, each pair's and all of them together, and then the
 corrector's loop (4 steps, 4 x 4, rate 0.15) from the union of all. --pools=PREFIX keeps each
-checkpoint's pool in PREFIX_<i>.json (read when it exists). Reads nothing of a sentence but its vector and
+checkpoint's pool in PREFIX_<its folder's name>.json (read when it exists). Reads nothing of a sentence but its vector and
 its candidates' vectors.
 """
 import itertools
@@ -38,7 +38,7 @@ target = first.decoder.standardize(vectors).cpu()
 
 pools = []
 for i, ckpt in enumerate(ckpts):
-    path = f"{opts['pools']}_{i}.json" if "pools" in opts else None
+    path = f"{opts['pools']}_{os.path.basename(os.path.normpath(ckpt))}.json" if "pools" in opts else None
     if path and os.path.exists(path):
         pools.append(json.load(open(path)))
         continue
