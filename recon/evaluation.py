@@ -224,8 +224,7 @@ def evaluate(model, texts, lengths, num_beams=1, length_penalty=1.0, batch_size=
                      "length_penalty": length_penalty, "rerank": rerank, "no_repeat_ngram": no_repeat_ngram,
                      "no_repeat_match": no_repeat_match,
                      "max_new_tokens": model.config.max_target_len + 1,
-                     **loop, **({"companions": [c.folder for c in model.companions]}  # pooled feedback
-                                if model.companions and "feedback_rate" in loop else {})},
+                     **loop, **({"companions": [c.folder for c in model.companions]} if model.companions and loop else {})},
         "controls": {"random": "Gaussian vectors with the mean and covariance of the evaluated vectors",
                      "shuffled": "each text decoded from another evaluated text's vector",
                      "retrieval": "the training text with the closest vector by cosine (standardised)"},

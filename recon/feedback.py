@@ -127,14 +127,17 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
     return (outputs, seconds, kept) if return_kept else (outputs, seconds)
 
 
-def pooled_feedback(models, vectors, steps, beam=1, batch_size=256, max_seconds=0.0, return_kept=False, **kw):
+def pooled_feedback(models, vectors, steps, beam=1, batch_size=256, max_seconds=0.0, return_kept=False, log=None,
+                    **kw):
     """feedback_loop on each of `models` (plain decoders of the same vectors), pooled: at every step each
     sentence writes, of the loops' outputs, the one whose re-encoded vector is closest to its target
     (standardised cosine, the first model's statistics): the closest of all the loops keep. Takes
     feedback_loop's arguments (max_seconds shared out among the loops) and returns what it returns, the
     seconds of each step summed over the loops; return_kept: every candidate the loops kept, closest first."""
+    def named(i):  # each loop's log lines say whose they are
+        return log and (lambda line: log(f"decoder {i + 1} of {len(models)}, {line}"))
     runs = [feedback_loop(m, vectors, steps, beam, batch_size=batch_size, max_seconds=max_seconds / len(models),
-                          return_kept=True, **kw) for m in models]
+                          return_kept=True, log=named(i), **kw) for i, m in enumerate(models)]
     dec, encode = models[0].decoder, encode_once(models[0], batch_size)
     z = dec.standardize(torch.as_tensor(vectors).float()).cpu()
     encode([h for _, _, kept in runs for row in kept for _, h in row])  # each candidate once, in big batches

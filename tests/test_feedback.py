@@ -276,3 +276,10 @@ def test_evaluate_pools_the_feedback_of_companion_decoders(base_run, tiny_encode
     assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev3"),
                                  "--correction-steps", "0", "--companions", str(other)]) == 2
     assert "--companions join vector feedback" in capsys.readouterr().err
+
+
+def test_pooled_feedback_names_each_loop_in_its_log():
+    said = []
+    pooled_feedback([Rotating(40.0), Sided(-60.0)], torch.randn(4, 2), 1, rate=0.1, log=said.append)
+    assert [line.split(":")[0] for line in said] == ["decoder 1 of 2, feedback step 1 of 1",
+                                                     "decoder 2 of 2, feedback step 1 of 1"]
