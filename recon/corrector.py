@@ -72,9 +72,16 @@ class CorrectionSpec:
                 "says how far there is to go (0: the base's hypotheses alone)"})
     hypothesis_mix_rate: float = field(default=0.5, metadata={
         "help": "--hypothesis-mix: the largest share of a text's words that are changed"})
+    companions: int = field(default=0, metadata={
+        "help": "first train this many more decoders of the base's vectors (the base run's own flags at its next "
+                "seeds, no evaluation) into the run folder's companion-seed<S>; the corrector's checkpoint records "
+                "them, and vector feedback before it (--feedback-steps) pools their candidates with the base's"})
 
     def __post_init__(self):
         check(self.hypotheses >= 0, "--hypotheses must be 0 (all) or more")
+        check(self.companions >= 0, f"--companions must be 0 or more, not {self.companions}")
+        check(not self.companions or self.base_model, "--companions trains more decoders for a corrector run: give "
+              "--base-model RUN_DIR too (evaluate.py --companions CK1,CK2 pools decoders already trained)")
         check(not self.previous_round or self.base_model,
               "--previous-round trains a later round of a corrector: give --base-model that corrector run instead")
         check(0 <= self.hypothesis_mix <= 1, f"--hypothesis-mix must be a share in [0, 1], not {self.hypothesis_mix}")
@@ -444,6 +451,29 @@ def adopt_base(cfg):
                 setattr(cfg, f.name, source[f.name])
     cfg.decoder_type, cfg.base_model = "corrector", os.path.abspath(folder)
     return folder
+
+
+def train_companions(cfg, log):
+    """--companions N: train N more decoders of the base's vectors, each the base run's command at its next
+    seeds with no evaluation, into cfg.output_dir/companion-seed<S> (one already trained to its last step is
+    kept; one cut short is resumed). Returns their folders, for the corrector's config."""
+    from recon.checkpoint import list_checkpoints, load_meta, resolve_checkpoint
+    from recon.config import TrainConfig
+    from recon.training import train
+    args = load_meta(resolve_checkpoint(cfg.base_model))["args"]
+    folders = []
+    for seed in range(args["seed"] + 1, args["seed"] + 1 + cfg.companions):
+        out = os.path.abspath(os.path.join(cfg.output_dir, f"companion-seed{seed}"))
+        steps = list_checkpoints(out)
+        meta = load_meta(os.path.join(out, f"checkpoint-{steps[-1]}")) if steps else {}
+        if not steps or meta.get("step", 0) < meta.get("max_steps", 0):
+            log(f"companion decoder {len(folders) + 1} of {cfg.companions}: the base run's flags at --seed {seed}, "
+                f"into {out}")
+            flags = {k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__}
+            train(TrainConfig(**{**flags, "seed": seed, "output_dir": out, "run_name": None, "no_eval": True,
+                                 "resume": "auto" if steps else None, "overwrite": False}), log)
+        folders.append(out)
+    return folders
 
 
 # ----------------------------------------------------------------------------------------------

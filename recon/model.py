@@ -39,6 +39,7 @@ class ReconConfig(ModelSpecs, DecoderSpec, EncoderSpec):
     decoder_tokenizer: str = "sentencepiece"
     encoder_fingerprint: dict = field(default_factory=dict)
     base_model: str = ""  # a corrector's: the checkpoint of the base model it corrects
+    companions: list = field(default_factory=list)  # a corrector's: more decoders of its base's vectors (--companions)
 
     def __post_init__(self):  # each part checks its own fields
         self.encoder_spec, self.decoder_spec
@@ -421,6 +422,11 @@ class ReconModel(nn.Module):
             self.load_weights(folder)
             if device is not None:
                 self.to(device)
+            missing = [c for c in config.companions if not os.path.isdir(c)]
+            if missing:
+                raise CheckpointError(f"{folder} pools the feedback of the decoders in {missing}, which are not there; "
+                                      "put them back at those paths")
+            self.add_companions(config.companions, device)
             return self.eval()
         if representation is not None and representation != config.representation:
             raise CheckpointError(

@@ -529,3 +529,35 @@ def test_the_hypotheses_key_names_the_precisions_that_changed_them():
     assert _precision_key(base("fp32", "bf16")) == "|generated-bf16"
     assert _precision_key(base("bf16", "bf16", "cuda")) == "|bf16"  # CUDA always generated in bf16
     assert _precision_key(base("bf16", "fp32", "cuda")) == "|bf16|generated-fp32"
+
+
+def test_a_corrector_run_trains_its_companions_and_its_checkpoint_pools_them(runs, capsys, monkeypatch):
+    import recon.feedback
+    tmp, base, corrector = runs
+    run = [a if a != str(tmp / "corr") else str(tmp / "corr-comp") for a in corrector]
+    run[run.index("--max-steps") + 1] = "20"
+    assert train_script.main(run + ["--companions", "1"]) == 0
+    companion = tmp / "corr-comp" / "companion-seed1"  # the base's flags (seed 0) at the next seed
+    assert (companion / "checkpoint-40").is_dir() and "companion decoder 1 of 1" in capsys.readouterr().out
+    config = json.loads((tmp / "corr-comp" / "checkpoint-20" / "config.json").read_text())
+    assert config["companions"] == [str(companion)]
+    args = json.loads((companion / "checkpoint-40" / "meta.json").read_text())["args"]
+    base_args = json.loads((tmp / "base" / "checkpoint-40" / "meta.json").read_text())["args"]
+    assert args["seed"] == 1 and args["no_eval"] and args["d_model"] == base_args["d_model"] == 64
+    model = ReconModel.from_pretrained(str(tmp / "corr-comp"))
+    assert [c.folder for c in model.companions] == [str(companion / "checkpoint-40")]
+    other = ReconModel.from_pretrained(str(companion))
+    vectors = model.encode(sentences(16))
+    assert not torch.equal(other.decoder.prefix.weight, model.base.decoder.prefix.weight)  # another decoder
+    # its feedback joins the base's before the corrector
+    pools, pooled = [], recon.feedback.pooled_feedback
+    monkeypatch.setattr(recon.feedback, "pooled_feedback", lambda models, *a, **k: pools.append(models) or pooled(models, *a, **k))
+    model.generate_from_vectors(vectors, correction_steps=1, correction_beam=2, feedback_steps=2, feedback_beam=2)
+    assert pools == [[model.base, model.companions[0]]]
+    # resumed, the finished companion is kept; a plain run cannot ask for companions
+    stamp = (companion / "checkpoint-40" / "model.safetensors").stat().st_mtime
+    assert train_script.main(run + ["--companions", "1", "--resume", "auto"]) == 0
+    assert (companion / "checkpoint-40" / "model.safetensors").stat().st_mtime == stamp
+    assert "companion decoder" not in capsys.readouterr().out
+    assert train_script.main(base[:base.index("--output-dir")] + ["--output-dir", str(tmp / "plain"), "--companions", "1"]) == 2
+    assert "--companions trains more decoders for a corrector run" in capsys.readouterr().err
