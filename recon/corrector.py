@@ -459,8 +459,13 @@ def train_companions(cfg, log):
     kept; one cut short is resumed). Returns their folders, for the corrector's config."""
     from recon.checkpoint import list_checkpoints, load_meta, resolve_checkpoint
     from recon.config import TrainConfig
+    from recon.model import ReconConfig
     from recon.training import train
-    args = load_meta(resolve_checkpoint(cfg.base_model))["args"]
+    folder = resolve_checkpoint(cfg.base_model)
+    if ReconConfig.load(folder).encoder_spec.trains:
+        raise ConfigError(f"--companions: {folder} trained its encoder, so another decoder would decode its own "
+                          "encoder's vectors, not the base's; companions need a base with a frozen encoder")
+    args = load_meta(folder)["args"]
     folders = []
     for seed in range(args["seed"] + 1, args["seed"] + 1 + cfg.companions):
         out = os.path.abspath(os.path.join(cfg.output_dir, f"companion-seed{seed}"))
@@ -527,12 +532,12 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
                length_penalty=length_penalty)
     decoders = [model.base or model, *model.companions]  # the plain decoders whose vector feedback runs
+    loop_args = dict(feedback=feedback, rate=rate, seed=seed, num_beams=num_beams, log=log, start=start,
+                     max_seconds=max_seconds, **gen)
 
     def loop(n, k, return_kept=False):
         return (pooled_feedback(decoders, vectors, n, k, **loop_args, return_kept=return_kept) if len(decoders) > 1
                 else feedback_loop(decoders[0], vectors, n, k, **loop_args, return_kept=return_kept))
-    loop_args = dict(feedback=feedback, rate=rate, seed=seed, num_beams=num_beams, log=log, start=start,
-                     max_seconds=max_seconds, **gen)
     if model.base is None:
         return loop(steps, beam)
     if rate is not None and not feedback_steps:

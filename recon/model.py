@@ -109,6 +109,9 @@ class ReconModel(nn.Module):
             if other.base is not None:
                 raise CheckpointError(f"{path} is a corrector; a companion is a plain decoder of the same vectors "
                                       "(a run of the same command at another --seed)")
+            if own.config.encoder_spec.trains or other.config.encoder_spec.trains:
+                raise CheckpointError(f"{path} or this model trained its encoder: each decodes its own encoder's "
+                                      "vectors, not the same ones; companions need a frozen encoder")
             mine = (own.config.encoder_fingerprint, own.config.representation, own.config.vector_dim)
             theirs = (other.config.encoder_fingerprint, other.config.representation, other.config.vector_dim)
             if mine != theirs:
