@@ -714,7 +714,8 @@ def correction_table(result):
                 "hypothesis).")
     if result.get("companions"):
         head += (f" The vector feedback runs on {len(result['companions']) + 1} decoders of the same vectors (the base and "
-                 f"{', '.join(result['companions'])}), every step writing the closest of all their candidates.")
+                 f"{', '.join(result['companions'])}), every step writing the closest of all their candidates (step 0: "
+                 "of all their first passes).")
     lines = [head, "",
              "| condition | step | BLEU | exact match % | token F1 | standardised cosine | s per sentence |",
              "|---|---:|---:|---:|---:|---:|---:|"]
