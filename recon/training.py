@@ -306,6 +306,8 @@ def train(cfg, log=say):
     set_seed(cfg.seed)
     with on_rank0(lambda: claim_run_folder(cfg)) or contextlib.nullcontext():
         companions = train_companions(cfg, log) if cfg.base_model and cfg.companions else []
+        if companions:
+            set_seed(cfg.seed)  # the corrector trains as it would without them
         run = prepare(cfg, device, log)
         run.model.config.companions = companions  # recorded in the corrector's config.json, loaded with it
         lengths = [len(y) for y in run.targets["train"]]
