@@ -277,6 +277,12 @@ def test_evaluate_pools_the_feedback_of_companion_decoders(base_run, tiny_encode
     assert evaluate_script.main(["--checkpoint", str(tmp / "base"), "--output-dir", str(tmp / "ev3"),
                                  "--correction-steps", "0", "--companions", str(other)]) == 2
     assert "--companions join vector feedback" in capsys.readouterr().err
+    # a decoder of another encoder's vectors is refused: here, a run that fine-tuned its encoder
+    tuned = tmp / "base_tuned"
+    assert train_script.main(tiny_run(tiny_encoder_dir, tmp, tuned, "--test-fraction", "0", "--no-eval",
+                                      "--finetune-encoder")) == 0
+    with pytest.raises(CheckpointError, match="companions need a frozen encoder"):
+        ReconModel.from_pretrained(str(tmp / "base")).add_companions([str(tuned)])
 
 
 def test_pooled_feedback_names_each_loop_in_its_log():
@@ -284,9 +290,3 @@ def test_pooled_feedback_names_each_loop_in_its_log():
     pooled_feedback([Rotating(40.0), Sided(-60.0)], torch.randn(4, 2), 1, rate=0.1, log=said.append)
     assert [line.split(":")[0] for line in said] == ["decoder 1 of 2, feedback step 1 of 1",
                                                      "decoder 2 of 2, feedback step 1 of 1"]
-    # a decoder of another encoder's vectors is refused: here, a run that fine-tuned its encoder
-    tuned = tmp / "base_tuned"
-    assert train_script.main(tiny_run(tiny_encoder_dir, tmp, tuned, "--test-fraction", "0", "--no-eval",
-                                      "--finetune-encoder")) == 0
-    with pytest.raises(CheckpointError, match="companions need a frozen encoder"):
-        ReconModel.from_pretrained(str(tmp / "base")).add_companions([str(tuned)])
