@@ -456,11 +456,15 @@ def adopt_base(cfg):
 def train_companions(cfg, log):
     """--companions N: train N more decoders of the base's vectors, each the base run's command at its next
     seeds with no evaluation, into cfg.output_dir/companion-seed<S> (one already trained to its last step is
-    kept; one cut short is resumed). Returns their folders, for the corrector's config."""
+    kept; one cut short is resumed), then re-seed, so that the corrector trains as it would without them.
+    Returns their folders, for the corrector's config ([] for a plain run or none asked for)."""
     from recon.checkpoint import list_checkpoints, load_meta, resolve_checkpoint
     from recon.config import TrainConfig
     from recon.model import ReconConfig
+    from recon.prepare import set_seed
     from recon.training import train
+    if not (cfg.base_model and cfg.companions):
+        return []
     folder = resolve_checkpoint(cfg.base_model)
     if ReconConfig.load(folder).encoder_spec.trains:
         raise ConfigError(f"--companions: {folder} trained its encoder, so another decoder would decode its own "
@@ -478,6 +482,7 @@ def train_companions(cfg, log):
             train(TrainConfig(**{**flags, "seed": seed, "output_dir": out, "run_name": None, "no_eval": True,
                                  "resume": "auto" if steps else None, "overwrite": False}), log)
         folders.append(out)
+    set_seed(cfg.seed)
     return folders
 
 

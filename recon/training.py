@@ -305,9 +305,7 @@ def train(cfg, log=say):
         raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the {dist.world_size()} processes; each needs a share")
     set_seed(cfg.seed)
     with on_rank0(lambda: claim_run_folder(cfg)) or contextlib.nullcontext():
-        companions = train_companions(cfg, log) if cfg.base_model and cfg.companions else []
-        if companions:
-            set_seed(cfg.seed)  # the corrector trains as it would without them
+        companions = train_companions(cfg, log)  # a corrector run's --companions, first
         run = prepare(cfg, device, log)
         run.model.config.companions = companions  # recorded in the corrector's config.json, loaded with it
         lengths = [len(y) for y in run.targets["train"]]
