@@ -537,8 +537,9 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     gen = dict(batch_size=batch_size, no_repeat_ngram=no_repeat_ngram, no_repeat_match=no_repeat_match,
                length_penalty=length_penalty)
     decoders = [model.base or model, *model.companions]  # the plain decoders whose vector feedback runs
+    encode = encode_once(decoders[0], batch_size)  # each candidate is encoded once, by the loops and the corrector
     loop_args = dict(feedback=feedback, rate=rate, seed=seed, num_beams=num_beams, log=log, start=start,
-                     max_seconds=max_seconds, **gen)
+                     max_seconds=max_seconds, encode=encode, **gen)
 
     def loop(n, k, return_kept=False):
         return (pooled_feedback(decoders, vectors, n, k, **loop_args, return_kept=return_kept) if len(decoders) > 1
@@ -562,7 +563,6 @@ def correct(model, vectors, steps, beam=1, feedback=True, batch_size=256, no_rep
     target = dec.standardize(vectors).cpu()
     slot = vectors.cpu()  # the target slot of the rows: moved at correction_rate, else the target itself
     generator = torch.Generator().manual_seed(seed)
-    encode = encode_once(base, batch_size)  # each candidate is encoded once
     for _ in range(steps):
         if out_of_time(seconds, max_seconds, len(before) + steps, log):
             break

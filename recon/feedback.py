@@ -50,7 +50,7 @@ def encode_once(model, batch_size):
 
 def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=0, batch_size=256,
                   no_repeat_ngram=0, num_beams=1, length_penalty=1.0, log=None, no_repeat_match="loose", start=None,
-                  max_seconds=0.0, return_kept=False):
+                  max_seconds=0.0, return_kept=False, encode=None):
     """Correct a plain decoder's reconstructions of `vectors` (N, Dv) for `steps` steps through its input.
 
     beam: each step decodes the moved vectors with this many beams, and every sentence keeps the `beam`
@@ -61,6 +61,7 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
     sentence's residual (a new permutation each step, drawn from `seed`). rate: None for DEFAULT_RATE. Returns (outputs per step,
     step 0 the single pass or `start`; seconds per step), as recon.corrector.correct does;
     return_kept: also each sentence's kept candidates at the end, as (cosine, text), closest first.
+    encode: an encode_once to share (its vectors reused, its cache filled); None: one of this loop's own.
     """
     rate = DEFAULT_RATE if rate is None else rate
     if rate <= 0:
@@ -76,7 +77,7 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
                                                                    **gen)[1]]
     if start is None:
         start = model.generate_from_vectors(target, **gen)
-    encode = encode_once(model, batch_size)
+    encode = encode or encode_once(model, batch_size)
     pools = [list(dict.fromkeys([h] if isinstance(h, str) else h)) for h in start]
     flat = [h for p in pools for h in p]
     flat_vectors = encode(flat)  # (M, Dv)
@@ -128,19 +129,20 @@ def feedback_loop(model, vectors, steps, beam=1, feedback=True, rate=None, seed=
 
 
 def pooled_feedback(models, vectors, steps, beam=1, batch_size=256, max_seconds=0.0, return_kept=False, log=None,
-                    **kw):
+                    encode=None, **kw):
     """feedback_loop on each of `models` (plain decoders of the same vectors), pooled: at every step each
     sentence writes, of the loops' outputs, the one whose re-encoded vector is closest to its target
     (standardised cosine, the first model's statistics): the closest of all the loops keep. Takes
     feedback_loop's arguments (max_seconds shared out among the loops) and returns what it returns, the
-    seconds of each step summed over the loops; return_kept: every candidate the loops kept, closest first."""
+    seconds of each step summed over the loops; return_kept: every candidate the loops kept, closest first.
+    The loops share one encode_once (the first model's encoder, which add_companions gives them all)."""
     def named(i):  # each loop's log lines say whose they are
         return log and (lambda line: log(f"decoder {i + 1} of {len(models)}, {line}"))
+    encode = encode or encode_once(models[0], batch_size)
     runs = [feedback_loop(m, vectors, steps, beam, batch_size=batch_size, max_seconds=max_seconds / len(models),
-                          return_kept=True, log=named(i), **kw) for i, m in enumerate(models)]
-    dec, encode = models[0].decoder, encode_once(models[0], batch_size)
+                          return_kept=True, log=named(i), encode=encode, **kw) for i, m in enumerate(models)]
+    dec = models[0].decoder
     z = dec.standardize(torch.as_tensor(vectors).float()).cpu()
-    encode([h for _, _, kept in runs for row in kept for _, h in row])  # each candidate once, in big batches
     n = min(len(outputs) for outputs, _, _ in runs)  # a deadline may cut a loop short
     outputs = []
     for k in range(n):

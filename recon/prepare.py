@@ -20,7 +20,8 @@ from recon.checkpoint import (RunLock, clear_run_dir, holds_a_run, list_checkpoi
                               resumable)
 from recon.data import Corpus, DataConfig, describe
 from recon.config import EXTENDABLE
-from recon.corrector import calibrate_noise, hypothesis_rows, mixed_rows, round_outputs, round_rows, warm_start
+from recon.corrector import (calibrate_noise, hypothesis_rows, mixed_rows, round_outputs, round_rows, train_companions,
+                             warm_start)
 from recon.errors import ConfigError, ReconError, check
 from recon.metrics import corpus_scores
 from recon.model import ReconModel
@@ -217,6 +218,7 @@ def prepare(cfg, device, log=print):
     """Build the run `cfg` describes, in order (the caller holds the run folder's lock). A corrector
     run (--base-model, its settings already the base's: corrector.adopt_base) shares the base's
     encoder and vocabulary, starts from its decoder, and reads rows of its hypotheses."""
+    companions = train_companions(cfg, log)  # a corrector run's --companions, first
     resume_from, resume_meta = find_resume(cfg) if cfg.resume else (None, {})
     previous = ReconModel.from_pretrained(cfg.previous_round, device=device) if cfg.previous_round else None
     base = previous.base if previous else ReconModel.from_pretrained(cfg.base_model, device=device) if cfg.base_model else None
@@ -229,6 +231,7 @@ def prepare(cfg, device, log=print):
     tokenizer = base.tokenizer if base else decoder_vocabulary(cfg, texts["train"], encoder, resume_from, log)
     model = ReconModel.from_encoder(encoder, tokenizer, cfg.encoder_spec, cfg.decoder_spec,
                                     base_model=cfg.base_model or "").to(device)
+    model.config.companions = companions  # recorded in the corrector's config.json, loaded with it
     if base:
         model.attach_base(base)
         warm_start(model.decoder, (previous or base).decoder)  # and with it the base's vector statistics

@@ -25,7 +25,7 @@ from recon.batching import Batches, pad_batch
 from recon.checkpoint import (git_commit, list_checkpoints, load_trainer_state, append_log, save_checkpoint,
                               truncate_log)
 from recon.config import describe_decoding
-from recon.corrector import adopt_base, train_companions
+from recon.corrector import adopt_base
 from recon.device import autocast, resolve_precision, to_device
 from recon.encoder import SCRATCH
 from recon.errors import ConfigError
@@ -305,9 +305,7 @@ def train(cfg, log=say):
         raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the {dist.world_size()} processes; each needs a share")
     set_seed(cfg.seed)
     with on_rank0(lambda: claim_run_folder(cfg)) or contextlib.nullcontext():
-        companions = train_companions(cfg, log)  # a corrector run's --companions, first
         run = prepare(cfg, device, log)
-        run.model.config.companions = companions  # recorded in the corrector's config.json, loaded with it
         lengths = [len(y) for y in run.targets["train"]]
         batches = Batches(lengths, cfg.batch_size, cfg.seed, cfg.bucket_pool)
         max_steps = total_steps(vars(cfg), batches.per_epoch)
