@@ -39,6 +39,7 @@ from recon.encoder import EncoderSpec
 from recon.errors import ReconError, check
 from recon.evaluation import matched_random_vectors
 from recon.metrics import normalize_loose
+from recon.significance import read_rows
 
 LENGTH_BINS = ((5, 8), (9, 12), (13, 16), (17, 20), (21, 25), (26, 28))  # SentEval's SentLen, in words
 SPLITS = ("train", "validation", "test")
@@ -303,14 +304,11 @@ def run_probes(splits, split_vectors, encode, decodings=None, names=tuple(TASK_N
 
 
 def read_predictions(path, texts):
-    """The prediction for each of `texts`, from a predictions.jsonl that evaluate.py wrote (matched by
+    """The prediction for each of `texts`, from a predictions.jsonl (or .jsonl.gz) that evaluate.py wrote (matched by
     its reference), and a label for its decoding (from the metrics.json beside it)."""
     if not os.path.isfile(path):
         raise ReconError(f"--predictions {path}: no such file; give the predictions.jsonl that evaluate.py wrote")
-    by_reference = {}
-    with open(path, encoding="utf-8") as f:
-        for row in map(json.loads, filter(str.strip, f)):
-            by_reference[row["reference"]] = row["prediction"]
+    by_reference = {row["reference"]: row["prediction"] for row in read_rows(path)}
     missing = [t for t in texts if t not in by_reference]
     if missing:
         raise ReconError(f"{path} has no prediction for {len(missing)} of the {len(texts)} test sentences (such as "

@@ -25,11 +25,12 @@ draw theirs apart.
     python -m recon.significance --baseline "A_S0/ev@no feedback+A_S1/ev@no feedback" --systems A_S0/ev+A_S1/ev \
         --paired-seeds true                                                    # pooled over two seeds
 
-A system is an evaluation folder (its predictions.jsonl) or a predictions.jsonl file; FOLDER@CONDITION
+A system is an evaluation folder (its predictions.jsonl or .jsonl.gz) or such a file; FOLDER@CONDITION
 takes a condition of the folder's correction.json (its last step) instead, such as "no feedback";
 runs joined by "+" are one setting's seeds, decodings of the same sentences.
 """
 
+import gzip
 import json
 import os
 import sys
@@ -197,6 +198,21 @@ def paired_table(baseline_name, results, metrics=("bleu", "token_f1", "exact_mat
     return "\n".join(lines)
 
 
+def predictions_file(path):
+    """An evaluation folder's predictions: predictions.jsonl, or predictions.jsonl.gz (as the evaluations kept
+    in experiments/results are stored); path itself where it names a file; None where there is none."""
+    if not os.path.isdir(path):
+        return path if os.path.isfile(path) else None
+    names = (os.path.join(path, name) for name in ("predictions.jsonl", "predictions.jsonl.gz"))
+    return next((name for name in names if os.path.isfile(name)), None)
+
+
+def read_rows(path):
+    """The JSON rows of a .jsonl file, gzipped (.gz) or not."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def load_system(spec):
     """(references, predictions, extra) of an evaluation folder or predictions.jsonl, or of
     FOLDER@CONDITION: a condition of the folder's correction.json (its last step; with its rows'
@@ -204,12 +220,11 @@ def load_system(spec):
     from recon.errors import ReconError
     path, _, condition = spec.partition("@")
     folder = path if os.path.isdir(path) else os.path.dirname(path)
-    file = os.path.join(path, "predictions.jsonl") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
+    file = predictions_file(path)
+    if file is None:
         raise ReconError(f"{spec}: no predictions.jsonl there; give an evaluation folder that evaluate.py or "
                          "train.py wrote, or its predictions.jsonl")
-    with open(file, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_rows(file)
     references = [r["reference"] for r in rows]
     if not condition:
         extra = {"cosine_standardized": [r["cosine_standardized"] for r in rows]} if rows and "cosine_standardized" in rows[0] else {}

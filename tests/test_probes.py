@@ -2,6 +2,7 @@
 say, a probe finds what a vector holds where a random vector holds nothing, and the decoder is set
 beside the probe on the same vectors."""
 
+import gzip
 import json
 import os
 import random
@@ -12,8 +13,9 @@ import torch
 import evaluate as evaluate_script
 import train as train_script
 from conftest import sentences
+from recon.errors import ReconError
 from recon.probes import (LENGTH_BINS, bow_task, bshift, bshift_task, decoder_vs_probe, export_senteval, main,
-                          majority, score, sentlen_task, wc_task)
+                          majority, read_predictions, score, sentlen_task, wc_task)
 
 
 def splits_of(texts):
@@ -48,6 +50,20 @@ def test_tasks_follow_senteval(tmp_path):
     export_senteval(splits_of(sentences(300)), tmp_path, wc_words=6)
     line = (tmp_path / "bigram_shift.txt").read_text().splitlines()[0].split("\t")
     assert line[0] == "tr" and line[1] in ("original", "inverted") and len(line) == 3
+
+
+def test_predictions_are_read_by_reference_plain_or_gzipped(tmp_path):
+    texts = sentences(6, seed=3)
+    rows = [{"reference": t, "prediction": t.upper()} for t in reversed(texts)]  # another order than texts
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "predictions.jsonl").write_text(lines)
+    with gzip.open(tmp_path / "predictions.jsonl.gz", "wt") as f:
+        f.write(lines)
+    for name in ("predictions.jsonl", "predictions.jsonl.gz"):
+        predictions, _ = read_predictions(str(tmp_path / name), texts)
+        assert predictions == [t.upper() for t in texts]
+    with pytest.raises(ReconError, match="no prediction for 1 of the 7"):
+        read_predictions(str(tmp_path / "predictions.jsonl.gz"), texts + ["a sentence it never decoded"])
 
 
 def test_bag_of_words_recall_and_decoder_beside_probe():

@@ -1,7 +1,9 @@
 """Bootstrap intervals and paired tests: BLEU on a resample is sacrebleu's on those sentences,
 and the tests say what they should of equal, better and worse decodings."""
 
+import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -96,6 +98,22 @@ def test_the_command_matches_rows_by_reference_and_reads_correction_conditions(t
     assert saved[str(tmp_path / "good")]["cosine_standardized"]["difference"] == pytest.approx(0.3)
     condition = saved[f"{tmp_path / 'good'}@no feedback"]
     assert condition["bleu"]["difference"] == 0 and "cosine_standardized" not in condition
+
+
+def test_a_gzipped_evaluation_reads_as_the_plain_one(tmp_path):
+    """experiments/results keeps its evaluations' predictions as predictions.jsonl.gz: a folder or file of them
+    loads as the plain file does, and a folder with neither is refused."""
+    refs, good, _ = _pair(20)
+    _write(tmp_path / "plain", refs, good, [0.5] * 20)
+    (tmp_path / "kept").mkdir()
+    with open(tmp_path / "plain" / "predictions.jsonl", "rb") as src, \
+            gzip.open(tmp_path / "kept" / "predictions.jsonl.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    plain = significance.load_system(str(tmp_path / "plain"))
+    assert plain[1] == good and plain[2] == {"cosine_standardized": [0.5] * 20}
+    assert significance.load_system(str(tmp_path / "kept")) == plain
+    assert significance.load_system(str(tmp_path / "kept" / "predictions.jsonl.gz")) == plain
+    assert significance.predictions_file(str(tmp_path)) is None
 
 
 def test_the_command_says_what_is_wrong(tmp_path, capsys):
