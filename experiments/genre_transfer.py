@@ -116,6 +116,8 @@ def main(argv=None):
     p.add_argument("--each", action="store_true",
                    help="hold each genre out in turn (one run per genre), beside an all-genre run and a Wikipedia-only "
                         "run trained with the same flags (--hold-out and --baseline are not used)")
+    p.add_argument("--samples-only", action="store_true",
+                   help="write the evaluation samples (OUTPUT_DIR/data/eval-<genre>.txt) and stop: no training, no evaluation")
     p.add_argument("train_args", nargs="*", help="more train.py flags, after --")
     args = p.parse_args(argv)
     with open(os.path.join(args.corpus, "sources.json")) as f:
@@ -137,6 +139,8 @@ def main(argv=None):
         texts_of[g] = texts
         if g not in held:
             train_texts += texts[:args.per_genre]  # its test-split texts stay out of training too
+    if args.samples_only:
+        return 0
     if args.each:
         return each_genre(args, genres, texts_of, evals, data)
     rng.shuffle(train_texts)
