@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluate as evaluate_script  # noqa: E402
+from recon.significance import format_p  # noqa: E402
 
 GENRES = ("computing", "definitions", "dictionary-1913", "quotations", "scripture", "technical")
 LOOP = ["--num-beams", "8", "--feedback-steps", "6", "--feedback-beam", "8", "--correction-steps", "4",
@@ -53,10 +54,6 @@ def row(genre, correction, metrics):
             f"{gain['cosine_standardized']['difference']:+.3f} (p {format_p(gain['cosine_standardized']['p'])}) | "
             f"{metrics['control_random_bleu']:.2f} / {metrics['control_shuffled_bleu']:.2f} / "
             f"{metrics['control_retrieval_bleu']:.2f} |")
-
-
-def format_p(p):
-    return "<= 0.002" if p <= 0.002 else f"{p:.3f}"
 
 
 def main(argv=None):
